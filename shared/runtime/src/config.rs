@@ -1,0 +1,156 @@
+//! Typed configuration, loaded once in `main` from environment variables and passed down.
+//!
+//! Every variable has a default that reaches the local Postgres and RabbitMQ, so `scripts/up`
+//! needs no settings. Tests build configs directly instead of touching the process environment.
+
+use anyhow::{bail, Context};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A value that must never appear in logs or `Debug` output (URLs carrying passwords, API keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Settings every service shares. Service-specific settings live in each service's own config.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// The service name: in every log line, the broker names and the connection name.
+    pub service: &'static str,
+    pub http_addr: SocketAddr,
+    pub database_url: Secret,
+    pub amqp_url: Secret,
+    /// Prefix of every broker name (`<ns>.bank.events`); empty in production, unique per test.
+    pub namespace: String,
+    /// Partition queues per consumer service.
+    pub partitions: u16,
+    /// Deliveries the broker may push before we ack; ≥ 50 because prefetch 1 measured 10x slower.
+    pub prefetch: u16,
+    /// Deliveries handled in one Postgres transaction at most.
+    pub batch_size: usize,
+    /// Quorum-queue `x-delivery-limit`: redeliveries before the broker dead-letters a message.
+    pub delivery_limit: u32,
+    pub db_max_connections: u32,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Reads `name` from the environment, or `default` when unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => default.to_owned(),
+    }
+}
+
+/// Reads and parses `name`, naming the variable in the error.
+pub fn env_parse<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}")),
+        _ => Ok(default),
+    }
+}
+
+impl CommonConfig {
+    /// Loads the shared settings for `service`, whose HTTP port defaults to `default_port`.
+    pub fn from_env(service: &'static str, default_port: u16) -> anyhow::Result<Self> {
+        let http_addr = env_or("HTTP_ADDR", &format!("127.0.0.1:{default_port}"))
+            .parse()
+            .context("HTTP_ADDR must be host:port, such as 127.0.0.1:8081")?;
+        let role = format!("eventbank_{service}");
+        let database_url = Secret::new(env_or(
+            "DATABASE_URL",
+            &format!("postgres://{role}:{role}@127.0.0.1:5432/{role}"),
+        ));
+        let amqp_url = Secret::new(env_or(
+            "AMQP_URL",
+            &format!("amqp://{role}:{role}@127.0.0.1:5672/eventbank"),
+        ));
+        let namespace = env_or("AMQP_NAMESPACE", "");
+        validate_namespace(&namespace)?;
+        let log_format = match env_or("LOG_FORMAT", "pretty").as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => bail!("LOG_FORMAT={other:?} is invalid: use pretty or json"),
+        };
+        let config = Self {
+            service,
+            http_addr,
+            database_url,
+            amqp_url,
+            namespace,
+            partitions: env_parse("PARTITIONS", 4)?,
+            prefetch: env_parse("PREFETCH", 100)?,
+            batch_size: env_parse("BATCH_SIZE", 50)?,
+            delivery_limit: env_parse("DELIVERY_LIMIT", 5)?,
+            db_max_connections: env_parse("DB_MAX_CONNECTIONS", 10)?,
+            drain_timeout: Duration::from_secs(env_parse("DRAIN_TIMEOUT_SECS", 10)?),
+            log_format,
+        };
+        if config.partitions == 0 || config.batch_size == 0 || config.prefetch == 0 {
+            bail!("PARTITIONS, BATCH_SIZE and PREFETCH must be at least 1");
+        }
+        Ok(config)
+    }
+}
+
+/// A namespace becomes part of queue names and of the broker users' permission regexes, so it
+/// is restricted to the characters those regexes allow.
+pub fn validate_namespace(ns: &str) -> anyhow::Result<()> {
+    let ok = ns.len() <= 64
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !ok {
+        bail!("AMQP_NAMESPACE={ns:?} is invalid: use at most 64 of a-z, 0-9, '_' and '-'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("amqp://user:hunter2@host");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn namespaces_are_restricted() {
+        assert!(validate_namespace("").is_ok());
+        assert!(validate_namespace("t1a2-b_c").is_ok());
+        assert!(validate_namespace("a.b").is_err());
+        assert!(validate_namespace("A").is_err());
+    }
+}

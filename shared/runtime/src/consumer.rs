@@ -1,0 +1,462 @@
+//! The consumer runtime: one supervised connection, one task per partition queue, batches.
+//!
+//! For each partition the loop takes the deliveries already waiting (up to `BATCH_SIZE`), and in
+//! ONE Postgres transaction:
+//! 1. inserts all their event ids into `processed_events` in one statement that returns the ids
+//!    that were new (a conflict means "already applied": a duplicate);
+//! 2. lets the service's [`Handler`] apply only the new events, in delivery order;
+//! 3. commits,
+//! and only then acks the deliveries (one `multiple` ack). A crash anywhere before the ack means
+//! redelivery, and the dedup row makes the redelivery a no-op: exactly-once in effect.
+//!
+//! Failure handling:
+//! - undecodable / unsupported message: published to the service's dead-letter exchange with the
+//!   reason in the `x-eventbank-reason` header, then acked (never silently dropped);
+//! - transient failure (database unreachable): the batch is retried in-process with backoff and
+//!   stays unacked; on shutdown it is left unacked so the broker redelivers it;
+//! - any other failure of a batch: the batch is retried message by message, so only the poison
+//!   message is dead-lettered (after a few attempts) and its neighbours are applied;
+//! - a message that crashes the process: the quorum queue counts the redeliveries and dead-letters
+//!   it at `x-delivery-limit`.
+
+use crate::amqp::{self, Names};
+use crate::config::CommonConfig;
+use crate::metrics::ConsumerMetrics;
+use crate::Shutdown;
+use eventbank_events::{decode, DepositCompleted};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::message::Delivery;
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use prometheus_client::metrics::gauge::Gauge;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why a handler could not apply events.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event can never be applied (it contradicts this service's state or rules). It is
+    /// dead-lettered with this reason without further attempts.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl HandlerError {
+    fn is_transient(&self) -> bool {
+        matches!(self, HandlerError::Database(e) if crate::db::is_connectivity_error(e))
+    }
+}
+
+/// A consumer service's domain logic.
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `events` (new to this service, in delivery order) inside the transaction that
+    /// recorded their ids. Prefer set-based statements over one statement per event.
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[DepositCompleted],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called after the transaction committed, before the ack (wake a sender, log).
+    fn committed(&self, _events: &[DepositCompleted]) {}
+}
+
+/// Everything the consumer runtime needs.
+pub struct Consumer<H> {
+    pub config: CommonConfig,
+    pub pool: PgPool,
+    pub handler: Arc<H>,
+    pub metrics: ConsumerMetrics,
+    pub broker_connected: Gauge,
+}
+
+struct Shared<H> {
+    config: CommonConfig,
+    names: Names,
+    pool: PgPool,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+}
+
+/// Attempts at a non-transient failure of one message before it is dead-lettered.
+const POISON_ATTEMPTS: u32 = 3;
+
+impl<H: Handler> Consumer<H> {
+    /// The supervising loop: connect, declare, consume every partition; on any connection or
+    /// channel failure, tear everything down and start again with backoff. Returns on shutdown
+    /// after the partitions finished the batch they held.
+    pub async fn run(self, shutdown: Shutdown) {
+        let shared = Arc::new(Shared {
+            names: Names::new(&self.config.namespace),
+            config: self.config,
+            pool: self.pool,
+            handler: self.handler,
+            metrics: self.metrics,
+        });
+        let mut backoff = Backoff::new();
+        while !shutdown.is_triggered() {
+            match run_connection(&shared, &shutdown, &self.broker_connected).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    self.broker_connected.set(0);
+                    let delay = backoff.next();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "broker connection lost; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.triggered() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.broker_connected.set(0);
+    }
+}
+
+async fn run_connection<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    shutdown: &Shutdown,
+    broker_connected: &Gauge,
+) -> anyhow::Result<()> {
+    let connection = Arc::new(amqp::connect(&shared.config).await?);
+    let setup = connection.create_channel().await?;
+    amqp::declare_consumer_topology(
+        &setup,
+        &shared.names,
+        shared.config.service,
+        shared.config.partitions,
+        shared.config.delivery_limit,
+    )
+    .await?;
+    let _ = setup.close(200, "topology declared".into()).await;
+    broker_connected.set(1);
+    tracing::info!(
+        partitions = shared.config.partitions,
+        batch_size = shared.config.batch_size,
+        prefetch = shared.config.prefetch,
+        "consuming"
+    );
+
+    let stop = CancellationToken::new();
+    let mut partitions = JoinSet::new();
+    for partition in 0..shared.config.partitions {
+        let shared = Arc::clone(shared);
+        let connection = Arc::clone(&connection);
+        let stop = stop.clone();
+        partitions.spawn(async move { consume_partition(shared, connection, partition, stop).await });
+    }
+    // Either shutdown, or one partition failing (which means the connection or its channel is
+    // gone): both stop the others, which finish the batch they hold.
+    let outcome = tokio::select! {
+        _ = shutdown.triggered() => Ok(()),
+        Some(joined) = partitions.join_next() => match joined {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a partition consumer stopped")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a partition task panicked: {e}")),
+        },
+    };
+    stop.cancel();
+    while partitions.join_next().await.is_some() {}
+    broker_connected.set(0);
+    let _ = connection.close(200, "shutting down".into()).await;
+    outcome
+}
+
+async fn consume_partition<H: Handler>(
+    shared: Arc<Shared<H>>,
+    connection: Arc<Connection>,
+    partition: u16,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let queue = shared.names.partition_queue(shared.config.service, partition);
+    let channel = connection.create_channel().await?;
+    // The prefetch bounds unacked deliveries; it must exceed the batch size or batches starve.
+    channel
+        .basic_qos(shared.config.prefetch, BasicQosOptions::default())
+        .await?;
+    // Confirm mode on the same channel: a message we dead-letter ourselves is acked only after
+    // the broker confirmed its copy in the DLQ.
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            ShortString::from(queue.clone()),
+            ShortString::from(format!("{}-{}-{partition}", shared.config.service, Uuid::new_v4().simple())),
+            // Manual ack (no_ack = false): we ack only after the transaction committed.
+            BasicConsumeOptions { no_ack: false, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::debug!(queue, "partition consumer started");
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("consumer on {queue} was cancelled"),
+            },
+        };
+        let mut batch = vec![first];
+        // Take what is already waiting, without waiting for more: latency stays low when idle
+        // and batches grow by themselves under load.
+        while batch.len() < shared.config.batch_size {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        process_batch(&shared, &channel, &queue, batch, &stop).await?;
+    }
+}
+
+async fn process_batch<H: Handler>(
+    shared: &Shared<H>,
+    channel: &Channel,
+    queue: &str,
+    batch: Vec<Delivery>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut decoded: Vec<(Delivery, DepositCompleted)> = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        match decode(&delivery.data) {
+            Ok(event) => decoded.push((delivery, event)),
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::warn!(queue, reason, message_id = ?delivery.properties.message_id(), "undecodable message: dead-lettering");
+                dead_letter(shared, channel, queue, &delivery, &reason).await?;
+            }
+        }
+    }
+    if decoded.is_empty() {
+        return Ok(());
+    }
+    let size = decoded.len();
+    let events: Vec<DepositCompleted> = decoded.iter().map(|(_, e)| e.clone()).collect();
+    let mut backoff = Backoff::new();
+    loop {
+        match apply(shared, &events).await {
+            Ok(fresh) => {
+                shared.handler.committed(&fresh);
+                ack_up_to(channel, decoded.last().map(|(d, _)| d)).await?;
+                record(shared, size, fresh.len(), started);
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                shared.metrics.retries.inc();
+                let delay = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?delay, "database unavailable; batch kept unacked and retried");
+                tokio::select! {
+                    // Leave the batch unacked: closing the channel hands it back to the broker.
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => {
+                if size > 1 {
+                    tracing::warn!(error = %e, size, "batch failed; retrying message by message to isolate the cause");
+                }
+                break;
+            }
+        }
+    }
+    for (delivery, event) in decoded {
+        process_one(shared, channel, queue, delivery, event, stop).await?;
+    }
+    Ok(())
+}
+
+/// Applies one message alone: after `POISON_ATTEMPTS` non-transient failures (or one
+/// `Rejected`), it goes to the dead-letter queue with the reason, and the partition moves on.
+async fn process_one<H: Handler>(
+    shared: &Shared<H>,
+    channel: &Channel,
+    queue: &str,
+    delivery: Delivery,
+    event: DepositCompleted,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let events = [event];
+    let mut backoff = Backoff::new();
+    let mut failures = 0;
+    loop {
+        match apply(shared, &events).await {
+            Ok(fresh) => {
+                shared.handler.committed(&fresh);
+                ack_up_to(channel, Some(&delivery)).await?;
+                record(shared, 1, fresh.len(), started);
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                shared.metrics.retries.inc();
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let rejected = matches!(e, HandlerError::Rejected(_));
+                if rejected || failures >= POISON_ATTEMPTS {
+                    let reason = format!("{e:#}");
+                    let [event] = &events;
+                    tracing::error!(
+                        event_id = %event.event_id, account_id = %event.account_id,
+                        deposit_id = %event.deposit_id, reason, "message cannot be applied: dead-lettering"
+                    );
+                    return dead_letter(shared, channel, queue, &delivery, &reason).await;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The dedup transaction. Returns the events that were new (applied), in order.
+async fn apply<H: Handler>(
+    shared: &Shared<H>,
+    events: &[DepositCompleted],
+) -> Result<Vec<DepositCompleted>, HandlerError> {
+    let mut tx = shared.pool.begin().await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut new_ids: HashSet<Uuid> = inserted.into_iter().collect();
+    // `remove` keeps only the first copy when one batch holds the same event twice.
+    let fresh: Vec<DepositCompleted> = events
+        .iter()
+        .filter(|e| new_ids.remove(&e.event_id))
+        .cloned()
+        .collect();
+    if !fresh.is_empty() {
+        shared.handler.handle(&mut tx, &fresh).await?;
+    }
+    tx.commit().await?;
+    for duplicate in duplicates(events, &fresh) {
+        tracing::info!(
+            event_id = %duplicate.event_id, account_id = %duplicate.account_id,
+            deposit_id = %duplicate.deposit_id, "duplicate delivery skipped"
+        );
+    }
+    Ok(fresh)
+}
+
+/// Events of `all` that are not in `fresh` (by position: the first copy of an id is fresh).
+fn duplicates<'a>(all: &'a [DepositCompleted], fresh: &[DepositCompleted]) -> Vec<&'a DepositCompleted> {
+    let mut fresh_iter = fresh.iter().peekable();
+    let mut out = Vec::new();
+    for event in all {
+        match fresh_iter.peek() {
+            Some(f) if f.event_id == event.event_id => {
+                fresh_iter.next();
+            }
+            _ => out.push(event),
+        }
+    }
+    out
+}
+
+fn record<H>(shared: &Shared<H>, size: usize, fresh: usize, started: Instant) {
+    let size_u64 = size as u64;
+    shared.metrics.consumed.inc_by(size_u64);
+    shared.metrics.duplicates.inc_by(size_u64.saturating_sub(fresh as u64));
+    shared.metrics.batch_size.observe(size as f64);
+    shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+/// Acks every delivery of this channel up to and including `last`.
+async fn ack_up_to(channel: &Channel, last: Option<&Delivery>) -> anyhow::Result<()> {
+    if let Some(last) = last {
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Publishes a copy of `delivery` to the service's dead-letter exchange with the reason in its
+/// headers, waits for the broker's confirm, then acks the original.
+async fn dead_letter<H>(
+    shared: &Shared<H>,
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut headers: FieldTable = delivery.properties.headers().clone().unwrap_or_default();
+    let reason: String = reason.chars().take(1000).collect();
+    headers.insert(amqp::REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+    headers.insert(amqp::QUEUE_HEADER.into(), AMQPValue::LongString(queue.into()));
+    headers.insert(
+        amqp::FAILED_AT_HEADER.into(),
+        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().as_str().into()),
+    );
+    let properties = delivery.properties.clone().with_headers(headers);
+    let confirmation = channel
+        .basic_publish(
+            ShortString::from(shared.names.dead_letter_exchange(shared.config.service)),
+            ShortString::from(queue),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirmation {
+        Confirmation::Ack(None) => {}
+        other => anyhow::bail!("dead-letter publish was not confirmed: {other:?}"),
+    }
+    channel
+        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
+        .await?;
+    shared.metrics.dead_lettered.inc();
+    Ok(())
+}
+
+/// Exponential backoff with jitter, 100 ms doubling to 5 s.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self { next: Duration::from_millis(100) }
+    }
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+    pub fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        // Jitter of up to a quarter keeps many replicas from retrying in lock step.
+        let jitter_ms = rand::random_range(0..=base.as_millis() as u64 / 4);
+        base + Duration::from_millis(jitter_ms)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP pieces every service shares: health and metrics routes, RFC 9457 problem responses, a
+//! JSON extractor whose rejections are problems too, and serving with graceful shutdown.
+
+use crate::Shutdown;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use std::sync::Arc;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem. `kind` becomes `type` (a URN naming the problem), and `extensions` are
+/// members added beside the standard ones (field errors, current sequence, ...).
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        self.extensions
+            .insert(key.to_owned(), serde_json::to_value(value).unwrap_or(Value::Null));
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+    }
+
+    /// An opaque 500: the cause is logged once here, never sent to the client.
+    pub fn internal(error: &anyhow::Error) -> Self {
+        tracing::error!(error = format!("{error:#}"), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the request could not be completed; it has been logged",
+        )
+    }
+
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), Value::String(format!("urn:eventbank:problem:{}", self.kind)));
+        body.insert("title".into(), Value::String(self.title.into()));
+        body.insert("status".into(), Value::from(self.status.as_u16()));
+        body.insert("detail".into(), Value::String(self.detail.clone()));
+        for (k, v) in &self.extensions {
+            body.insert(k.clone(), v.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// `Json<T>` whose rejections are problem responses (400 malformed, 415 content type, 422 shape,
+/// 413 too large) instead of axum's plain-text ones.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection_problem(rejection)),
+        }
+    }
+}
+
+fn json_rejection_problem(rejection: JsonRejection) -> Problem {
+    let text = rejection.body_text();
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        JsonRejection::JsonDataError(_) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "Invalid request body",
+            text,
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", text)
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            text,
+        ),
+        other => Problem::new(other.status(), "bad-request", "Bad request", text),
+    }
+}
+
+/// What `/readyz` and `/metrics` look at.
+#[derive(Clone)]
+pub struct OpsState {
+    pub pool: PgPool,
+    /// 1 while the broker connection works; the relay or consumer supervisor keeps it current.
+    pub broker_connected: Gauge,
+    pub registry: Arc<Registry>,
+}
+
+/// `/healthz` (the process answers), `/readyz` (database and broker reachable), `/metrics`.
+pub fn ops_router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let database = crate::db::ping(&state.pool).await;
+    let broker = state.broker_connected.get() == 1;
+    let body = serde_json::json!({ "database": database, "broker": broker });
+    if database && broker {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        return Problem::internal(&anyhow::anyhow!("encoding metrics: {e}")).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Fallback for unknown routes: a problem, not an empty 404.
+pub async fn not_found_fallback() -> Problem {
+    Problem::not_found("no such route")
+}
+
+/// Serves `router` on `listener` until shutdown; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let token = shutdown.token();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+    Ok(())
+}

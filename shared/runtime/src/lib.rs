@@ -1,0 +1,24 @@
+//! What every eventbank service repeats, written once.
+//!
+//! - [`config`]: typed configuration from the environment, secrets that never print.
+//! - [`telemetry`]: structured logs that always carry the service name.
+//! - [`shutdown`]: one cancellation signal and a task tracker with a drain deadline.
+//! - [`db`]: Postgres pool with start-up retry and embedded migrations.
+//! - [`amqp`]: connection, topology (DESIGN §4) and its names under a namespace.
+//! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
+//! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, serving.
+//! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
+
+pub mod amqp;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod publisher;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{CommonConfig, Secret};
+pub use shutdown::Shutdown;
