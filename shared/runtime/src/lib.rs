@@ -17,8 +17,10 @@ pub mod db;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 
 pub use config::{CommonConfig, Secret};
 pub use shutdown::Shutdown;

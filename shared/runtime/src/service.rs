@@ -1,0 +1,57 @@
+//! The skeleton every consumer service runs: consumer loop + HTTP API + ops routes, one
+//! shutdown signal, drain. A service supplies its handler, its API router and its metrics.
+
+use crate::config::CommonConfig;
+use crate::consumer::{Consumer, Handler};
+use crate::http::{self, OpsState};
+use crate::metrics::{self, ConsumerMetrics};
+use crate::Shutdown;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+pub struct ConsumerService<H> {
+    pub config: CommonConfig,
+    pub pool: PgPool,
+    pub handler: Arc<H>,
+    /// The service's own routes (state already applied).
+    pub api: Router,
+    /// The registry from [`metrics::new_registry`], with the service's own metrics registered.
+    pub registry: Registry,
+}
+
+impl<H: Handler> ConsumerService<H> {
+    /// Runs until `shutdown` fires (or the HTTP server fails), then drains: consumers finish
+    /// the batch they hold, unfinished work stays unacked for redelivery.
+    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut registry = self.registry;
+        let consumer_metrics = ConsumerMetrics::register(&mut registry);
+        let broker_connected = metrics::register_broker_gauge(&mut registry);
+        let ops = OpsState {
+            pool: self.pool.clone(),
+            broker_connected: broker_connected.clone(),
+            registry: Arc::new(registry),
+        };
+        let consumer = Consumer {
+            config: self.config.clone(),
+            pool: self.pool.clone(),
+            handler: self.handler,
+            metrics: consumer_metrics,
+            broker_connected,
+        };
+        shutdown.spawn(consumer.run(shutdown.clone()));
+        let router = self
+            .api
+            .merge(http::ops_router(ops))
+            .fallback(http::not_found_fallback);
+        tracing::info!(addr = %self.config.http_addr, "listening");
+        let served = http::serve(listener, router, shutdown.clone()).await;
+        // However the server ended, every other loop stops too.
+        shutdown.trigger();
+        shutdown.drain(self.config.drain_timeout).await;
+        self.pool.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
