@@ -35,7 +35,7 @@ impl TestDatabase {
         let name = format!("eb_{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin).await?;
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
         conn.close().await?;
         let url = url_for_database(&admin, &name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&url).await?;
@@ -46,7 +46,7 @@ impl TestDatabase {
     pub async fn drop_db(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut conn = PgConnection::connect(&admin_url()).await?;
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
             .execute(&mut conn)
             .await?;
         conn.close().await?;
