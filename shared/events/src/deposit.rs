@@ -222,7 +222,10 @@ mod tests {
         let body = event.to_json();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let validator = schema_validator();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "schema errors: {errors:?}");
         assert_eq!(decode(&body).unwrap(), event);
     }
@@ -252,13 +255,33 @@ mod tests {
         };
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not json".to_vec(), "not a JSON CloudEvent"),
-            (mutate(&|v| v["type"] = "bank.other".into()), "unexpected event type"),
-            (mutate(&|v| v["dataschemaversion"] = 99.into()), "unsupported dataschemaversion 99"),
+            (
+                mutate(&|v| v["type"] = "bank.other".into()),
+                "unexpected event type",
+            ),
+            (
+                mutate(&|v| v["dataschemaversion"] = 99.into()),
+                "unsupported dataschemaversion 99",
+            ),
             (mutate(&|v| v["specversion"] = "0.3".into()), "specversion"),
-            (mutate(&|v| { v["data"].as_object_mut().unwrap().remove("amount_minor"); }), "missing field `amount_minor`"),
-            (mutate(&|v| v["data"]["amount_minor"] = "100".into()), "DepositCompleted v1"),
-            (mutate(&|v| v["data"]["amount_minor"] = (-5).into()), "positive"),
-            (mutate(&|v| v["data"]["currency"] = "XXX".into()), "unsupported currency"),
+            (
+                mutate(&|v| {
+                    v["data"].as_object_mut().unwrap().remove("amount_minor");
+                }),
+                "missing field `amount_minor`",
+            ),
+            (
+                mutate(&|v| v["data"]["amount_minor"] = "100".into()),
+                "DepositCompleted v1",
+            ),
+            (
+                mutate(&|v| v["data"]["amount_minor"] = (-5).into()),
+                "positive",
+            ),
+            (
+                mutate(&|v| v["data"]["currency"] = "XXX".into()),
+                "unsupported currency",
+            ),
             (mutate(&|v| v["subject"] = "ACC-9999".into()), "differs"),
         ];
         for (body, needle) in cases {

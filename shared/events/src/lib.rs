@@ -10,8 +10,8 @@ pub mod ids;
 pub mod money;
 
 pub use deposit::{
-    decode, AccountSnapshot, DecodeError, DepositCompleted, DepositCompletedV1, Envelope,
-    CONTENT_TYPE, EVENT_SOURCE, EVENT_TYPE, ROUTING_KEY, SUPPORTED_VERSIONS,
+    AccountSnapshot, CONTENT_TYPE, DecodeError, DepositCompleted, DepositCompletedV1, EVENT_SOURCE,
+    EVENT_TYPE, Envelope, ROUTING_KEY, SUPPORTED_VERSIONS, decode,
 };
 pub use ids::{AccountId, IdError};
 pub use money::{Currency, Money, MoneyError};

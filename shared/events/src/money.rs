@@ -31,7 +31,9 @@ const CURRENCIES: &[(&str, u32)] = &[
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MoneyError {
-    #[error("unsupported currency {0:?}; supported: USD, EUR, GBP, CHF, CAD, AUD, SEK, JPY, KRW, BHD, KWD")]
+    #[error(
+        "unsupported currency {0:?}; supported: USD, EUR, GBP, CHF, CAD, AUD, SEK, JPY, KRW, BHD, KWD"
+    )]
     UnsupportedCurrency(String),
     #[error("amount must be a decimal string such as \"100.00\"")]
     NotADecimal,
@@ -137,7 +139,10 @@ impl Money {
             .ok_or(MoneyError::Overflow)?;
         let mut frac_minor: i64 = 0;
         for i in 0..exponent as usize {
-            let digit = significant.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
+            let digit = significant
+                .as_bytes()
+                .get(i)
+                .map_or(0, |b| i64::from(b - b'0'));
             frac_minor = frac_minor * 10 + digit;
         }
         minor = minor.checked_add(frac_minor).ok_or(MoneyError::Overflow)?;
@@ -167,8 +172,12 @@ impl Money {
     /// A human form with thousands separators and the code: `1,234.50 USD`.
     pub fn display(&self) -> String {
         let plain = self.to_decimal_string();
-        let (sign, rest) = plain.strip_prefix('-').map_or(("", plain.as_str()), |r| ("-", r));
-        let (int_part, frac) = rest.split_once('.').map_or((rest, None), |(i, f)| (i, Some(f)));
+        let (sign, rest) = plain
+            .strip_prefix('-')
+            .map_or(("", plain.as_str()), |r| ("-", r));
+        let (int_part, frac) = rest
+            .split_once('.')
+            .map_or((rest, None), |(i, f)| (i, Some(f)));
         let mut grouped = String::new();
         for (i, ch) in int_part.chars().enumerate() {
             if i > 0 && (int_part.len() - i) % 3 == 0 {
@@ -194,7 +203,10 @@ mod tests {
 
     #[test]
     fn parses_exact_amounts_for_each_exponent() {
-        assert_eq!(Money::parse_positive("100.00", usd()).unwrap().minor, 10_000);
+        assert_eq!(
+            Money::parse_positive("100.00", usd()).unwrap().minor,
+            10_000
+        );
         assert_eq!(Money::parse_positive("100.5", usd()).unwrap().minor, 10_050);
         assert_eq!(Money::parse_positive("100", usd()).unwrap().minor, 10_000);
         assert_eq!(Money::parse_positive("0.01", usd()).unwrap().minor, 1);
@@ -224,10 +236,17 @@ mod tests {
             ("99999999999999999999999", MoneyError::Overflow),
         ];
         for (input, expected) in cases {
-            assert_eq!(Money::parse_positive(input, usd()), Err(expected), "{input:?}");
+            assert_eq!(
+                Money::parse_positive(input, usd()),
+                Err(expected),
+                "{input:?}"
+            );
         }
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(Money::parse_positive("1.5", jpy), Err(MoneyError::TooPrecise(0)));
+        assert_eq!(
+            Money::parse_positive("1.5", jpy),
+            Err(MoneyError::TooPrecise(0))
+        );
     }
 
     #[test]
@@ -238,9 +257,15 @@ mod tests {
 
     #[test]
     fn display_groups_thousands() {
-        let m = Money { minor: 123_456_789, currency: usd() };
+        let m = Money {
+            minor: 123_456_789,
+            currency: usd(),
+        };
         assert_eq!(m.display(), "1,234,567.89 USD");
-        let jpy = Money { minor: 1_000, currency: Currency::parse("JPY").unwrap() };
+        let jpy = Money {
+            minor: 1_000,
+            currency: Currency::parse("JPY").unwrap(),
+        };
         assert_eq!(jpy.display(), "1,000 JPY");
     }
 

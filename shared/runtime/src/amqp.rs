@@ -14,7 +14,9 @@
 
 use crate::config::CommonConfig;
 use anyhow::Context;
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -33,7 +35,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
-        Self { namespace: namespace.to_owned() }
+        Self {
+            namespace: namespace.to_owned(),
+        }
     }
 
     fn prefixed(&self, name: &str) -> String {
@@ -76,7 +80,10 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
 fn durable() -> ExchangeDeclareOptions {
     // Durable: the topology survives a broker restart, so messages published while a consumer
     // is down still have somewhere to go.
-    ExchangeDeclareOptions { durable: true, ..Default::default() }
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
 }
 
 /// Declares the events exchange (what the producer needs).
@@ -108,7 +115,10 @@ pub async fn declare_consumer_topology(
     let mut hash_args = FieldTable::default();
     // Hash on the account id header rather than the routing key: all events of one account land
     // in one partition, which is what keeps per-account order.
-    hash_args.insert("hash-header".into(), AMQPValue::LongString(PARTITION_HEADER.into()));
+    hash_args.insert(
+        "hash-header".into(),
+        AMQPValue::LongString(PARTITION_HEADER.into()),
+    );
     channel
         .exchange_declare(
             ShortString::from(hash_exchange.clone()),
@@ -131,12 +141,21 @@ pub async fn declare_consumer_topology(
 
     let dlx = names.dead_letter_exchange(service);
     channel
-        .exchange_declare(ShortString::from(dlx.clone()), ExchangeKind::Fanout, durable(), FieldTable::default())
+        .exchange_declare(
+            ShortString::from(dlx.clone()),
+            ExchangeKind::Fanout,
+            durable(),
+            FieldTable::default(),
+        )
         .await
         .context("declaring the dead-letter exchange")?;
     let dlq = names.dead_letter_queue(service);
     channel
-        .queue_declare(ShortString::from(dlq.clone()), queue_options(), quorum_args())
+        .queue_declare(
+            ShortString::from(dlq.clone()),
+            queue_options(),
+            quorum_args(),
+        )
         .await
         .context("declaring the dead-letter queue")?;
     channel
@@ -157,8 +176,14 @@ pub async fn declare_consumer_topology(
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         // A message that keeps failing (or keeps crashing its consumer) is dead-lettered after
         // this many redeliveries instead of blocking its partition forever.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(delivery_limit)));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(delivery_limit)),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
         channel
             .queue_declare(ShortString::from(queue.clone()), queue_options(), args)
             .await
@@ -179,14 +204,20 @@ pub async fn declare_consumer_topology(
 }
 
 fn queue_options() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..Default::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
 }
 
 fn quorum_args() -> FieldTable {
     // Quorum queues: replicated and durable, and they count deliveries (x-delivery-count),
     // which is what makes the delivery limit possible.
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 

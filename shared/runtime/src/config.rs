@@ -3,7 +3,7 @@
 //! Every variable has a default that reaches the local Postgres and RabbitMQ, so `scripts/up`
 //! needs no settings. Tests build configs directly instead of touching the process environment.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;

@@ -19,15 +19,18 @@
 //! - a message that crashes the process: the quorum queue counts the redeliveries and dead-letters
 //!   it at `x-delivery-limit`.
 
+use crate::Shutdown;
 use crate::amqp::{self, Names};
 use crate::config::CommonConfig;
 use crate::metrics::ConsumerMetrics;
-use crate::Shutdown;
-use eventbank_events::{decode, DepositCompleted};
+use eventbank_events::{DepositCompleted, decode};
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::message::Delivery;
 use lapin::Confirmation;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use prometheus_client::metrics::gauge::Gauge;
@@ -154,7 +157,8 @@ async fn run_connection<H: Handler>(
         let shared = Arc::clone(shared);
         let connection = Arc::clone(&connection);
         let stop = stop.clone();
-        partitions.spawn(async move { consume_partition(shared, connection, partition, stop).await });
+        partitions
+            .spawn(async move { consume_partition(shared, connection, partition, stop).await });
     }
     // Either shutdown, or one partition failing (which means the connection or its channel is
     // gone): both stop the others, which finish the batch they hold.
@@ -179,7 +183,9 @@ async fn consume_partition<H: Handler>(
     partition: u16,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let queue = shared.names.partition_queue(shared.config.service, partition);
+    let queue = shared
+        .names
+        .partition_queue(shared.config.service, partition);
     let channel = connection.create_channel().await?;
     // The prefetch bounds unacked deliveries; it must exceed the batch size or batches starve.
     channel
@@ -187,13 +193,22 @@ async fn consume_partition<H: Handler>(
         .await?;
     // Confirm mode on the same channel: a message we dead-letter ourselves is acked only after
     // the broker confirmed its copy in the DLQ.
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut deliveries = channel
         .basic_consume(
             ShortString::from(queue.clone()),
-            ShortString::from(format!("{}-{}-{partition}", shared.config.service, Uuid::new_v4().simple())),
+            ShortString::from(format!(
+                "{}-{}-{partition}",
+                shared.config.service,
+                Uuid::new_v4().simple()
+            )),
             // Manual ack (no_ack = false): we ack only after the transaction committed.
-            BasicConsumeOptions { no_ack: false, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: false,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -363,7 +378,10 @@ async fn apply<H: Handler>(
 }
 
 /// Events of `all` that are not in `fresh` (by position: the first copy of an id is fresh).
-fn duplicates<'a>(all: &'a [DepositCompleted], fresh: &[DepositCompleted]) -> Vec<&'a DepositCompleted> {
+fn duplicates<'a>(
+    all: &'a [DepositCompleted],
+    fresh: &[DepositCompleted],
+) -> Vec<&'a DepositCompleted> {
     let mut fresh_iter = fresh.iter().peekable();
     let mut out = Vec::new();
     for event in all {
@@ -380,9 +398,15 @@ fn duplicates<'a>(all: &'a [DepositCompleted], fresh: &[DepositCompleted]) -> Ve
 fn record<H>(shared: &Shared<H>, size: usize, fresh: usize, started: Instant) {
     let size_u64 = size as u64;
     shared.metrics.consumed.inc_by(size_u64);
-    shared.metrics.duplicates.inc_by(size_u64.saturating_sub(fresh as u64));
+    shared
+        .metrics
+        .duplicates
+        .inc_by(size_u64.saturating_sub(fresh as u64));
     shared.metrics.batch_size.observe(size as f64);
-    shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Acks every delivery of this channel up to and including `last`.
@@ -406,8 +430,14 @@ async fn dead_letter<H>(
 ) -> anyhow::Result<()> {
     let mut headers: FieldTable = delivery.properties.headers().clone().unwrap_or_default();
     let reason: String = reason.chars().take(1000).collect();
-    headers.insert(amqp::REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
-    headers.insert(amqp::QUEUE_HEADER.into(), AMQPValue::LongString(queue.into()));
+    headers.insert(
+        amqp::REASON_HEADER.into(),
+        AMQPValue::LongString(reason.as_str().into()),
+    );
+    headers.insert(
+        amqp::QUEUE_HEADER.into(),
+        AMQPValue::LongString(queue.into()),
+    );
     headers.insert(
         amqp::FAILED_AT_HEADER.into(),
         AMQPValue::LongString(chrono::Utc::now().to_rfc3339().as_str().into()),
@@ -417,7 +447,10 @@ async fn dead_letter<H>(
         .basic_publish(
             ShortString::from(shared.names.dead_letter_exchange(shared.config.service)),
             ShortString::from(queue),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             &delivery.data,
             properties,
         )
@@ -441,7 +474,9 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new() -> Self {
-        Self { next: Duration::from_millis(100) }
+        Self {
+            next: Duration::from_millis(100),
+        }
     }
     pub fn reset(&mut self) {
         self.next = Duration::from_millis(100);

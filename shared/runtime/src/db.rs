@@ -3,9 +3,9 @@
 
 use crate::config::CommonConfig;
 use anyhow::Context;
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -58,7 +58,10 @@ pub fn is_connectivity_error(error: &sqlx::Error) -> bool {
             // failure / deadlock, which succeed on retry.
             db.code().is_some_and(|c| {
                 c.starts_with("08")
-                    || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+                    || matches!(
+                        c.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                    )
             })
         }
         _ => false,
@@ -67,7 +70,10 @@ pub fn is_connectivity_error(error: &sqlx::Error) -> bool {
 
 /// Health probe used by `/readyz`.
 pub async fn ping(pool: &PgPool) -> bool {
-    tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }

@@ -4,7 +4,7 @@
 use crate::Shutdown;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,7 +30,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -42,8 +47,10 @@ impl Problem {
     }
 
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        self.extensions
-            .insert(key.to_owned(), serde_json::to_value(value).unwrap_or(Value::Null));
+        self.extensions.insert(
+            key.to_owned(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
         self
     }
 
@@ -57,7 +64,12 @@ impl Problem {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     /// An opaque 500: the cause is logged once here, never sent to the client.
@@ -73,7 +85,10 @@ impl Problem {
 
     fn body(&self) -> Value {
         let mut body = Map::new();
-        body.insert("type".into(), Value::String(format!("urn:eventbank:problem:{}", self.kind)));
+        body.insert(
+            "type".into(),
+            Value::String(format!("urn:eventbank:problem:{}", self.kind)),
+        );
         body.insert("title".into(), Value::String(self.title.into()));
         body.insert("status".into(), Value::from(self.status.as_u16()));
         body.insert("detail".into(), Value::String(self.detail.clone()));
@@ -87,11 +102,14 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if let Some(secs) = self.retry_after_secs {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -131,9 +149,12 @@ fn json_rejection_problem(rejection: JsonRejection) -> Problem {
             "Invalid request body",
             text,
         ),
-        JsonRejection::JsonSyntaxError(_) => {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", text)
-        }
+        JsonRejection::JsonSyntaxError(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            text,
+        ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
@@ -150,13 +171,19 @@ pub struct OpsState {
     pub pool: PgPool,
     /// 1 while the broker connection works; the relay or consumer supervisor keeps it current.
     pub broker_connected: Gauge,
+    /// False for the producer: it accepts deposits while the broker is away (the outbox holds
+    /// them), so a broker outage must not take it out of rotation.
+    pub broker_required: bool,
     pub registry: Arc<Registry>,
 }
 
 /// `/healthz` (the process answers), `/readyz` (database and broker reachable), `/metrics`.
 pub fn ops_router(state: OpsState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -166,7 +193,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let database = crate::db::ping(&state.pool).await;
     let broker = state.broker_connected.get() == 1;
     let body = serde_json::json!({ "database": database, "broker": broker });
-    if database && broker {
+    if database && (broker || !state.broker_required) {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -179,7 +206,10 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         return Problem::internal(&anyhow::anyhow!("encoding metrics: {e}")).into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response()

@@ -3,7 +3,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// What the shared consumer loop records, identical in every consumer service.
@@ -52,7 +52,11 @@ impl ConsumerMetrics {
             "Time to apply one batch in one transaction, commit included",
             m.batch_seconds.clone(),
         );
-        registry.register("handler_batch_size", "Deliveries per batch", m.batch_size.clone());
+        registry.register(
+            "handler_batch_size",
+            "Deliveries per batch",
+            m.batch_size.clone(),
+        );
         m
     }
 }

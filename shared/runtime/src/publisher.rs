@@ -4,9 +4,8 @@
 //! `mandatory`, and a message the broker returns as unroutable is a failure, not a success: it
 //! means no queue is bound yet, and the outbox keeps it until one is.
 
-use eventbank_events::DepositCompleted;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
@@ -37,7 +36,9 @@ pub struct Publisher {
 impl Publisher {
     pub async fn new(connection: &Connection) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -59,7 +60,10 @@ impl Publisher {
                 .basic_publish(
                     ShortString::from(message.exchange.as_str()),
                     ShortString::from(message.routing_key.as_str()),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &message.body,
                     message.properties.clone(),
                 )
@@ -85,16 +89,14 @@ impl Publisher {
     }
 }
 
-async fn await_confirms(
-    pending: Vec<lapin::PublisherConfirm>,
-) -> (usize, Option<PublishError>) {
+async fn await_confirms(pending: Vec<lapin::PublisherConfirm>) -> (usize, Option<PublishError>) {
     let mut confirmed = 0;
     for confirm in pending {
         let outcome = match confirm.await {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
-            Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::Returned(
-                returned.reply_text.to_string(),
-            )),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                Err(PublishError::Returned(returned.reply_text.to_string()))
+            }
             Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
             Err(e) => Err(PublishError::Broker(e)),
         };
@@ -106,29 +108,37 @@ async fn await_confirms(
     (confirmed, None)
 }
 
-/// The AMQP message for a `DepositCompleted`: persistent, `message_id` = event id, the partition
-/// key and trace context in headers, CloudEvents content type.
-pub fn deposit_message(exchange: &str, event: &DepositCompleted, body: Vec<u8>) -> Outgoing {
+/// The AMQP message for a `DepositCompleted` body: persistent, `message_id` = event id, the
+/// partition key, schema version and trace context in headers, CloudEvents content type.
+pub fn deposit_message(
+    exchange: &str,
+    event_id: uuid::Uuid,
+    account_id: &str,
+    traceparent: Option<&str>,
+    body: Vec<u8>,
+) -> Outgoing {
     let mut headers = FieldTable::default();
     headers.insert(
         crate::amqp::PARTITION_HEADER.into(),
-        AMQPValue::LongString(LongString::from(event.account_id.as_str())),
+        AMQPValue::LongString(LongString::from(account_id)),
     );
     headers.insert(
         "dataschemaversion".into(),
         AMQPValue::LongLongInt(i64::from(eventbank_events::deposit::CURRENT_VERSION)),
     );
-    if let Some(traceparent) = &event.traceparent {
-        headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.as_str().into()));
+    if let Some(traceparent) = traceparent {
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
     }
     let properties = BasicProperties::default()
         .with_content_type(eventbank_events::CONTENT_TYPE.into())
         // 2 = persistent: written to disk, survives a broker restart.
         .with_delivery_mode(2)
-        .with_message_id(event.event_id.to_string().into())
+        .with_message_id(event_id.to_string().into())
         .with_type(eventbank_events::EVENT_TYPE.into())
         .with_app_id("deposit".into())
-        .with_timestamp(u64::try_from(event.time.timestamp()).unwrap_or_default())
         .with_headers(headers);
     Outgoing {
         exchange: exchange.to_owned(),

@@ -1,11 +1,11 @@
 //! The skeleton every consumer service runs: consumer loop + HTTP API + ops routes, one
 //! shutdown signal, drain. A service supplies its handler, its API router and its metrics.
 
+use crate::Shutdown;
 use crate::config::CommonConfig;
 use crate::consumer::{Consumer, Handler};
 use crate::http::{self, OpsState};
 use crate::metrics::{self, ConsumerMetrics};
-use crate::Shutdown;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
@@ -24,13 +24,18 @@ pub struct ConsumerService<H> {
 impl<H: Handler> ConsumerService<H> {
     /// Runs until `shutdown` fires (or the HTTP server fails), then drains: consumers finish
     /// the batch they hold, unfinished work stays unacked for redelivery.
-    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         let mut registry = self.registry;
         let consumer_metrics = ConsumerMetrics::register(&mut registry);
         let broker_connected = metrics::register_broker_gauge(&mut registry);
         let ops = OpsState {
             pool: self.pool.clone(),
             broker_connected: broker_connected.clone(),
+            broker_required: true,
             registry: Arc::new(registry),
         };
         let consumer = Consumer {

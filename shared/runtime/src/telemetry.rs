@@ -9,10 +9,10 @@ use crate::config::LogFormat;
 use serde_json::{Map, Value};
 use std::fmt;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{DefaultFields, Format, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`). Safe to call twice: the
 /// second call is ignored, which lets tests start several services in one process.
@@ -22,7 +22,10 @@ pub fn init(service: &'static str, format: LogFormat) {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .fmt_fields(DefaultFields::new())
-            .event_format(PrettyWithService { service, inner: Format::default() })
+            .event_format(PrettyWithService {
+                service,
+                inner: Format::default(),
+            })
             .try_init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -71,10 +74,19 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let mut object = Map::new();
-        object.insert("time".into(), Value::String(chrono::Utc::now().to_rfc3339()));
-        object.insert("level".into(), Value::String(event.metadata().level().to_string()));
+        object.insert(
+            "time".into(),
+            Value::String(chrono::Utc::now().to_rfc3339()),
+        );
+        object.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
         object.insert("service".into(), Value::String(self.service.into()));
-        object.insert("target".into(), Value::String(event.metadata().target().into()));
+        object.insert(
+            "target".into(),
+            Value::String(event.metadata().target().into()),
+        );
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
@@ -96,7 +108,8 @@ struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
 impl tracing::field::Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().into(), Value::String(value.into()));
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
     }
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
         self.0.insert(field.name().into(), Value::from(value));
@@ -123,6 +136,7 @@ impl tracing::field::Visit for JsonVisitor<'_> {
         self.0.insert(field.name().into(), Value::String(text));
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), Value::String(format!("{value:?}")));
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
     }
 }

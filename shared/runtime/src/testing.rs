@@ -7,7 +7,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub fn admin_url() -> String {
-    crate::config::env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    crate::config::env_or(
+        "TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
 }
 
 /// Replaces the database name in a postgres URL.
@@ -32,13 +35,21 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates `eb_<prefix>_<random>` and runs `migrator` on it.
     pub async fn create(prefix: &str, migrator: &Migrator) -> anyhow::Result<Self> {
-        let name = format!("eb_{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "eb_{prefix}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
         let url = url_for_database(&admin, &name);
-        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await?;
         migrator.run(&pool).await?;
         Ok(Self { name, url, pool })
     }
@@ -46,9 +57,12 @@ impl TestDatabase {
     pub async fn drop_db(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut conn = PgConnection::connect(&admin_url()).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
         conn.close().await?;
         Ok(())
     }

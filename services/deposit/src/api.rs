@@ -1,0 +1,391 @@
+//! HTTP API: the account directory and deposits.
+
+use crate::error::{ApiError, FieldError};
+use crate::store::{self, AccountRow, DepositRow};
+use crate::{Config, DepositMetrics};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SubsecRound, Utc};
+use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted, Money};
+use eventbank_runtime::http::ApiJson;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub metrics: DepositMetrics,
+}
+
+/// Request bodies here are a few hundred bytes; anything near this limit is not a deposit.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/accounts", post(open_account))
+        .route("/accounts/{account_id}", get(get_account))
+        .route("/deposits", post(create_deposit))
+        .route("/deposits/{deposit_id}", get(get_deposit))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OpenAccount {
+    pub holder_name: String,
+    pub email: String,
+    pub currency: String,
+}
+
+async fn open_account(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<OpenAccount>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let holder_name = body.holder_name.trim();
+    if holder_name.is_empty()
+        || holder_name.chars().count() > 200
+        || holder_name.chars().any(char::is_control)
+    {
+        errors.push(FieldError {
+            field: "holder_name",
+            message: "1 to 200 characters, no control characters".into(),
+        });
+    }
+    if !valid_email(&body.email) {
+        errors.push(FieldError {
+            field: "email",
+            message: "must be an email address such as alice@example.com".into(),
+        });
+    }
+    if let Err(e) = Currency::parse(&body.currency) {
+        errors.push(FieldError {
+            field: "currency",
+            message: e.to_string(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut conn = state.pool.acquire().await?;
+    let account =
+        store::insert_account(&mut conn, holder_name, &body.email, &body.currency).await?;
+    tracing::info!(account_id = %account.account_id, currency = %account.currency, "account opened");
+    let location = HeaderValue::from_str(&format!("/accounts/{}", account.account_id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(account),
+    )
+        .into_response())
+}
+
+/// Deliberately simple: one `@`, something on each side, a dot in the domain, no spaces or
+/// control characters. Deliverability is the mail server's business.
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    (3..=254).contains(&email.len())
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+async fn get_account(
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+) -> Result<Json<AccountRow>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    store::get_account(&mut conn, &account_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no account {account_id}")))
+}
+
+async fn get_deposit(
+    State(state): State<AppState>,
+    Path(deposit_id): Path<String>,
+) -> Result<Json<DepositRow>, ApiError> {
+    let id = Uuid::parse_str(&deposit_id)
+        .map_err(|_| ApiError::field("deposit_id", "must be a UUID"))?;
+    let mut conn = state.pool.acquire().await?;
+    store::get_deposit(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no deposit {deposit_id}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateDeposit {
+    pub account_id: String,
+    /// A decimal string ("100.00"), never a JSON number: numbers invite floating point.
+    pub amount: String,
+    pub currency: String,
+}
+
+/// A deposit request that passed every check that needs no database.
+struct ValidDeposit {
+    account_id: AccountId,
+    money: Money,
+}
+
+impl ValidDeposit {
+    /// What "the same body" means for Idempotency-Key: the normalised request, so that
+    /// `"100.0"` and `"100.00"` are the same deposit.
+    fn fingerprint(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.account_id, self.money.minor, self.money.currency
+        )
+    }
+}
+
+fn validate_deposit(body: &CreateDeposit, config: &Config) -> Result<ValidDeposit, ApiError> {
+    let mut errors = Vec::new();
+    let account_id = AccountId::parse(&body.account_id)
+        .map_err(|e| {
+            errors.push(FieldError {
+                field: "account_id",
+                message: e.to_string(),
+            })
+        })
+        .ok();
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| {
+            errors.push(FieldError {
+                field: "currency",
+                message: e.to_string(),
+            })
+        })
+        .ok();
+    let mut money = None;
+    if let Some(currency) = currency {
+        match Money::parse_positive(&body.amount, currency) {
+            Ok(m) => {
+                let max = config.max_deposit_minor(currency)?;
+                if m.minor > max {
+                    errors.push(FieldError {
+                        field: "amount",
+                        message: format!(
+                            "exceeds the maximum single deposit of {}",
+                            Money {
+                                minor: max,
+                                currency
+                            }
+                            .display()
+                        ),
+                    });
+                } else {
+                    money = Some(m);
+                }
+            }
+            Err(e) => errors.push(FieldError {
+                field: "amount",
+                message: e.to_string(),
+            }),
+        }
+    }
+    match (account_id, money) {
+        (Some(account_id), Some(money)) if errors.is_empty() => {
+            Ok(ValidDeposit { account_id, money })
+        }
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::field("Idempotency-Key", "1 to 200 visible ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+/// POST /deposits: validate, then in ONE transaction take the account's next sequence, store the
+/// deposit and its outbox row (and the Idempotency-Key's response). Nothing is half-written.
+async fn create_deposit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateDeposit>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let valid = validate_deposit(&body, &state.config)?;
+    let traceparent = child_traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(key) = &key {
+        if !store::claim_idempotency_key(&mut tx, key, &valid.fingerprint()).await? {
+            let stored = store::get_idempotency_key(&mut tx, key)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+            if stored.fingerprint != valid.fingerprint() {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            tracing::info!(idempotency_key = %key, "replaying the stored response");
+            let status = StatusCode::from_u16(u16::try_from(stored.status_code).unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Ok((
+                status,
+                [("idempotent-replayed", "true")],
+                Json(stored.response),
+            )
+                .into_response());
+        }
+    }
+    let account = store::next_sequence(&mut tx, valid.account_id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::UnknownAccount(valid.account_id.to_string()))?;
+    if account.status != "open" {
+        return Err(ApiError::AccountClosed(account.account_id));
+    }
+    if account.currency != valid.money.currency.code() {
+        return Err(ApiError::CurrencyMismatch {
+            account_currency: account.currency,
+            given: valid.money.currency.code().to_owned(),
+        });
+    }
+    // Postgres keeps microseconds; truncating here makes the event and the row agree exactly.
+    let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    let event = DepositCompleted {
+        event_id: Uuid::now_v7(),
+        sequence: account.last_sequence,
+        time: now,
+        traceparent: Some(traceparent),
+        schema_version: eventbank_events::deposit::CURRENT_VERSION,
+        deposit_id: Uuid::now_v7(),
+        account_id: valid.account_id.clone(),
+        amount_minor: valid.money.minor,
+        currency: valid.money.currency,
+        account: AccountSnapshot {
+            holder_name: account.holder_name.clone(),
+            email: account.email.clone(),
+        },
+        occurred_at: now,
+    };
+    let row = DepositRow {
+        deposit_id: event.deposit_id,
+        event_id: event.event_id,
+        account_id: account.account_id.clone(),
+        sequence: event.sequence,
+        amount_minor: event.amount_minor,
+        currency: account.currency.clone(),
+        created_at: now,
+    };
+    store::insert_deposit(&mut tx, &row).await?;
+    store::insert_outbox(
+        &mut tx,
+        event.event_id,
+        &row.account_id,
+        row.sequence,
+        event.traceparent.as_deref(),
+        &event.to_json(),
+    )
+    .await?;
+    let response = deposit_response(&row, valid.money);
+    if let Some(key) = &key {
+        store::save_idempotent_response(&mut tx, key, 201, &response).await?;
+    }
+    tx.commit().await?;
+    state.metrics.accepted.inc();
+    tracing::info!(
+        deposit_id = %row.deposit_id, event_id = %row.event_id, account_id = %row.account_id,
+        sequence = row.sequence, amount = %valid.money.display(), "deposit accepted"
+    );
+    let location = HeaderValue::from_str(&format!("/deposits/{}", row.deposit_id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(response),
+    )
+        .into_response())
+}
+
+fn deposit_response(row: &DepositRow, money: Money) -> Value {
+    json!({
+        "deposit_id": row.deposit_id,
+        "account_id": row.account_id,
+        "sequence": row.sequence,
+        "event_id": row.event_id,
+        "amount": money.to_decimal_string(),
+        "amount_minor": row.amount_minor,
+        "currency": row.currency,
+        "created_at": row.created_at,
+    })
+}
+
+/// A W3C traceparent for this deposit: the caller's trace id when it sent a valid header (so
+/// the deposit joins the caller's trace), a new one otherwise; always a new span id.
+pub fn child_traceparent(incoming: Option<&str>) -> String {
+    let trace_id = incoming
+        .and_then(|tp| {
+            let parts: Vec<&str> = tp.split('-').collect();
+            match parts.as_slice() {
+                [_, trace, span, _]
+                    if trace.len() == 32
+                        && span.len() == 16
+                        && trace
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                        && *trace != "0".repeat(32) =>
+                {
+                    Some((*trace).to_owned())
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+    let span_id = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace_id}-{span_id}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_a_valid_callers_trace_id() {
+        let tp = child_traceparent(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
+        assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert_ne!(
+            tp,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let fresh = child_traceparent(Some("garbage"));
+        assert_eq!(fresh.len(), 55);
+    }
+
+    #[test]
+    fn emails_are_checked_simply() {
+        assert!(valid_email("alice@example.com"));
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The deposit service's one error type. Variants are named by what the client sees; each maps
+//! to one RFC 9457 problem. Infrastructure failures are an opaque 500, logged once.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use eventbank_runtime::http::Problem;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    #[error("account {0} is closed")]
+    AccountClosed(String),
+    #[error("currency mismatch")]
+    CurrencyMismatch {
+        account_currency: String,
+        given: String,
+    },
+    #[error("idempotency key reused with another body")]
+    IdempotencyKeyReused,
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError {
+            field,
+            message: message.into(),
+        }])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            ApiError::Validation(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation",
+                    "Invalid request",
+                    detail,
+                )
+                .with("errors", errors)
+            }
+            ApiError::UnknownAccount(id) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-account",
+                "Unknown account",
+                format!("no account {id} in the directory; open one with POST /accounts"),
+            )
+            .with("account_id", id),
+            ApiError::AccountClosed(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "account-closed",
+                "Account closed",
+                format!("account {id} is closed and accepts no deposits"),
+            )
+            .with("account_id", id),
+            ApiError::CurrencyMismatch {
+                account_currency,
+                given,
+            } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "currency-mismatch",
+                "Currency mismatch",
+                format!("the account holds {account_currency}; the deposit is in {given}"),
+            )
+            .with("account_currency", account_currency)
+            .with("currency", given),
+            ApiError::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was already used with a different request body",
+            ),
+            ApiError::NotFound(what) => Problem::not_found(what),
+            ApiError::Internal(e) => Problem::internal(&e),
+        };
+        problem.into_response()
+    }
+}

@@ -1,0 +1,155 @@
+//! deposit: accepts deposits over HTTP and publishes `DepositCompleted` through a
+//! transactional outbox.
+//!
+//! - [`api`]: `POST /accounts`, `POST /deposits` (validation, Idempotency-Key), reads.
+//! - [`store`]: the SQL, in small functions.
+//! - [`relay`]: publishes the outbox in order with confirms; one leader at a time.
+
+pub mod api;
+pub mod error;
+pub mod relay;
+pub mod store;
+
+use anyhow::Context;
+use eventbank_events::{Currency, Money};
+use eventbank_runtime::config::{env_or, env_parse};
+use eventbank_runtime::http::{self, OpsState};
+use eventbank_runtime::{CommonConfig, Shutdown, db, metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/deposit");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// Insert the demo accounts (ACC-0001..) at start so a first curl works.
+    pub seed_demo_accounts: bool,
+    /// Largest single deposit, in major units of the deposit's currency (exact decimal).
+    pub max_deposit_amount: String,
+    /// Outbox rows published per relay round.
+    pub relay_batch: i64,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let config = Self {
+            common: CommonConfig::from_env("deposit", 8081)?,
+            seed_demo_accounts: env_parse("SEED_DEMO_ACCOUNTS", true)?,
+            max_deposit_amount: env_or("MAX_DEPOSIT_AMOUNT", "1000000.00"),
+            relay_batch: env_parse("RELAY_BATCH", 500)?,
+        };
+        config.max_deposit_minor(Currency::parse("USD").context("USD is supported")?)?;
+        Ok(config)
+    }
+
+    /// The configured maximum in minor units of `currency`.
+    pub fn max_deposit_minor(&self, currency: Currency) -> anyhow::Result<i64> {
+        Money::parse_positive(&self.max_deposit_amount, currency)
+            .map(|m| m.minor)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "MAX_DEPOSIT_AMOUNT={:?} is invalid: {e}",
+                    self.max_deposit_amount
+                )
+            })
+    }
+}
+
+/// Metrics the deposit service exports besides the shared ones.
+#[derive(Clone)]
+pub struct DepositMetrics {
+    pub accepted: Counter,
+    pub published: Counter,
+    pub outbox_backlog: Gauge,
+    pub outbox_oldest_age_seconds: Gauge,
+    pub relay_leader: Gauge,
+}
+
+impl DepositMetrics {
+    fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            accepted: Counter::default(),
+            published: Counter::default(),
+            outbox_backlog: Gauge::default(),
+            outbox_oldest_age_seconds: Gauge::default(),
+            relay_leader: Gauge::default(),
+        };
+        registry.register(
+            "deposits_accepted",
+            "Deposits committed (with their outbox row)",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "outbox_published",
+            "Outbox rows confirmed by the broker and marked published",
+            m.published.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows not yet published",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            m.outbox_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "relay_leader",
+            "1 while this replica holds the relay lock",
+            m.relay_leader.clone(),
+        );
+        m
+    }
+}
+
+/// Runs the HTTP API and the relay until shutdown, then drains.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
+    if config.seed_demo_accounts {
+        store::seed_demo_accounts(&pool)
+            .await
+            .context("seeding demo accounts")?;
+    }
+    let mut registry = metrics::new_registry("deposit");
+    let deposit_metrics = DepositMetrics::register(&mut registry);
+    let broker_connected = metrics::register_broker_gauge(&mut registry);
+    let ops = OpsState {
+        pool: pool.clone(),
+        broker_connected: broker_connected.clone(),
+        broker_required: false,
+        registry: Arc::new(registry),
+    };
+
+    let relay = relay::Relay {
+        config: config.common.clone(),
+        pool: pool.clone(),
+        batch: config.relay_batch,
+        metrics: deposit_metrics.clone(),
+        broker_connected,
+    };
+    shutdown.spawn(relay.run(shutdown.clone()));
+
+    let state = api::AppState {
+        pool: pool.clone(),
+        config: Arc::new(config.clone()),
+        metrics: deposit_metrics,
+    };
+    let router = api::app(state)
+        .merge(http::ops_router(ops))
+        .fallback(http::not_found_fallback);
+    tracing::info!(addr = %config.common.http_addr, "listening");
+    let served = http::serve(listener, router, shutdown.clone()).await;
+    shutdown.trigger();
+    shutdown.drain(config.common.drain_timeout).await;
+    pool.close().await;
+    tracing::info!("stopped");
+    served
+}

@@ -1,0 +1,218 @@
+//! The outbox relay: publishes outbox rows in id order with publisher confirms.
+//!
+//! - One leader at a time: the relay holds a Postgres session advisory lock on a dedicated
+//!   connection; a second replica waits as a hot standby and takes over within a second of the
+//!   leader's connection dying (a SIGKILLed leader's session ends, releasing the lock).
+//! - Reads and marks rows on that same connection, so a relay that lost its lock connection can
+//!   never mark anything published.
+//! - Woken by `LISTEN outbox` (a trigger notifies on commit), with a 1 s poll as a safety net.
+//! - A row is marked published only after the broker confirmed it; a returned (unroutable) or
+//!   nacked message stops the round and is retried with backoff. Rows published but not yet
+//!   marked when the relay dies are published again: consumers deduplicate by event id.
+
+use crate::{DepositMetrics, store};
+use eventbank_runtime::amqp::{self, Names};
+use eventbank_runtime::consumer::Backoff;
+use eventbank_runtime::publisher::{Outgoing, Publisher, deposit_message};
+use eventbank_runtime::{CommonConfig, Shutdown};
+use prometheus_client::metrics::gauge::Gauge;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The advisory lock key: "evbkrely" as bytes, so it is recognisable in pg_locks.
+pub const RELAY_LOCK_KEY: i64 = 0x6576_626b_7265_6c79;
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Relay {
+    pub config: CommonConfig,
+    pub pool: PgPool,
+    pub batch: i64,
+    pub metrics: DepositMetrics,
+    pub broker_connected: Gauge,
+}
+
+impl Relay {
+    /// Runs until shutdown: become leader, then publish; on any failure start over with backoff.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Backoff::new();
+        while !shutdown.is_triggered() {
+            match self.lead(&shutdown).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    self.metrics.relay_leader.set(0);
+                    self.broker_connected.set(0);
+                    let delay = backoff.next();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay interrupted; retrying");
+                    tokio::select! {
+                        _ = shutdown.triggered() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.metrics.relay_leader.set(0);
+    }
+
+    async fn lock_connection(&self) -> anyhow::Result<PgConnection> {
+        let options =
+            sqlx::postgres::PgConnectOptions::from_str(self.config.database_url.expose())?
+                .application_name("deposit-relay");
+        Ok(PgConnection::connect_with(&options).await?)
+    }
+
+    /// Waits for the lock (standby), then publishes until shutdown or failure.
+    async fn lead(&self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let mut lock = self.lock_connection().await?;
+        loop {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(RELAY_LOCK_KEY)
+                .fetch_one(&mut lock)
+                .await?;
+            if acquired {
+                break;
+            }
+            self.metrics.relay_leader.set(0);
+            tracing::debug!("another relay is the leader; standing by");
+            tokio::select! {
+                _ = shutdown.triggered() => return Ok(()),
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+        self.metrics.relay_leader.set(1);
+        tracing::info!("relay is the leader");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("outbox").await?;
+
+        let names = Names::new(&self.config.namespace);
+        let mut broker_backoff = Backoff::new();
+        while !shutdown.is_triggered() {
+            let connection = match amqp::connect(&self.config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Keep the lock while the broker is away: deposits keep landing in the
+                    // outbox, and we publish them as soon as it is back.
+                    self.broker_connected.set(0);
+                    self.refresh_backlog(&mut lock).await?;
+                    let delay = broker_backoff.next();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "broker unreachable; deposits wait in the outbox");
+                    tokio::select! {
+                        _ = shutdown.triggered() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            let outcome = self
+                .publish_loop(&connection, &names, &mut lock, &mut listener, shutdown)
+                .await;
+            self.broker_connected.set(0);
+            let _ = connection.close(200, "relay stopping".into()).await;
+            match outcome {
+                Ok(()) => break,
+                Err(RelayError::Database(e)) => return Err(e),
+                Err(RelayError::Broker(e)) => {
+                    let delay = broker_backoff.next();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "publishing failed; will retry");
+                    tokio::select! {
+                        _ = shutdown.triggered() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        // Releasing explicitly lets a standby take over at once on a clean shutdown.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .execute(&mut lock)
+            .await;
+        self.metrics.relay_leader.set(0);
+        Ok(())
+    }
+
+    async fn publish_loop(
+        &self,
+        connection: &lapin::Connection,
+        names: &Names,
+        lock: &mut PgConnection,
+        listener: &mut PgListener,
+        shutdown: &Shutdown,
+    ) -> Result<(), RelayError> {
+        let publisher = Publisher::new(connection)
+            .await
+            .map_err(|e| RelayError::Broker(e.into()))?;
+        amqp::declare_events_exchange(publisher.channel(), names)
+            .await
+            .map_err(RelayError::Broker)?;
+        self.broker_connected.set(1);
+        let exchange = names.events_exchange();
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            let rows = store::unpublished(lock, self.batch)
+                .await
+                .map_err(|e| RelayError::Database(e.into()))?;
+            if rows.is_empty() {
+                self.refresh_backlog(lock)
+                    .await
+                    .map_err(RelayError::Database)?;
+                tokio::select! {
+                    _ = shutdown.triggered() => return Ok(()),
+                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    notification = listener.recv() => {
+                        notification.map_err(|e| RelayError::Database(e.into()))?;
+                    }
+                }
+                continue;
+            }
+            let messages: Vec<Outgoing> = rows
+                .iter()
+                .map(|r| {
+                    deposit_message(
+                        &exchange,
+                        r.event_id,
+                        &r.account_id,
+                        r.traceparent.as_deref(),
+                        r.payload.clone(),
+                    )
+                })
+                .collect();
+            let (confirmed, failure) = publisher.publish_all(&messages).await;
+            // Only the confirmed prefix is marked: order is kept, and anything after a failure
+            // is published again (consumers deduplicate).
+            let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
+            if !ids.is_empty() {
+                store::mark_published(lock, &ids)
+                    .await
+                    .map_err(|e| RelayError::Database(e.into()))?;
+                self.metrics.published.inc_by(ids.len() as u64);
+                for row in &rows[..confirmed] {
+                    tracing::debug!(event_id = %row.event_id, account_id = %row.account_id, "published");
+                }
+                tracing::info!(
+                    count = ids.len(),
+                    first_id = ids[0],
+                    "outbox rows published"
+                );
+            }
+            if let Some(e) = failure {
+                return Err(RelayError::Broker(e.into()));
+            }
+        }
+    }
+
+    async fn refresh_backlog(&self, lock: &mut PgConnection) -> anyhow::Result<()> {
+        let (count, age) = store::outbox_backlog(lock).await?;
+        self.metrics.outbox_backlog.set(count);
+        self.metrics.outbox_oldest_age_seconds.set(age);
+        Ok(())
+    }
+}
+
+enum RelayError {
+    /// The lock connection failed: leadership is uncertain, start over.
+    Database(anyhow::Error),
+    /// The broker failed: reconnect, keep the lock.
+    Broker(anyhow::Error),
+}

@@ -1,0 +1,230 @@
+//! SQL of the deposit service, one small function per statement.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct AccountRow {
+    pub account_id: String,
+    pub holder_name: String,
+    pub email: String,
+    pub currency: String,
+    pub status: String,
+    pub last_sequence: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "account_id, holder_name, email, currency, status, last_sequence, created_at";
+
+/// Demo accounts so a first curl works. Idempotent.
+pub async fn seed_demo_accounts(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (account_id, holder_name, email, currency) VALUES
+            ('ACC-0001', 'Alice Example', 'alice@example.com', 'USD'),
+            ('ACC-0002', 'Bruno Beispiel', 'bruno@example.com', 'EUR'),
+            ('ACC-0003', 'Chiyo Rei', 'chiyo@example.com', 'JPY'),
+            ('ACC-0004', 'Dana Demo', 'dana@example.com', 'USD')
+         ON CONFLICT (account_id) DO NOTHING",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_account(
+    conn: &mut PgConnection,
+    holder_name: &str,
+    email: &str,
+    currency: &str,
+) -> sqlx::Result<AccountRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO accounts (account_id, holder_name, email, currency)
+         VALUES ('ACC-' || lpad(nextval('account_number_seq')::text, 4, '0'), $1, $2, $3)
+         RETURNING {ACCOUNT_COLUMNS}"
+    )))
+    .bind(holder_name)
+    .bind(email)
+    .bind(currency)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get_account(
+    conn: &mut PgConnection,
+    account_id: &str,
+) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"
+    )))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Takes the account's next sequence number. The UPDATE row-locks the account until commit, so
+/// deposits of one account are serialised and their outbox ids follow their sequence.
+pub async fn next_sequence(
+    conn: &mut PgConnection,
+    account_id: &str,
+) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE accounts SET last_sequence = last_sequence + 1 WHERE account_id = $1
+         RETURNING {ACCOUNT_COLUMNS}"
+    )))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct DepositRow {
+    pub deposit_id: Uuid,
+    pub event_id: Uuid,
+    pub account_id: String,
+    pub sequence: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert_deposit(conn: &mut PgConnection, d: &DepositRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO deposits (deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(d.deposit_id)
+    .bind(d.event_id)
+    .bind(&d.account_id)
+    .bind(d.sequence)
+    .bind(d.amount_minor)
+    .bind(&d.currency)
+    .bind(d.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_deposit(
+    conn: &mut PgConnection,
+    deposit_id: Uuid,
+) -> sqlx::Result<Option<DepositRow>> {
+    sqlx::query_as(
+        "SELECT deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at
+         FROM deposits WHERE deposit_id = $1",
+    )
+    .bind(deposit_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn insert_outbox(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    account_id: &str,
+    sequence: i64,
+    traceparent: Option<&str>,
+    payload: &[u8],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, account_id, sequence, traceparent, payload) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event_id)
+    .bind(account_id)
+    .bind(sequence)
+    .bind(traceparent)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored Idempotency-Key.
+#[derive(Debug, sqlx::FromRow)]
+pub struct IdempotencyRow {
+    pub fingerprint: String,
+    pub status_code: i32,
+    pub response: serde_json::Value,
+}
+
+/// Claims `key` for this transaction. Returns false if it already exists. A concurrent request
+/// with the same key waits here until the first one commits or rolls back.
+pub async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+    fingerprint: &str,
+) -> sqlx::Result<bool> {
+    let claimed: Option<String> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (key, fingerprint, status_code, response)
+         VALUES ($1, $2, 0, 'null') ON CONFLICT (key) DO NOTHING RETURNING key",
+    )
+    .bind(key)
+    .bind(fingerprint)
+    .fetch_optional(conn)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+pub async fn get_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> sqlx::Result<Option<IdempotencyRow>> {
+    sqlx::query_as("SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn save_idempotent_response(
+    conn: &mut PgConnection,
+    key: &str,
+    status_code: i32,
+    response: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE idempotency_keys SET status_code = $2, response = $3 WHERE key = $1")
+        .bind(key)
+        .bind(status_code)
+        .bind(response)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// An outbox row waiting to be published.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub account_id: String,
+    pub traceparent: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "SELECT id, event_id, account_id, traceparent, payload FROM outbox
+         WHERE published_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// (rows waiting, age in whole seconds of the oldest).
+pub async fn outbox_backlog(conn: &mut PgConnection) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::bigint, 0)
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(conn)
+    .await
+}
