@@ -8,6 +8,7 @@
 use crate::config::LogFormat;
 use serde_json::{Map, Value};
 use std::fmt;
+use std::io::IsTerminal;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{DefaultFields, Format, JsonFields, Writer};
@@ -21,6 +22,8 @@ pub fn init(service: &'static str, format: LogFormat) {
     let _ = match format {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colour only on a terminal: piped into a file or `scripts/up`, escapes are noise.
+            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .fmt_fields(DefaultFields::new())
             .event_format(PrettyWithService {
                 service,
