@@ -69,7 +69,7 @@ pub struct DepositMetrics {
 }
 
 impl DepositMetrics {
-    fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
         let m = Self {
             accepted: Counter::default(),
             published: Counter::default(),
