@@ -1,0 +1,122 @@
+//! email: sends a confirmation for every deposit.
+//!
+//! The consumer (shared runtime) hands each new `DepositCompleted` to [`handler`], which renders
+//! the confirmation from the event alone ([`render`]) and queues it in the same transaction as
+//! the dedup row. The [`sender`] delivers queued emails through the configured [`transport`]
+//! (SMTP or a folder of `.eml` files) with retry and backoff. [`api`] shows what was sent.
+//!
+//! - [`store`]: the SQL, in small functions.
+//! - [`metrics`]: the service's own Prometheus metrics.
+//! - [`error`]: the API's error type and its problem responses.
+
+pub mod api;
+pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod render;
+pub mod sender;
+pub mod store;
+pub mod transport;
+
+pub use api::{AppState, app};
+pub use handler::EmailHandler;
+pub use metrics::EmailMetrics;
+pub use sender::{Sender, SenderSettings};
+pub use transport::{Mailer, Transport};
+
+use anyhow::{Context, bail};
+use eventbank_runtime::config::{env_or, env_parse};
+use eventbank_runtime::service::ConsumerService;
+use eventbank_runtime::{CommonConfig, Shutdown, db};
+use lettre::message::Mailbox;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/email");
+
+/// The From of every email unless `EMAIL_FROM` says otherwise.
+pub const DEFAULT_FROM: &str = "eventbank <no-reply@eventbank.example>";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `EMAIL_TRANSPORT=file` (default, with `EMAIL_DIR`, default `var/mail`) or `smtp` (with
+    /// `SMTP_HOST`, default `localhost`, and `SMTP_PORT`, default 1025: Mailpit's port).
+    pub transport: Transport,
+    /// `EMAIL_FROM`, parsed at start-up so a typo stops the service instead of every email.
+    pub from: Mailbox,
+    /// Sender tuning; `EMAIL_MAX_ATTEMPTS` (default 20) sets `max_attempts`.
+    pub sender: SenderSettings,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let transport = match env_or("EMAIL_TRANSPORT", "file").as_str() {
+            "file" => Transport::File {
+                dir: PathBuf::from(env_or("EMAIL_DIR", "var/mail")),
+            },
+            "smtp" => Transport::Smtp {
+                host: env_or("SMTP_HOST", "localhost"),
+                port: env_parse("SMTP_PORT", 1025)?,
+            },
+            other => bail!("EMAIL_TRANSPORT={other:?} is invalid: use file or smtp"),
+        };
+        let from_raw = env_or("EMAIL_FROM", DEFAULT_FROM);
+        let from: Mailbox = from_raw
+            .parse()
+            .map_err(|e| anyhow::anyhow!("EMAIL_FROM={from_raw:?} is invalid: {e}"))?;
+        let sender = SenderSettings {
+            max_attempts: env_parse("EMAIL_MAX_ATTEMPTS", 20)?,
+            ..SenderSettings::default()
+        };
+        if sender.max_attempts == 0 {
+            bail!("EMAIL_MAX_ATTEMPTS must be at least 1");
+        }
+        Ok(Self {
+            common: CommonConfig::from_env("email", 8083)?,
+            transport,
+            from,
+            sender,
+        })
+    }
+}
+
+/// Runs the consumer, the sender and the HTTP API until shutdown, then drains.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    if let Transport::File { dir } = &config.transport {
+        // Fail at start-up, not on the first email, when the folder cannot be created.
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating EMAIL_DIR {}", dir.display()))?;
+    }
+    let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
+    let mut registry = eventbank_runtime::metrics::new_registry("email");
+    let metrics = EmailMetrics::register(&mut registry);
+    let wake = Arc::new(Notify::new());
+
+    let sender = Sender {
+        pool: pool.clone(),
+        mailer: Mailer::new(&config.transport, config.sender.smtp_timeout),
+        from: config.from.clone(),
+        settings: config.sender.clone(),
+        metrics: metrics.clone(),
+        wake: Arc::clone(&wake),
+    };
+    shutdown.spawn(sender.run(shutdown.clone()));
+
+    ConsumerService {
+        config: config.common,
+        pool: pool.clone(),
+        handler: Arc::new(EmailHandler::new(metrics, wake)),
+        api: app(AppState { pool }),
+        registry,
+    }
+    .run(listener, shutdown)
+    .await
+}

@@ -1,0 +1,227 @@
+//! The sender: delivers queued emails, retrying failures with backoff, until shutdown.
+//!
+//! Each round claims a batch of due emails (a short transaction with `FOR UPDATE SKIP LOCKED`,
+//! see [`store::claim_due`]), delivers them one by one, and records each outcome as soon as it
+//! is known: `sent`, rescheduled with exponential backoff and jitter, or `failed` (a permanent
+//! error, or `max_attempts` reached). It wakes when the consumer commits new emails (a shared
+//! `Notify`) or on a poll timer (for retries that fall due), and on shutdown it finishes the
+//! send in progress and hands the rest of its batch back.
+//!
+//! Delivery is at least once: a crash between the transport accepting a message and the row
+//! being marked `sent` sends it again when the claim's lease runs out. The retried message has
+//! the same Message-ID (derived from the event id), so a downstream can recognise it.
+
+use crate::metrics::EmailMetrics;
+use crate::store::{self, EmailStatus, Outgoing};
+use crate::transport::{DeliveryError, Mailer, build_message};
+use eventbank_runtime::Shutdown;
+use eventbank_runtime::consumer::Backoff;
+use lettre::message::Mailbox;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::Instrument as _;
+
+/// Tuning of the sender. `Default` holds the production values; tests shorten the delays.
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    /// Emails claimed per round.
+    pub batch_size: i64,
+    /// Attempts before an email is marked failed (`EMAIL_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// How often the sender looks for due retries when nothing wakes it.
+    pub poll_interval: Duration,
+    /// Delay after the first failed attempt; doubles per attempt up to `retry_cap`.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long a claim keeps other senders away, and how long emails claimed by a sender
+    /// that crashed wait before another takes them. A round stops at half of it, so it must
+    /// comfortably exceed one send (a few SMTP commands, each bounded by `smtp_timeout`).
+    pub lease: Duration,
+    /// Bound on each SMTP command.
+    pub smtp_timeout: Duration,
+}
+
+impl Default for SenderSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 20,
+            max_attempts: 20,
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+            lease: Duration::from_secs(300),
+            smtp_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SenderSettings {
+    /// The delay before the next attempt after `attempt` (1-based) failed: `retry_base`
+    /// doubling per attempt, capped at `retry_cap`, minus up to a quarter of jitter so that
+    /// emails failed together (an SMTP outage) do not all come due in the same instant.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        let delay = self
+            .retry_base
+            .saturating_mul(2_u32.saturating_pow(doublings))
+            .min(self.retry_cap);
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let jitter = rand::random_range(0..=ms / 4);
+        Duration::from_millis(ms - jitter)
+    }
+}
+
+pub struct Sender {
+    pub pool: PgPool,
+    pub mailer: Mailer,
+    /// The From of every email (`EMAIL_FROM`).
+    pub from: Mailbox,
+    pub settings: SenderSettings,
+    pub metrics: EmailMetrics,
+    /// Notified by the handler after a commit that queued emails.
+    pub wake: Arc<Notify>,
+}
+
+impl Sender {
+    /// Runs rounds until `shutdown`. A database failure is logged and retried with backoff; it
+    /// never ends the loop.
+    pub async fn run(self, shutdown: Shutdown) {
+        tracing::info!(transport = ?self.mailer, "email sender started");
+        let mut backoff = Backoff::new();
+        while !shutdown.is_triggered() {
+            let full_batch = match self.send_due(&shutdown).await {
+                Ok(claimed) => {
+                    backoff.reset();
+                    claimed as i64 >= self.settings.batch_size
+                }
+                Err(e) => {
+                    let delay = backoff.next();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "email sender round failed");
+                    tokio::select! {
+                        _ = shutdown.triggered() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            self.refresh_queue_depth().await;
+            // A full batch means more may be due already: go again without waiting.
+            if full_batch {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.triggered() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        tracing::info!("email sender stopped");
+    }
+
+    /// One round: claims due emails, delivers them, records each outcome. Returns how many
+    /// were claimed. Hands the unattempted rest back early on shutdown, and when half the lease
+    /// has gone (slow or hanging sends): the claim must never expire while this sender still
+    /// works through it, or another replica would send the same emails.
+    pub async fn send_due(&self, shutdown: &Shutdown) -> anyhow::Result<usize> {
+        let claimed = {
+            let mut conn = self.pool.acquire().await?;
+            store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
+        };
+        let stop_by = tokio::time::Instant::now() + self.settings.lease / 2;
+        for (i, email) in claimed.iter().enumerate() {
+            if shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by {
+                self.release(&claimed[i..]).await?;
+                break;
+            }
+            let span = tracing::info_span!("send_email", event_id = %email.event_id);
+            if let Err(e) = self.send_one(email).instrument(span).await {
+                // Most likely the database is away and this fails too; then the lease brings
+                // the rest back later.
+                let _ = self.release(&claimed[i + 1..]).await;
+                return Err(e);
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    /// Makes claimed, unattempted emails due again at once instead of when the lease ends.
+    async fn release(&self, emails: &[Outgoing]) -> anyhow::Result<()> {
+        if emails.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = emails.iter().map(|e| e.event_id).collect();
+        let mut conn = self.pool.acquire().await?;
+        store::release(&mut conn, &ids).await?;
+        Ok(())
+    }
+
+    /// Delivers one claimed email and records the outcome. An error here is a database error:
+    /// the outcome could not be recorded, and the lease will bring the email back.
+    async fn send_one(&self, email: &Outgoing) -> anyhow::Result<()> {
+        let attempt = u32::try_from(email.attempts).unwrap_or(0).saturating_add(1);
+        let outcome = match build_message(&self.from, email) {
+            Ok(message) => self.mailer.deliver(email.event_id, &message).await,
+            Err(e) => Err(e),
+        };
+        let mut conn = self.pool.acquire().await?;
+        match outcome {
+            Ok(()) => {
+                store::mark_sent(&mut conn, email.event_id)
+                    .await
+                    .map_err(|e| {
+                        // The message is out but not recorded: it will be sent again.
+                        tracing::error!(error = %e, "email delivered but not marked sent; it will be resent");
+                        e
+                    })?;
+                self.metrics.sent.inc();
+                tracing::info!(attempt, message_id = %email.message_id, "confirmation email sent");
+            }
+            Err(DeliveryError::Permanent(reason)) => {
+                store::mark_failed(&mut conn, email.event_id, &reason).await?;
+                self.metrics.failed.inc();
+                tracing::error!(attempt, reason, "email cannot be delivered: marked failed");
+            }
+            Err(DeliveryError::Transient(reason)) => {
+                let retry_in = self.settings.retry_delay(attempt);
+                let recorded = store::mark_retry(
+                    &mut conn,
+                    email.event_id,
+                    &reason,
+                    retry_in,
+                    self.settings.max_attempts,
+                )
+                .await?;
+                match recorded {
+                    Some((EmailStatus::Failed, attempts)) => {
+                        self.metrics.failed.inc();
+                        tracing::error!(
+                            attempts,
+                            reason,
+                            "email delivery failed too often: marked failed"
+                        );
+                    }
+                    _ => {
+                        self.metrics.retried.inc();
+                        tracing::warn!(attempt, reason, retry_in = ?retry_in, "email delivery failed; will retry");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_queue_depth(&self) {
+        let depth = match self.pool.acquire().await {
+            Ok(mut conn) => store::queued_count(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        match depth {
+            Ok(depth) => {
+                self.metrics.queue_depth.set(depth);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot refresh email queue depth"),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! SQL of the email service, one small function per statement.
+//!
+//! The `emails` table is both the record of every confirmation and the sender's work queue:
+//! `status = 'queued' AND next_attempt_at <= now()` is "due". See the migration for the
+//! meaning of each column.
+
+use crate::render::Rendered;
+use chrono::{DateTime, Utc};
+use eventbank_events::DepositCompleted;
+use serde::Serialize;
+use sqlx::PgConnection;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where an email is in its life. Stored as text (`CHECK` in the migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum EmailStatus {
+    /// Waiting for its first or next delivery attempt.
+    Queued,
+    /// Accepted by the transport (SMTP server or mail folder).
+    Sent,
+    /// Given up: a permanent error, or too many attempts. `last_error` says why.
+    Failed,
+}
+
+impl EmailStatus {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "queued" => Some(Self::Queued),
+            "sent" => Some(Self::Sent),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One email as listed by the API.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EmailSummary {
+    pub event_id: Uuid,
+    pub deposit_id: Uuid,
+    pub account_id: String,
+    #[serde(rename = "to")]
+    pub to_address: String,
+    pub subject: String,
+    pub status: EmailStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+const SUMMARY_COLUMNS: &str = "event_id, deposit_id, account_id, to_address, subject, status, \
+     attempts, last_error, created_at, sent_at";
+
+/// One email with everything stored about it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EmailDetail {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub summary: EmailSummary,
+    pub sequence: i64,
+    pub to_name: String,
+    pub message_id: String,
+    pub next_attempt_at: DateTime<Utc>,
+    pub body_text: String,
+    pub body_html: String,
+}
+
+/// A claimed email, with what the sender needs to build and deliver it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Outgoing {
+    pub event_id: Uuid,
+    pub to_name: String,
+    pub to_address: String,
+    pub subject: String,
+    pub body_text: String,
+    pub body_html: String,
+    pub message_id: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Queues one rendered confirmation per event, in one statement (set-based: the consumer's
+/// batches are up to 50 events, and one statement per event measured several times slower).
+/// An event id already present is skipped, so a replay cannot queue a second email.
+/// Returns the number of rows inserted.
+pub async fn insert_queued(
+    conn: &mut PgConnection,
+    events: &[DepositCompleted],
+    rendered: &[Rendered],
+) -> sqlx::Result<u64> {
+    let n = events.len().min(rendered.len());
+    let mut event_ids = Vec::with_capacity(n);
+    let mut deposit_ids = Vec::with_capacity(n);
+    let mut account_ids = Vec::with_capacity(n);
+    let mut sequences = Vec::with_capacity(n);
+    let mut to_names = Vec::with_capacity(n);
+    let mut to_addresses = Vec::with_capacity(n);
+    let mut subjects = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
+    let mut htmls = Vec::with_capacity(n);
+    let mut message_ids = Vec::with_capacity(n);
+    for (event, r) in events.iter().zip(rendered) {
+        event_ids.push(event.event_id);
+        deposit_ids.push(event.deposit_id);
+        account_ids.push(event.account_id.as_str().to_owned());
+        sequences.push(event.sequence);
+        to_names.push(r.to_name.clone());
+        to_addresses.push(r.to_address.clone());
+        subjects.push(r.subject.clone());
+        texts.push(r.body_text.clone());
+        htmls.push(r.body_html.clone());
+        message_ids.push(r.message_id.clone());
+    }
+    let done = sqlx::query(
+        "INSERT INTO emails (event_id, deposit_id, account_id, sequence, to_name, to_address,
+                             subject, body_text, body_html, message_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event_ids)
+    .bind(&deposit_ids)
+    .bind(&account_ids)
+    .bind(&sequences)
+    .bind(&to_names)
+    .bind(&to_addresses)
+    .bind(&subjects)
+    .bind(&texts)
+    .bind(&htmls)
+    .bind(&message_ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Claims up to `limit` due emails, oldest first, for `lease`: their `next_attempt_at` moves
+/// to `now() + lease`, so no other sender picks them up meanwhile, and a sender that dies
+/// mid-send hands them back when the lease runs out. `SKIP LOCKED` lets replicas claim
+/// disjoint batches without waiting for each other. The claim commits at once, so no
+/// transaction stays open across network I/O.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: Duration,
+) -> sqlx::Result<Vec<Outgoing>> {
+    let mut rows: Vec<Outgoing> = sqlx::query_as(
+        "UPDATE emails e
+            SET next_attempt_at = now() + $2::bigint * interval '1 millisecond'
+           FROM (SELECT event_id FROM emails
+                  WHERE status = 'queued' AND next_attempt_at <= now()
+                  ORDER BY created_at, event_id
+                  LIMIT $1
+                  FOR UPDATE SKIP LOCKED) due
+          WHERE e.event_id = due.event_id
+      RETURNING e.event_id, e.to_name, e.to_address, e.subject, e.body_text, e.body_html,
+                e.message_id, e.attempts, e.created_at",
+    )
+    .bind(limit)
+    .bind(millis(lease))
+    .fetch_all(conn)
+    .await?;
+    // RETURNING has no defined order; deliver oldest first.
+    rows.sort_by_key(|r| (r.created_at, r.event_id));
+    Ok(rows)
+}
+
+/// Records a delivery. Only a queued row changes: a row already given up stays as it is.
+pub async fn mark_sent(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE emails SET status = 'sent', sent_at = now(), attempts = attempts + 1
+          WHERE event_id = $1 AND status = 'queued'",
+    )
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt: the row stays queued and is due again after `retry_in`, unless
+/// this was attempt number `max_attempts`, in which case it is marked failed. Returns the
+/// resulting status and attempt count.
+pub async fn mark_retry(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    error: &str,
+    retry_in: Duration,
+    max_attempts: u32,
+) -> sqlx::Result<Option<(EmailStatus, i32)>> {
+    sqlx::query_as(
+        "UPDATE emails
+            SET attempts = attempts + 1,
+                last_error = $2,
+                status = CASE WHEN attempts + 1 >= $4 THEN 'failed' ELSE 'queued' END,
+                next_attempt_at = now() + $3::bigint * interval '1 millisecond'
+          WHERE event_id = $1 AND status = 'queued'
+      RETURNING status, attempts",
+    )
+    .bind(event_id)
+    .bind(error)
+    .bind(millis(retry_in))
+    .bind(i64::from(max_attempts))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Gives up on an email at once (an error that no retry can fix, such as an invalid address).
+pub async fn mark_failed(conn: &mut PgConnection, event_id: Uuid, error: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE emails SET status = 'failed', attempts = attempts + 1, last_error = $2
+          WHERE event_id = $1 AND status = 'queued'",
+    )
+    .bind(event_id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Hands claimed but unattempted emails back (on shutdown), so they are due at once rather than
+/// when their lease runs out.
+pub async fn release(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE emails SET next_attempt_at = now()
+          WHERE event_id = ANY($1::uuid[]) AND status = 'queued'",
+    )
+    .bind(event_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Emails waiting to be delivered (due or not), for the queue-depth gauge.
+pub async fn queued_count(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'queued'")
+        .fetch_one(conn)
+        .await
+}
+
+/// The newest emails first, at most `limit`, optionally of one account and/or one status.
+pub async fn list(
+    conn: &mut PgConnection,
+    account_id: Option<&str>,
+    status: Option<EmailStatus>,
+    limit: i64,
+) -> sqlx::Result<Vec<EmailSummary>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS} FROM emails
+          WHERE ($1::text IS NULL OR account_id = $1)
+            AND ($2::text IS NULL OR status = $2)
+          ORDER BY created_at DESC, event_id DESC
+          LIMIT $3"
+    )))
+    .bind(account_id)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Result<Option<EmailDetail>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS}, sequence, to_name, message_id, next_attempt_at,
+                body_text, body_html
+           FROM emails WHERE event_id = $1"
+    )))
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A duration as whole milliseconds for SQL intervals, saturating (no sensible delay is near
+/// the limit).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,152 @@
+//! How a built message leaves the service: over SMTP (Mailpit in compose, any relay in
+//! production) or into a folder of `.eml` files (local runs and tests without a mail server).
+//!
+//! Every failure is classified once, here: [`DeliveryError::Permanent`] (no retry can help:
+//! an invalid address, a 5xx reply) or [`DeliveryError::Transient`] (server down, timeout,
+//! disk full), which the sender retries with backoff.
+
+use crate::store::Outgoing;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use uuid::Uuid;
+
+/// Where confirmations go, as configured (`EMAIL_TRANSPORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// One `{event_id}.eml` file per email in `dir` (`EMAIL_DIR`).
+    File { dir: PathBuf },
+    /// Plain SMTP without TLS or authentication (`SMTP_HOST`, `SMTP_PORT`): a local relay,
+    /// Mailpit, or a test sink. TLS and credentials are a later addition.
+    Smtp { host: String, port: u16 },
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Retrying cannot help; the email is marked failed at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// May work later; the email is retried with backoff.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A ready transport. Built once at start-up and shared by the sender.
+#[derive(Clone)]
+pub enum Mailer {
+    File { dir: PathBuf },
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mailer::File { dir } => write!(f, "file:{}", dir.display()),
+            Mailer::Smtp(_) => f.write_str("smtp"),
+        }
+    }
+}
+
+impl Mailer {
+    /// `timeout` bounds every SMTP command, so a server that accepts the connection and then
+    /// hangs cannot stall the sender (and the drain on shutdown) indefinitely.
+    pub fn new(transport: &Transport, timeout: Duration) -> Self {
+        match transport {
+            Transport::File { dir } => Mailer::File { dir: dir.clone() },
+            // builder_dangerous: no TLS, no authentication, as configured (see `Transport`).
+            Transport::Smtp { host, port } => Mailer::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+                    .port(*port)
+                    .timeout(Some(timeout))
+                    .build(),
+            ),
+        }
+    }
+
+    /// Delivers one message. Idempotent for the file transport (same file name); for SMTP a
+    /// retry after an unclear outcome may deliver twice, with the same Message-ID.
+    pub async fn deliver(&self, event_id: Uuid, message: &Message) -> Result<(), DeliveryError> {
+        match self {
+            Mailer::File { dir } => write_eml(dir, event_id, &message.formatted())
+                .await
+                .map_err(|e| {
+                    DeliveryError::Transient(format!("writing to {}: {e}", dir.display()))
+                }),
+            Mailer::Smtp(smtp) => match smtp.send(message.clone()).await {
+                Ok(_) => Ok(()),
+                // 5xx: the server refuses this message for good.
+                Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(format!(
+                    "SMTP server rejected the message: {}",
+                    chain(&e)
+                ))),
+                Err(e) => Err(DeliveryError::Transient(format!("SMTP: {}", chain(&e)))),
+            },
+        }
+    }
+}
+
+/// Builds the MIME message (plain text and HTML alternatives). The Date header is the time the
+/// email was queued, so every attempt produces the same headers.
+pub fn build_message(from: &Mailbox, email: &Outgoing) -> Result<Message, DeliveryError> {
+    let address: Address = email.to_address.parse().map_err(|e| {
+        DeliveryError::Permanent(format!(
+            "invalid recipient address {:?}: {e}",
+            email.to_address
+        ))
+    })?;
+    let name = (!email.to_name.is_empty()).then(|| email.to_name.clone());
+    Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(name, address))
+        .subject(email.subject.clone())
+        .message_id(Some(email.message_id.clone()))
+        .date(SystemTime::from(email.created_at))
+        .multipart(MultiPart::alternative_plain_html(
+            email.body_text.clone(),
+            email.body_html.clone(),
+        ))
+        .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))
+}
+
+/// Writes `{dir}/{event_id}.eml` atomically: the bytes go to a hidden temporary file in the same
+/// directory (same file system, so the rename is atomic), are flushed to disk, then renamed.
+/// A reader never sees a half-written `.eml`, and writing the same email again replaces it.
+async fn write_eml(dir: &Path, event_id: Uuid, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    tokio::fs::create_dir_all(dir).await?;
+    let target = dir.join(format!("{event_id}.eml"));
+    // A unique temporary name: two replicas writing the same email cannot clobber each other's
+    // half-written file.
+    let tmp = dir.join(format!(".{event_id}.{}.tmp", Uuid::new_v4().simple()));
+    let written = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        file.write_all(bytes).await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&tmp, &target).await
+    }
+    .await;
+    if written.is_err() {
+        // Best effort: the original error is what matters.
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    written
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // lettre repeats the cause in its own message at times; keep the line readable.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

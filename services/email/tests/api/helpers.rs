@@ -1,0 +1,317 @@
+//! Shared arrangements: sample events, running the handler in a transaction, a sender with
+//! short delays, polling with a deadline, and a minimal SMTP sink.
+
+use chrono::{TimeZone, Utc};
+use email::store::{self, EmailDetail};
+use email::{EmailHandler, EmailMetrics, Mailer, Sender, SenderSettings};
+use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
+use eventbank_runtime::Shutdown;
+use eventbank_runtime::consumer::Handler;
+use eventbank_runtime::testing::TestDatabase;
+use sqlx::PgPool;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Logs only when `TEST_LOG` is set, so test output stays quiet by default.
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok_and(|v| !v.trim().is_empty()) {
+        eventbank_runtime::telemetry::init("email", eventbank_runtime::config::LogFormat::Pretty);
+    }
+}
+
+pub async fn database() -> TestDatabase {
+    init_logs();
+    TestDatabase::create("email", &email::MIGRATOR)
+        .await
+        .expect("test database")
+}
+
+pub fn event(
+    account: &str,
+    amount_minor: i64,
+    currency: &str,
+    holder: &str,
+    address: &str,
+) -> DepositCompleted {
+    DepositCompleted {
+        event_id: Uuid::now_v7(),
+        sequence: 1,
+        time: Utc::now(),
+        traceparent: None,
+        schema_version: 1,
+        deposit_id: Uuid::now_v7(),
+        account_id: AccountId::parse(account).expect("account id"),
+        amount_minor,
+        currency: Currency::parse(currency).expect("currency"),
+        account: AccountSnapshot {
+            holder_name: holder.into(),
+            email: address.into(),
+        },
+        occurred_at: Utc
+            .with_ymd_and_hms(2025, 3, 14, 9, 26, 53)
+            .single()
+            .expect("date"),
+    }
+}
+
+pub fn alice(amount_minor: i64) -> DepositCompleted {
+    event(
+        "ACC-0042",
+        amount_minor,
+        "USD",
+        "Alice Example",
+        "alice@example.com",
+    )
+}
+
+/// Runs the handler the way the consumer loop does: in one transaction, then commit.
+pub async fn handle(pool: &PgPool, events: &[DepositCompleted]) {
+    let handler = EmailHandler::new(EmailMetrics::default(), Arc::new(Notify::new()));
+    let mut tx = pool.begin().await.expect("begin");
+    handler.handle(&mut tx, events).await.expect("handle");
+    tx.commit().await.expect("commit");
+    handler.committed(events);
+}
+
+pub async fn row(pool: &PgPool, event_id: Uuid) -> Option<EmailDetail> {
+    let mut conn = pool.acquire().await.expect("connection");
+    store::get(&mut conn, event_id).await.expect("select email")
+}
+
+pub async fn count_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM emails")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Production behaviour with delays short enough for tests.
+pub fn fast_settings() -> SenderSettings {
+    SenderSettings {
+        poll_interval: Duration::from_millis(50),
+        retry_base: Duration::from_millis(100),
+        retry_cap: Duration::from_millis(500),
+        smtp_timeout: Duration::from_secs(5),
+        ..SenderSettings::default()
+    }
+}
+
+/// A sender running in the background until [`RunningSender::stop`].
+pub struct RunningSender {
+    shutdown: Shutdown,
+    task: JoinHandle<()>,
+    pub metrics: EmailMetrics,
+}
+
+pub fn start_sender(pool: &PgPool, mailer: Mailer, settings: SenderSettings) -> RunningSender {
+    let shutdown = Shutdown::new();
+    let metrics = EmailMetrics::default();
+    let sender = Sender {
+        pool: pool.clone(),
+        mailer,
+        from: email::DEFAULT_FROM.parse().expect("from"),
+        settings,
+        metrics: metrics.clone(),
+        wake: Arc::new(Notify::new()),
+    };
+    let task = tokio::spawn(sender.run(shutdown.clone()));
+    RunningSender {
+        shutdown,
+        task,
+        metrics,
+    }
+}
+
+impl RunningSender {
+    /// Triggers shutdown and waits until the sender has finished its current send.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("sender stops on shutdown")
+            .expect("sender task");
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A directory of its own under the system temp dir; removed by [`TempDir::remove`].
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("eventbank-email-test-{}", Uuid::new_v4()));
+        Self(dir)
+    }
+
+    pub fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One message as the SMTP sink received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    /// The DATA section, dot-unstuffed, without the terminating `.` line.
+    pub data: String,
+}
+
+/// A minimal SMTP server: enough of RFC 5321 for lettre to deliver plain, unauthenticated mail.
+pub struct SmtpSink {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind smtp sink");
+        let port = listener.local_addr().expect("sink address").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let _ = serve_smtp(stream, store).await;
+                });
+            }
+        });
+        Self {
+            port,
+            received,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("sink lock").clone()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+async fn serve_smtp(stream: TcpStream, store: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    write.write_all(b"220 sink ESMTP ready\r\n").await?;
+    let mut mail_from = String::new();
+    let mut rcpt_to = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_owned();
+        let verb = command
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => write.write_all(b"250 sink\r\n").await?,
+            "MAIL" => {
+                mail_from = command.clone();
+                write.write_all(b"250 OK\r\n").await?;
+            }
+            "RCPT" => {
+                rcpt_to.push(command.clone());
+                write.write_all(b"250 OK\r\n").await?;
+            }
+            "RSET" | "NOOP" => write.write_all(b"250 OK\r\n").await?,
+            "DATA" => {
+                write
+                    .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    // Dot-unstuffing: a line the client started with "." got a second one.
+                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                }
+                store.lock().expect("sink lock").push(Received {
+                    mail_from: std::mem::take(&mut mail_from),
+                    rcpt_to: std::mem::take(&mut rcpt_to),
+                    data,
+                });
+                write.write_all(b"250 OK queued\r\n").await?;
+            }
+            "QUIT" => {
+                write.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            }
+            _ => write.write_all(b"502 command not implemented\r\n").await?,
+        }
+    }
+}
+
+/// The value of header `name` (case-insensitive, folded lines joined), from a raw message.
+pub fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if !key.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let mut value = rest.trim().to_owned();
+        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push(' ');
+            value.push_str(next.trim());
+        }
+        return Some(value);
+    }
+    None
+}

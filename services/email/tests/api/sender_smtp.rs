@@ -1,0 +1,203 @@
+//! The sender with the SMTP transport, against a minimal in-test SMTP sink.
+
+use crate::helpers::{
+    SmtpSink, alice, closed_port, database, fast_settings, handle, header, row, start_sender,
+    wait_for,
+};
+use email::store::EmailStatus;
+use email::{Mailer, SenderSettings, Transport};
+use std::time::Duration;
+
+fn smtp_mailer(port: u16) -> Mailer {
+    Mailer::new(
+        &Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_secs(5),
+    )
+}
+
+#[tokio::test]
+async fn the_smtp_transport_delivers_the_message_to_the_server() {
+    let db = database().await;
+    let sink = SmtpSink::start().await;
+    let e = alice(123_450);
+    handle(&db.pool, std::slice::from_ref(&e)).await;
+
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port), fast_settings());
+    wait_for(
+        "the email to be marked sent",
+        Duration::from_secs(20),
+        || async {
+            row(&db.pool, e.event_id)
+                .await
+                .filter(|r| r.summary.status == EmailStatus::Sent)
+        },
+    )
+    .await;
+    sender.stop().await;
+
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let message = &received[0];
+    assert!(
+        message.mail_from.contains("<no-reply@eventbank.example>"),
+        "{}",
+        message.mail_from
+    );
+    assert_eq!(message.rcpt_to.len(), 1);
+    assert!(
+        message.rcpt_to[0].contains("<alice@example.com>"),
+        "{:?}",
+        message.rcpt_to
+    );
+    assert_eq!(
+        header(&message.data, "Message-ID").as_deref(),
+        Some(format!("<{}@eventbank.example>", e.event_id).as_str())
+    );
+    assert_eq!(
+        header(&message.data, "Subject").as_deref(),
+        Some("Deposit of 1,234.50 USD received")
+    );
+    assert!(message.data.contains("text/plain") && message.data.contains("text/html"));
+    sink.stop();
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn while_the_server_is_down_emails_wait_and_are_sent_once_when_it_returns() {
+    let db = database().await;
+    let port = closed_port().await;
+    let events = vec![alice(100), alice(200)];
+    handle(&db.pool, &events).await;
+
+    let sender = start_sender(&db.pool, smtp_mailer(port), fast_settings());
+    for e in &events {
+        let waiting = wait_for(
+            "a failed attempt to be recorded",
+            Duration::from_secs(20),
+            || async {
+                row(&db.pool, e.event_id)
+                    .await
+                    .filter(|r| r.summary.attempts >= 1)
+            },
+        )
+        .await;
+        assert_eq!(waiting.summary.status, EmailStatus::Queued);
+        let reason = waiting.summary.last_error.expect("last_error");
+        assert!(reason.starts_with("SMTP:"), "{reason}");
+        assert!(waiting.next_attempt_at > waiting.summary.created_at);
+    }
+    assert!(sender.metrics.retried.get() >= 2);
+
+    let sink = SmtpSink::start_on(port).await;
+    for e in &events {
+        wait_for(
+            "the email to be sent after the outage",
+            Duration::from_secs(30),
+            || async {
+                row(&db.pool, e.event_id)
+                    .await
+                    .filter(|r| r.summary.status == EmailStatus::Sent)
+            },
+        )
+        .await;
+    }
+    sender.stop().await;
+
+    let received = sink.received();
+    for e in &events {
+        let id = format!("<{}@eventbank.example>", e.event_id);
+        let copies = received
+            .iter()
+            .filter(|m| header(&m.data, "Message-ID").as_deref() == Some(id.as_str()))
+            .count();
+        assert_eq!(copies, 1, "{id} delivered exactly once");
+        let stored = row(&db.pool, e.event_id).await.expect("row");
+        assert!(stored.summary.attempts >= 2);
+    }
+    assert_eq!(received.len(), events.len());
+    sink.stop();
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn an_email_is_marked_failed_after_the_maximum_number_of_attempts() {
+    let db = database().await;
+    let port = closed_port().await;
+    let e = alice(100);
+    handle(&db.pool, std::slice::from_ref(&e)).await;
+
+    let settings = SenderSettings {
+        max_attempts: 3,
+        retry_base: Duration::from_millis(20),
+        retry_cap: Duration::from_millis(50),
+        ..fast_settings()
+    };
+    let sender = start_sender(&db.pool, smtp_mailer(port), settings);
+    let failed = wait_for(
+        "the email to be given up",
+        Duration::from_secs(20),
+        || async {
+            row(&db.pool, e.event_id)
+                .await
+                .filter(|r| r.summary.status == EmailStatus::Failed)
+        },
+    )
+    .await;
+    sender.stop().await;
+
+    assert_eq!(failed.summary.attempts, 3);
+    assert!(
+        failed
+            .summary
+            .last_error
+            .is_some_and(|r| r.starts_with("SMTP:"))
+    );
+    assert!(failed.summary.sent_at.is_none());
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
+    let db = database().await;
+    let sink = SmtpSink::start().await;
+    let events: Vec<_> = (1..=60).map(alice).collect();
+    handle(&db.pool, &events).await;
+
+    // Small batches, so that both replicas claim repeatedly and compete for the same rows.
+    let settings = SenderSettings {
+        batch_size: 5,
+        ..fast_settings()
+    };
+    let a = start_sender(&db.pool, smtp_mailer(sink.port), settings.clone());
+    let b = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    wait_for(
+        "every email to be sent",
+        Duration::from_secs(60),
+        || async {
+            let queued: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM emails WHERE status <> 'sent'")
+                    .fetch_one(&db.pool)
+                    .await
+                    .expect("count");
+            (queued == 0).then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+
+    let received = sink.received();
+    assert_eq!(received.len(), events.len(), "no email delivered twice");
+    let mut ids: Vec<String> = received
+        .iter()
+        .filter_map(|m| header(&m.data, "Message-ID"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len());
+    sink.stop();
+    db.drop_db().await.expect("drop");
+}
