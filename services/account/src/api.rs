@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use eventbank_events::{Currency, Money};
 use eventbank_runtime::http::Problem;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,20 +32,30 @@ fn internal(e: sqlx::Error) -> Problem {
     Problem::internal(&anyhow::Error::new(e))
 }
 
-fn parse_i64(params: &HashMap<String, String>, name: &str, default: i64, min: i64, max: i64) -> Result<i64, Problem> {
+fn parse_i64(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, Problem> {
     match params.get(name) {
         None => Ok(default),
         Some(raw) => raw
             .parse::<i64>()
             .ok()
             .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))),
+            .ok_or_else(|| {
+                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
+            }),
     }
 }
 
 /// `wait` accepts `2s`, `500ms` or a bare number of milliseconds.
 fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> {
-    let Some(raw) = raw else { return Ok(Duration::from_secs(2).min(max)) };
+    let Some(raw) = raw else {
+        return Ok(Duration::from_secs(2).min(max));
+    };
     let millis = if let Some(ms) = raw.strip_suffix("ms") {
         ms.parse::<u64>().ok()
     } else if let Some(s) = raw.strip_suffix('s') {
@@ -64,7 +74,13 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> 
 
 fn balance_json(b: &Balance) -> Value {
     let balance = Currency::parse(&b.currency)
-        .map(|currency| Money { minor: b.balance_minor, currency }.to_decimal_string())
+        .map(|currency| {
+            Money {
+                minor: b.balance_minor,
+                currency,
+            }
+            .to_decimal_string()
+        })
         .unwrap_or_default();
     json!({
         "account_id": b.account_id,
@@ -87,14 +103,18 @@ async fn get_account(
     let deadline = Instant::now() + wait;
     loop {
         let mut conn = state.pool.acquire().await.map_err(internal)?;
-        let balance = store::balance(&mut conn, &account_id).await.map_err(internal)?;
+        let balance = store::balance(&mut conn, &account_id)
+            .await
+            .map_err(internal)?;
         drop(conn);
         let current = balance.as_ref().map_or(0, |b| b.last_sequence);
         if current >= min_sequence {
             if let Some(b) = balance {
                 return Ok(Json(balance_json(&b)));
             }
-            return Err(Problem::not_found(format!("account {account_id} has no applied deposits")));
+            return Err(Problem::not_found(format!(
+                "account {account_id} has no applied deposits"
+            )));
         }
         if Instant::now() >= deadline {
             return Err(Problem::new(
@@ -124,12 +144,26 @@ async fn get_transactions(
     let after = parse_i64(&params, "after_sequence", 0, 0, i64::MAX)?;
     let limit = parse_i64(&params, "limit", 100, 1, 1000)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
-    if store::balance(&mut conn, &account_id).await.map_err(internal)?.is_none() {
-        return Err(Problem::not_found(format!("account {account_id} has no applied deposits")));
+    if store::balance(&mut conn, &account_id)
+        .await
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(Problem::not_found(format!(
+            "account {account_id} has no applied deposits"
+        )));
     }
-    let items = store::transactions(&mut conn, &account_id, after, limit).await.map_err(internal)?;
-    let pending = store::pending_count(&mut conn, &account_id).await.map_err(internal)?;
-    let next = if items.len() as i64 == limit { items.last().map(|t| t.sequence) } else { None };
+    let items = store::transactions(&mut conn, &account_id, after, limit)
+        .await
+        .map_err(internal)?;
+    let pending = store::pending_count(&mut conn, &account_id)
+        .await
+        .map_err(internal)?;
+    let next = if items.len() as i64 == limit {
+        items.last().map(|t| t.sequence)
+    } else {
+        None
+    };
     Ok(Json(json!({
         "account_id": account_id,
         "items": items,

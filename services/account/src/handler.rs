@@ -15,7 +15,11 @@ use sqlx::PgConnection;
 pub struct AccountHandler;
 
 impl Handler for AccountHandler {
-    async fn handle(&self, tx: &mut PgConnection, events: &[DepositCompleted]) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[DepositCompleted],
+    ) -> Result<(), HandlerError> {
         for event in events {
             apply_in_order(tx, Txn::from_event(event)).await?;
         }
@@ -25,7 +29,9 @@ impl Handler for AccountHandler {
 
 /// Applies one event under the ordering rule.
 pub async fn apply_in_order(tx: &mut PgConnection, txn: Txn) -> Result<(), HandlerError> {
-    let last = store::lock_last_sequence(tx, &txn.account_id).await?.unwrap_or(0);
+    let last = store::lock_last_sequence(tx, &txn.account_id)
+        .await?
+        .unwrap_or(0);
     if txn.sequence <= last {
         tracing::info!(event_id = %txn.event_id, account_id = %txn.account_id, deposit_id = %txn.deposit_id,
             sequence = txn.sequence, last, "sequence already applied; skipped");

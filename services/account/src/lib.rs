@@ -10,7 +10,7 @@ pub mod store;
 
 use eventbank_runtime::config::env_parse;
 use eventbank_runtime::service::ConsumerService;
-use eventbank_runtime::{db, metrics, CommonConfig, Shutdown};
+use eventbank_runtime::{CommonConfig, Shutdown, db, metrics};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +32,24 @@ impl Config {
     }
 }
 
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
     let registry = metrics::new_registry("account");
-    let api = api::app(api::AppState { pool: pool.clone(), max_wait: config.max_wait });
-    ConsumerService { config: config.common, pool, handler: Arc::new(handler::AccountHandler), api, registry }
-        .run(listener, shutdown)
-        .await
+    let api = api::app(api::AppState {
+        pool: pool.clone(),
+        max_wait: config.max_wait,
+    });
+    ConsumerService {
+        config: config.common,
+        pool,
+        handler: Arc::new(handler::AccountHandler),
+        api,
+        registry,
+    }
+    .run(listener, shutdown)
+    .await
 }

@@ -1,6 +1,6 @@
 //! account: the balance of record. Thin: config, telemetry, run.
 
-use eventbank_runtime::{telemetry, Shutdown};
+use eventbank_runtime::{Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

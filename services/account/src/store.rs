@@ -42,7 +42,10 @@ pub struct Balance {
 }
 
 /// The account's last applied sequence, row-locked until commit (None: no event yet).
-pub async fn lock_last_sequence(conn: &mut PgConnection, account_id: &str) -> sqlx::Result<Option<i64>> {
+pub async fn lock_last_sequence(
+    conn: &mut PgConnection,
+    account_id: &str,
+) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar("SELECT last_sequence FROM balances WHERE account_id = $1 FOR UPDATE")
         .bind(account_id)
         .fetch_optional(conn)
@@ -100,7 +103,11 @@ pub async fn park(conn: &mut PgConnection, t: &Txn) -> sqlx::Result<()> {
 }
 
 /// Removes and returns the parked event with this sequence, if any.
-pub async fn take_parked(conn: &mut PgConnection, account_id: &str, sequence: i64) -> sqlx::Result<Option<Txn>> {
+pub async fn take_parked(
+    conn: &mut PgConnection,
+    account_id: &str,
+    sequence: i64,
+) -> sqlx::Result<Option<Txn>> {
     sqlx::query_as(
         "DELETE FROM pending_events WHERE account_id = $1 AND sequence = $2
          RETURNING event_id, account_id, sequence, deposit_id, amount_minor, currency, occurred_at",

@@ -229,24 +229,10 @@ async fn create_deposit(
     let traceparent = child_traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
 
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        if !store::claim_idempotency_key(&mut tx, key, &valid.fingerprint()).await? {
-            let stored = store::get_idempotency_key(&mut tx, key)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
-            if stored.fingerprint != valid.fingerprint() {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            tracing::info!(idempotency_key = %key, "replaying the stored response");
-            let status = StatusCode::from_u16(u16::try_from(stored.status_code).unwrap_or(500))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Ok((
-                status,
-                [("idempotent-replayed", "true")],
-                Json(stored.response),
-            )
-                .into_response());
-        }
+    if let Some(key) = &key
+        && let Some(replay) = claim_or_replay(&mut tx, key, &valid.fingerprint()).await?
+    {
+        return Ok(replay);
     }
     let account = store::next_sequence(&mut tx, valid.account_id.as_str())
         .await?
@@ -315,6 +301,35 @@ async fn create_deposit(
         Json(response),
     )
         .into_response())
+}
+
+/// Claims the Idempotency-Key for this transaction, or, when it was used before, answers with
+/// the stored response (same body) or a 422 (another body).
+async fn claim_or_replay(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Response>, ApiError> {
+    if store::claim_idempotency_key(tx, key, fingerprint).await? {
+        return Ok(None);
+    }
+    let stored = store::get_idempotency_key(tx, key)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+    if stored.fingerprint != fingerprint {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    tracing::info!(idempotency_key = %key, "replaying the stored response");
+    let status = StatusCode::from_u16(u16::try_from(stored.status_code).unwrap_or(500))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok(Some(
+        (
+            status,
+            [("idempotent-replayed", "true")],
+            Json(stored.response),
+        )
+            .into_response(),
+    ))
 }
 
 fn deposit_response(row: &DepositRow, money: Money) -> Value {

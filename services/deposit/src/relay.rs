@@ -43,7 +43,7 @@ impl Relay {
                 Err(e) => {
                     self.metrics.relay_leader.set(0);
                     self.broker_connected.set(0);
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay interrupted; retrying");
                     tokio::select! {
                         _ = shutdown.triggered() => {}
@@ -95,7 +95,7 @@ impl Relay {
                     // outbox, and we publish them as soon as it is back.
                     self.broker_connected.set(0);
                     self.refresh_backlog(&mut lock).await?;
-                    let delay = broker_backoff.next();
+                    let delay = broker_backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "broker unreachable; deposits wait in the outbox");
                     tokio::select! {
                         _ = shutdown.triggered() => break,
@@ -112,7 +112,7 @@ impl Relay {
                 Ok(()) => break,
                 Err(RelayError::Database(e)) => return Err(e),
                 Err(RelayError::Broker(e)) => {
-                    let delay = broker_backoff.next();
+                    let delay = broker_backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "publishing failed; will retry");
                     tokio::select! {
                         _ = shutdown.triggered() => break,

@@ -6,6 +6,7 @@
 //!    that were new (a conflict means "already applied": a duplicate);
 //! 2. lets the service's [`Handler`] apply only the new events, in delivery order;
 //! 3. commits,
+//!
 //! and only then acks the deliveries (one `multiple` ack). A crash anywhere before the ack means
 //! redelivery, and the dedup row makes the redelivery a no-op: exactly-once in effect.
 //!
@@ -114,7 +115,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.broker_connected.set(0);
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "broker connection lost; reconnecting");
                     tokio::select! {
                         _ = shutdown.triggered() => {}
@@ -271,7 +272,7 @@ async fn process_batch<H: Handler>(
             }
             Err(e) if e.is_transient() => {
                 shared.metrics.retries.inc();
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "database unavailable; batch kept unacked and retried");
                 tokio::select! {
                     // Leave the batch unacked: closing the channel hands it back to the broker.
@@ -319,7 +320,7 @@ async fn process_one<H: Handler>(
                 shared.metrics.retries.inc();
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
             Err(e) => {
@@ -336,7 +337,7 @@ async fn process_one<H: Handler>(
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }
@@ -481,7 +482,7 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = Duration::from_millis(100);
     }
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(5));
         // Jitter of up to a quarter keeps many replicas from retrying in lock step.

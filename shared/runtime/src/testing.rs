@@ -30,6 +30,7 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    dropped: bool,
 }
 
 impl TestDatabase {
@@ -51,20 +52,41 @@ impl TestDatabase {
             .connect(&url)
             .await?;
         migrator.run(&pool).await?;
-        Ok(Self { name, url, pool })
+        Ok(Self { name, url, pool, dropped: false })
     }
 
-    pub async fn drop_db(self) -> anyhow::Result<()> {
+    pub async fn drop_db(mut self) -> anyhow::Result<()> {
+        self.dropped = true;
         self.pool.close().await;
-        let mut conn = PgConnection::connect(&admin_url()).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await?;
-        conn.close().await?;
-        Ok(())
+        drop_database(&self.name).await
+    }
+}
+
+async fn drop_database(name: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&admin_url()).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// A test that panicked before `drop_db` still removes its database: on a thread of its own,
+/// because the test's runtime may be the one unwinding.
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = rt.block_on(drop_database(&name));
+            }
+        });
+        let _ = cleanup.join();
     }
 }
 

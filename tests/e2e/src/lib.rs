@@ -18,6 +18,7 @@
 
 pub mod amqp;
 pub mod http;
+pub mod invariants;
 mod poll;
 mod proxy;
 mod service;

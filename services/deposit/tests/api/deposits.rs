@@ -30,7 +30,10 @@ async fn a_valid_deposit_is_stored_with_its_outbox_row_in_sequence() {
 #[tokio::test]
 async fn bad_input_gets_a_problem_and_stores_nothing() {
     let app = TestApp::spawn().await;
-    let big = format!("{{\"account_id\":\"ACC-0001\",\"amount\":\"1.00\",\"currency\":\"USD\",\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
+    let big = format!(
+        "{{\"account_id\":\"ACC-0001\",\"amount\":\"1.00\",\"currency\":\"USD\",\"pad\":\"{}\"}}",
+        "x".repeat(64 * 1024)
+    );
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("malformed JSON", "{\"account_id\": ".into(), 400, "malformed-json"),
         ("missing field", json!({"account_id": "ACC-0001", "currency": "USD"}).to_string(), 422, "invalid-body"),
@@ -51,8 +54,15 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
         let (got, problem, content_type) = app.post("/deposits", &body, &[]).await;
         assert_eq!(got, status, "{name}: {problem}");
         assert_eq!(content_type, "application/problem+json", "{name}");
-        assert_eq!(problem["type"], format!("urn:eventbank:problem:{kind}"), "{name}: {problem}");
-        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+        assert_eq!(
+            problem["type"],
+            format!("urn:eventbank:problem:{kind}"),
+            "{name}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
     }
     // Wrong content type.
     let res = app
@@ -66,11 +76,15 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
     assert_eq!(res.status().as_u16(), 415);
     assert_eq!(app.count("deposits").await, 0);
     assert_eq!(app.count("outbox").await, 0);
-    let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM accounts WHERE account_id = 'ACC-0001'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(last, 0, "a refused deposit must not consume a sequence number");
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM accounts WHERE account_id = 'ACC-0001'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        last, 0,
+        "a refused deposit must not consume a sequence number"
+    );
     app.cleanup().await;
 }
 
@@ -78,13 +92,20 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
 async fn idempotency_key_replays_the_same_response_and_refuses_another_body() {
     let app = TestApp::spawn().await;
     let body = json!({"account_id": "ACC-0001", "amount": "25.00", "currency": "USD"}).to_string();
-    let (s1, r1, _) = app.post("/deposits", &body, &[("Idempotency-Key", "key-1")]).await;
-    let equivalent = json!({"account_id": "ACC-0001", "amount": "25.0", "currency": "USD"}).to_string();
-    let (s2, r2, _) = app.post("/deposits", &equivalent, &[("Idempotency-Key", "key-1")]).await;
+    let (s1, r1, _) = app
+        .post("/deposits", &body, &[("Idempotency-Key", "key-1")])
+        .await;
+    let equivalent =
+        json!({"account_id": "ACC-0001", "amount": "25.0", "currency": "USD"}).to_string();
+    let (s2, r2, _) = app
+        .post("/deposits", &equivalent, &[("Idempotency-Key", "key-1")])
+        .await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(r1, r2);
     let other = json!({"account_id": "ACC-0001", "amount": "26.00", "currency": "USD"}).to_string();
-    let (s3, p3, ct) = app.post("/deposits", &other, &[("Idempotency-Key", "key-1")]).await;
+    let (s3, p3, ct) = app
+        .post("/deposits", &other, &[("Idempotency-Key", "key-1")])
+        .await;
     assert_eq!(s3, 422);
     assert_eq!(ct, "application/problem+json");
     assert_eq!(p3["type"], "urn:eventbank:problem:idempotency-key-reused");
@@ -98,11 +119,13 @@ async fn concurrent_requests_with_one_key_create_one_deposit() {
     let body = json!({"account_id": "ACC-0001", "amount": "5.00", "currency": "USD"}).to_string();
     let futures = (0..8).map(|_| app.post("/deposits", &body, &[("Idempotency-Key", "same")]));
     let results = futures_util::future::join_all(futures).await;
-    let ids: std::collections::HashSet<String> =
-        results.iter().map(|(s, r, _)| {
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .map(|(s, r, _)| {
             assert_eq!(*s, 201, "{r}");
             r["deposit_id"].as_str().unwrap().to_owned()
-        }).collect();
+        })
+        .collect();
     assert_eq!(ids.len(), 1);
     assert_eq!(app.count("deposits").await, 1);
     app.cleanup().await;
@@ -112,15 +135,20 @@ async fn concurrent_requests_with_one_key_create_one_deposit() {
 async fn concurrent_deposits_get_gap_free_sequences() {
     let app = TestApp::spawn().await;
     let body = json!({"account_id": "ACC-0004", "amount": "1.00", "currency": "USD"}).to_string();
-    let results = futures_util::future::join_all((0..20).map(|_| app.post("/deposits", &body, &[]))).await;
-    let mut sequences: Vec<i64> = results.iter().map(|(_, r, _)| r["sequence"].as_i64().unwrap()).collect();
+    let results =
+        futures_util::future::join_all((0..20).map(|_| app.post("/deposits", &body, &[]))).await;
+    let mut sequences: Vec<i64> = results
+        .iter()
+        .map(|(_, r, _)| r["sequence"].as_i64().unwrap())
+        .collect();
     sequences.sort_unstable();
     assert_eq!(sequences, (1..=20).collect::<Vec<_>>());
     // Outbox id order equals sequence order within the account (the relay relies on it).
-    let outbox: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM outbox WHERE account_id = 'ACC-0004' ORDER BY id")
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap();
+    let outbox: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM outbox WHERE account_id = 'ACC-0004' ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(outbox, (1..=20).collect::<Vec<_>>());
     app.cleanup().await;
 }
@@ -129,16 +157,29 @@ async fn concurrent_deposits_get_gap_free_sequences() {
 async fn accounts_can_be_opened_and_validated() {
     let app = TestApp::spawn().await;
     let (status, account, _) = app
-        .post("/accounts", &json!({"holder_name": "Erin Example", "email": "erin@example.com", "currency": "GBP"}).to_string(), &[])
+        .post(
+            "/accounts",
+            &json!({"holder_name": "Erin Example", "email": "erin@example.com", "currency": "GBP"})
+                .to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, 201, "{account}");
     let id = account["account_id"].as_str().unwrap();
     assert!(id.starts_with("ACC-"));
     let (status, problem, _) = app
-        .post("/accounts", &json!({"holder_name": "", "email": "nope", "currency": "gbp"}).to_string(), &[])
+        .post(
+            "/accounts",
+            &json!({"holder_name": "", "email": "nope", "currency": "gbp"}).to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, 422);
-    assert_eq!(problem["errors"].as_array().map(Vec::len), Some(3), "{problem}");
+    assert_eq!(
+        problem["errors"].as_array().map(Vec::len),
+        Some(3),
+        "{problem}"
+    );
     let deposit = json!({"account_id": id, "amount": "10.00", "currency": "GBP"}).to_string();
     let (status, _, _) = app.post("/deposits", &deposit, &[]).await;
     assert_eq!(status, 201);

@@ -1,8 +1,9 @@
 //! deposit API tests against a real Postgres (fresh database per test), over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deposits;
 
-use deposit::{api, Config, DepositMetrics};
+use deposit::{Config, DepositMetrics, api};
 use eventbank_runtime::testing::TestDatabase;
 use std::sync::Arc;
 
@@ -15,8 +16,12 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        let db = TestDatabase::create("deposit", &deposit::MIGRATOR).await.expect("test database");
-        deposit::store::seed_demo_accounts(&db.pool).await.expect("seed");
+        let db = TestDatabase::create("deposit", &deposit::MIGRATOR)
+            .await
+            .expect("test database");
+        deposit::store::seed_demo_accounts(&db.pool)
+            .await
+            .expect("seed");
         let config = Config {
             common: eventbank_runtime::CommonConfig::from_env("deposit", 0).expect("config"),
             seed_demo_accounts: true,
@@ -29,16 +34,28 @@ impl TestApp {
             config: Arc::new(config),
             metrics: DepositMetrics::register(&mut registry),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let router = api::app(state).fallback(eventbank_runtime::http::not_found_fallback);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Self { base, db, client: reqwest::Client::new(), server }
+        Self {
+            base,
+            db,
+            client: reqwest::Client::new(),
+            server,
+        }
     }
 
-    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value, String) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value, String) {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
