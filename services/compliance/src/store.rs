@@ -1,0 +1,349 @@
+//! The SQL of the compliance service, in small functions taking a connection (or transaction).
+//!
+//! Writes are set-based (arrays expanded with `UNNEST`): the chain is computed in Rust, then
+//! the whole batch of entries is inserted in one statement.
+
+use crate::chain::{self, Broken, StoredEntry, Verifier};
+use crate::rules::{Deposit, Window};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use sqlx::PgConnection;
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// The end of the chain, locked for the rest of the transaction: every append in the service
+/// waits here, which keeps positions gap-free and each entry linked to the one before it.
+pub async fn lock_head(conn: &mut PgConnection) -> sqlx::Result<(i64, Vec<u8>)> {
+    sqlx::query_as("SELECT position, hash FROM chain_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(conn)
+        .await
+}
+
+pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE chain_head SET position = $1, hash = $2 WHERE id = 1")
+        .bind(position)
+        .bind(hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The transaction's timestamp (the same for the whole batch), as Postgres stores it.
+pub async fn transaction_time(conn: &mut PgConnection) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+}
+
+/// Which of these events already have an audit entry.
+pub async fn recorded_event_ids(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> sqlx::Result<HashSet<Uuid>> {
+    let rows: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM audit_log WHERE event_id = ANY($1)")
+            .bind(event_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sqlx::Result<()> {
+    let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let account_ids: Vec<String> = rows.iter().map(|r| r.account_id.clone()).collect();
+    let entries: Vec<String> = rows.iter().map(|r| r.entry.clone()).collect();
+    let prev_hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.prev_hash.clone()).collect();
+    let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.hash.clone()).collect();
+    let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded_at).collect();
+    sqlx::query(
+        "INSERT INTO audit_log (position, event_id, account_id, entry, prev_hash, hash, recorded_at) \
+         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], \
+                              $6::bytea[], $7::timestamptz[])",
+    )
+    .bind(positions)
+    .bind(event_ids)
+    .bind(account_ids)
+    .bind(entries)
+    .bind(prev_hashes)
+    .bind(hashes)
+    .bind(recorded)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A deposit as the rules store it.
+#[derive(Debug, Clone)]
+pub struct NewDeposit {
+    pub event_id: Uuid,
+    pub deposit_id: Uuid,
+    pub account_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sqlx::Result<()> {
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let deposit_ids: Vec<Uuid> = rows.iter().map(|r| r.deposit_id).collect();
+    let account_ids: Vec<String> = rows.iter().map(|r| r.account_id.clone()).collect();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
+    let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, occurred_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
+                              $6::timestamptz[]) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_ids)
+    .bind(deposit_ids)
+    .bind(account_ids)
+    .bind(amounts)
+    .bind(currencies)
+    .bind(occurred)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A time range per account.
+#[derive(Debug, Clone)]
+pub struct AccountRange {
+    pub account_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+fn range_columns(ranges: &[AccountRange]) -> (Vec<String>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+    (
+        ranges.iter().map(|r| r.account_id.clone()).collect(),
+        ranges.iter().map(|r| r.from).collect(),
+        ranges.iter().map(|r| r.to).collect(),
+    )
+}
+
+/// Recorded deposits under `under_minor` that occurred within each account's range.
+pub async fn deposits_in(
+    conn: &mut PgConnection,
+    ranges: &[AccountRange],
+    under_minor: i64,
+) -> sqlx::Result<HashMap<String, Vec<Deposit>>> {
+    let (accounts, froms, tos) = range_columns(ranges);
+    let rows: Vec<(String, Uuid, i64, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT d.account_id, d.event_id, d.amount_minor, d.currency, d.occurred_at \
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r(account_id, f, t) \
+           JOIN deposits d ON d.account_id = r.account_id AND d.occurred_at BETWEEN r.f AND r.t \
+          WHERE d.amount_minor < $4",
+    )
+    .bind(accounts)
+    .bind(froms)
+    .bind(tos)
+    .bind(under_minor)
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, Vec<Deposit>> = HashMap::new();
+    for (account_id, event_id, amount_minor, currency, occurred_at) in rows {
+        out.entry(account_id).or_default().push(Deposit {
+            event_id,
+            amount_minor,
+            currency,
+            occurred_at,
+        });
+    }
+    Ok(out)
+}
+
+/// Windows of the structuring alerts that overlap each account's range.
+pub async fn structuring_windows(
+    conn: &mut PgConnection,
+    ranges: &[AccountRange],
+) -> sqlx::Result<HashMap<String, Vec<Window>>> {
+    let (accounts, froms, tos) = range_columns(ranges);
+    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT a.account_id, a.window_start, a.window_end \
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r(account_id, f, t) \
+           JOIN alerts a ON a.account_id = r.account_id AND a.kind = 'structuring' \
+                        AND a.window_start <= r.t AND a.window_end >= r.f",
+    )
+    .bind(accounts)
+    .bind(froms)
+    .bind(tos)
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, Vec<Window>> = HashMap::new();
+    for (account_id, start, end) in rows {
+        out.entry(account_id)
+            .or_default()
+            .push(Window { start, end });
+    }
+    Ok(out)
+}
+
+/// An alert to record.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    pub kind: &'static str,
+    pub account_id: String,
+    pub event_id: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub window: Window,
+    pub details: serde_json::Value,
+}
+
+/// Records alerts; an alert of the same kind for the same event is already there (idempotent).
+pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx::Result<()> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = alerts.iter().map(|a| a.kind).collect();
+    let account_ids: Vec<String> = alerts.iter().map(|a| a.account_id.clone()).collect();
+    let event_ids: Vec<Uuid> = alerts.iter().map(|a| a.event_id).collect();
+    let amounts: Vec<i64> = alerts.iter().map(|a| a.amount_minor).collect();
+    let currencies: Vec<String> = alerts.iter().map(|a| a.currency.clone()).collect();
+    let starts: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.window.start).collect();
+    let ends: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.window.end).collect();
+    let details: Vec<serde_json::Value> = alerts.iter().map(|a| a.details.clone()).collect();
+    sqlx::query(
+        "INSERT INTO alerts (kind, account_id, event_id, amount_minor, currency, window_start, \
+                             window_end, details) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], \
+                              $6::timestamptz[], $7::timestamptz[], $8::jsonb[]) \
+         ON CONFLICT ON CONSTRAINT alerts_one_per_kind_and_event DO NOTHING",
+    )
+    .bind(kinds)
+    .bind(account_ids)
+    .bind(event_ids)
+    .bind(amounts)
+    .bind(currencies)
+    .bind(starts)
+    .bind(ends)
+    .bind(details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Audit entries after `after` (a position), oldest first, optionally of one account.
+pub async fn audit_page(
+    conn: &mut PgConnection,
+    account_id: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEntry>> {
+    sqlx::query_as(
+        "SELECT position, event_id, account_id, entry, prev_hash, hash, recorded_at \
+           FROM audit_log \
+          WHERE position > $1 AND ($2::text IS NULL OR account_id = $2) \
+          ORDER BY position LIMIT $3",
+    )
+    .bind(after)
+    .bind(account_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One stored alert.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertRow {
+    pub id: i64,
+    pub kind: String,
+    pub account_id: String,
+    pub event_id: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub details: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Alerts after `after` (an id), oldest first, optionally of one account and one kind.
+pub async fn alerts_page(
+    conn: &mut PgConnection,
+    account_id: Option<&str>,
+    kind: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AlertRow>> {
+    sqlx::query_as(
+        "SELECT id, kind, account_id, event_id, amount_minor, currency, window_start, \
+                window_end, details, created_at \
+           FROM alerts \
+          WHERE id > $1 AND ($2::text IS NULL OR account_id = $2) \
+                AND ($3::text IS NULL OR kind = $3) \
+          ORDER BY id LIMIT $4",
+    )
+    .bind(after)
+    .bind(account_id)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The outcome of walking the whole chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    Intact {
+        entries: u64,
+        head_position: i64,
+        head_hash: String,
+    },
+    Broken {
+        entries_checked: u64,
+        broken: Broken,
+    },
+}
+
+/// Walks the whole chain in position order, recomputing every hash, with constant memory (rows
+/// are streamed). `conn` should be in a REPEATABLE READ transaction so that the head and the
+/// rows are one snapshot (see [`verify_snapshot`]).
+pub async fn verify(conn: &mut PgConnection) -> sqlx::Result<Verification> {
+    let (head_position, head_hash) =
+        sqlx::query_as::<_, (i64, Vec<u8>)>("SELECT position, hash FROM chain_head WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?;
+    let mut verifier = Verifier::new();
+    {
+        let mut rows = sqlx::query_as::<_, StoredEntry>(
+            "SELECT position, event_id, account_id, entry, prev_hash, hash, recorded_at \
+               FROM audit_log ORDER BY position",
+        )
+        .fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await? {
+            if let Err(broken) = verifier.check(&row) {
+                return Ok(Verification::Broken {
+                    entries_checked: verifier.checked(),
+                    broken,
+                });
+            }
+        }
+    }
+    let checked = verifier.checked();
+    match verifier.finish(head_position, &head_hash) {
+        Ok(entries) => Ok(Verification::Intact {
+            entries,
+            head_position,
+            head_hash: chain::hex(&head_hash),
+        }),
+        Err(broken) => Ok(Verification::Broken {
+            entries_checked: checked,
+            broken,
+        }),
+    }
+}
+
+/// [`verify`] in a read-only REPEATABLE READ transaction of its own: appends that commit
+/// meanwhile are not half-seen.
+pub async fn verify_snapshot(pool: &sqlx::PgPool) -> sqlx::Result<Verification> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let outcome = verify(&mut tx).await?;
+    tx.rollback().await?;
+    Ok(outcome)
+}

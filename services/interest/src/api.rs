@@ -1,0 +1,231 @@
+//! HTTP API of the interest service. Every error is an RFC 9457 problem, query-string errors
+//! included (parsed here rather than with axum's `Query`, whose rejections are plain text).
+//!
+//! - `GET /interest/accounts/{id}?from=YYYY-MM-DD&to=YYYY-MM-DD`: the daily closing balances,
+//!   rates and accrued interest of each day, and the totals.
+//! - `GET /interest/accounts/{id}/balance`: the current balance (the latest closing balance).
+
+use crate::accrual::{self, ExactInterest};
+use crate::store::{self, AccountSummary};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{NaiveDate, Utc};
+use eventbank_events::{AccountId, Currency, Money};
+use eventbank_runtime::http::Problem;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::HashMap;
+
+/// The longest range of days one request may cover; longer ranges are answered with a 400 so
+/// that one request cannot make the service compute (and serialise) decades of days.
+pub const MAX_DAYS_PER_REQUEST: i64 = 3_660;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/interest/accounts/{account_id}", get(get_accrual))
+        .route("/interest/accounts/{account_id}/balance", get(get_balance))
+        .with_state(state)
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> Problem {
+    Problem::internal(&e.into())
+}
+
+/// The query string as a map; a malformed one is a 400 problem.
+fn query_params(uri: &Uri) -> Result<HashMap<String, String>, Problem> {
+    Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|Query(params)| params)
+        .map_err(|e| Problem::bad_request(format!("malformed query string: {}", e.body_text())))
+}
+
+fn parse_day(params: &HashMap<String, String>, name: &str) -> Result<Option<NaiveDate>, Problem> {
+    params
+        .get(name)
+        .map(|raw| {
+            NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+                Problem::bad_request(format!("{name} must be a date such as 2024-02-29"))
+                    .with("parameter", name)
+            })
+        })
+        .transpose()
+}
+
+fn parse_account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, Problem> {
+    let Path(raw) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    AccountId::parse(&raw).map_err(|e| Problem::bad_request(e.to_string()))
+}
+
+async fn summary(state: &AppState, account_id: &AccountId) -> Result<AccountSummary, Problem> {
+    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    store::account_summary(&mut conn, account_id.as_str())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "account {account_id} has no deposits in the interest service"
+            ))
+            .with("account_id", account_id.as_str())
+        })
+}
+
+/// Minor units as a decimal string in the currency's precision, when it can be formatted.
+fn decimal(minor: i128, currency: &str) -> Option<String> {
+    let currency = Currency::parse(currency).ok()?;
+    let minor = i64::try_from(minor).ok()?;
+    Some(Money { minor, currency }.to_decimal_string())
+}
+
+#[derive(Serialize)]
+struct BalanceBody {
+    account_id: String,
+    currency: String,
+    balance_minor: i64,
+    balance: Option<String>,
+    /// The business day of the latest closing balance; the balance holds from then on.
+    as_of_day: NaiveDate,
+}
+
+async fn get_balance(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BalanceBody>, Problem> {
+    let account_id = parse_account(path)?;
+    let s = summary(&state, &account_id).await?;
+    Ok(Json(BalanceBody {
+        balance: decimal(i128::from(s.balance_minor), &s.currency),
+        account_id: s.account_id,
+        currency: s.currency,
+        balance_minor: s.balance_minor,
+        as_of_day: s.as_of_day,
+    }))
+}
+
+#[derive(Serialize)]
+struct DayBody {
+    day: NaiveDate,
+    closing_balance_minor: i64,
+    /// Annual rate in percent, exact decimal string ("2.50").
+    rate: String,
+    /// The day's interest in millionths of a minor unit, rounded half-even.
+    accrued_micro: i64,
+}
+
+#[derive(Serialize)]
+struct AccrualBody {
+    account_id: String,
+    currency: String,
+    /// The range actually reported: the request's, clipped to the account's first business day
+    /// and to today (UTC); absent when nothing of the range is reported.
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    /// The last day whose accrual is stored; later days are projected from the latest closing
+    /// balance and current rates with the same engine, and stored by the accrual job later.
+    accrued_through: Option<NaiveDate>,
+    day_count: &'static str,
+    rounding: &'static str,
+    days: Vec<DayBody>,
+    /// Exact sum of the days, rounded half-even once (not the sum of the rounded days).
+    total_accrued_micro: i64,
+    /// The amount that posting would credit: the exact sum rounded half-even to minor units.
+    total_accrued_minor: i64,
+    total_accrued: Option<String>,
+}
+
+async fn get_accrual(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Result<Json<AccrualBody>, Problem> {
+    let account_id = parse_account(path)?;
+    let params = query_params(&uri)?;
+    let requested_from = parse_day(&params, "from")?;
+    let requested_to = parse_day(&params, "to")?;
+    if let (Some(from), Some(to)) = (requested_from, requested_to)
+        && from > to
+    {
+        return Err(
+            Problem::bad_request(format!("from ({from}) is after to ({to})"))
+                .with("from", from)
+                .with("to", to),
+        );
+    }
+    let s = summary(&state, &account_id).await?;
+    let today = Utc::now().date_naive();
+    let from = requested_from.map_or(s.first_day, |f| f.max(s.first_day));
+    let to = requested_to.map_or(today, |t| t.min(today));
+    let mut body = AccrualBody {
+        account_id: s.account_id.clone(),
+        currency: s.currency.clone(),
+        from: None,
+        to: None,
+        accrued_through: s.accrued_through,
+        day_count: "Actual/365",
+        rounding: "half-even",
+        days: Vec::new(),
+        total_accrued_micro: 0,
+        total_accrued_minor: 0,
+        total_accrued: decimal(0, &s.currency),
+    };
+    if from > to {
+        return Ok(Json(body));
+    }
+    let span = (to - from).num_days() + 1;
+    if span > MAX_DAYS_PER_REQUEST {
+        return Err(Problem::bad_request(format!(
+            "the range covers {span} days; at most {MAX_DAYS_PER_REQUEST} per request"
+        ))
+        .with("max_days", MAX_DAYS_PER_REQUEST));
+    }
+
+    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let stored = store::accruals_between(&mut conn, &s.account_id, from, to)
+        .await
+        .map_err(internal)?;
+    let mut total = ExactInterest::ZERO;
+    for row in &stored {
+        total = total + ExactInterest::for_day(row.balance_minor, row.rate);
+        body.days.push(DayBody {
+            day: row.day,
+            closing_balance_minor: row.balance_minor,
+            rate: row.rate.to_string(),
+            accrued_micro: row.accrued_micro,
+        });
+    }
+    // Days after the stored horizon: the balance has not changed since the last deposit.
+    let projected_from = s
+        .accrued_through
+        .and_then(|h| h.succ_opt())
+        .map_or(from, |next| next.max(from));
+    if projected_from <= to {
+        let balances = store::all_balances(&mut conn, &s.account_id)
+            .await
+            .map_err(internal)?;
+        let schedules = store::rate_schedules(&mut conn, std::slice::from_ref(&s.currency))
+            .await
+            .map_err(internal)?;
+        let schedule = schedules.get(&s.currency).cloned().unwrap_or_default();
+        for day in accrual::accrue_days(&balances, &schedule, projected_from, to) {
+            total = total + day.interest;
+            body.days.push(DayBody {
+                day: day.day,
+                closing_balance_minor: day.balance_minor,
+                rate: day.rate.to_string(),
+                accrued_micro: i64::try_from(day.interest.micro()).map_err(internal)?,
+            });
+        }
+    }
+    body.from = Some(from);
+    body.to = Some(to);
+    body.total_accrued_micro = i64::try_from(total.micro()).map_err(internal)?;
+    body.total_accrued_minor = i64::try_from(total.minor()).map_err(internal)?;
+    body.total_accrued = decimal(i128::from(body.total_accrued_minor), &s.currency);
+    Ok(Json(body))
+}

@@ -1,0 +1,236 @@
+//! Applies `DepositCompleted` events: records the deposit, updates the daily closing balances
+//! from its business day on, and recomputes the accruals from that day forward.
+//!
+//! Runs inside the consumer runtime's transaction, after the events' ids went into
+//! `processed_events`; everything here commits or rolls back with that dedup row. The batch is
+//! applied with one set-based statement per step whatever its size.
+
+use crate::accrual::{self, ExactInterest};
+use crate::metrics::InterestMetrics;
+use crate::store::{self, AccrualRow, DayDelta, NewDeposit};
+use chrono::NaiveDate;
+use eventbank_events::DepositCompleted;
+use eventbank_runtime::consumer::{Handler, HandlerError};
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// The interest service's domain handler.
+#[derive(Clone, Default)]
+pub struct InterestHandler {
+    metrics: InterestMetrics,
+}
+
+impl InterestHandler {
+    pub fn new(metrics: InterestMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+/// The business day of a deposit: the UTC calendar date of when it occurred. 23:59:59 UTC and
+/// 00:00:00 UTC the next second are different days.
+pub fn business_day(event: &DepositCompleted) -> NaiveDate {
+    event.occurred_at.date_naive()
+}
+
+impl Handler for InterestHandler {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[DepositCompleted],
+    ) -> Result<(), HandlerError> {
+        // The runtime never passes an id twice, but the handler must not double-count if a
+        // caller does: keep the first copy.
+        let mut seen = HashSet::new();
+        let events: Vec<&DepositCompleted> =
+            events.iter().filter(|e| seen.insert(e.event_id)).collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+
+        // Accounts: the first deposit of an unknown account fixes its currency.
+        let mut first_currency: BTreeMap<String, String> = BTreeMap::new();
+        for e in &events {
+            first_currency
+                .entry(e.account_id.to_string())
+                .or_insert_with(|| e.currency.code().to_owned());
+        }
+        let (account_ids, currencies): (Vec<String>, Vec<String>) =
+            first_currency.into_iter().unzip();
+        store::ensure_accounts(tx, &account_ids, &currencies).await?;
+        let account_currency = store::lock_accounts(tx, &account_ids).await?;
+        for e in &events {
+            let known = account_currency.get(e.account_id.as_str());
+            if known.map(String::as_str) != Some(e.currency.code()) {
+                // Adding a EUR amount to a USD balance would corrupt it; the deposit service
+                // never emits this, so it is a poison message for the dead-letter queue.
+                return Err(HandlerError::Rejected(format!(
+                    "deposit {} in {} for account {} whose currency is {}",
+                    e.deposit_id,
+                    e.currency,
+                    e.account_id,
+                    known.map_or("unknown", String::as_str)
+                )));
+            }
+        }
+        let old_horizons = store::accrual_horizons(tx, &account_ids).await?;
+
+        let deposits: Vec<NewDeposit> = events
+            .iter()
+            .map(|e| NewDeposit {
+                event_id: e.event_id,
+                deposit_id: e.deposit_id,
+                account_id: e.account_id.to_string(),
+                sequence: e.sequence,
+                amount_minor: e.amount_minor,
+                currency: e.currency.code().to_owned(),
+                occurred_at: e.occurred_at,
+                business_day: business_day(e),
+            })
+            .collect();
+        let inserted: HashSet<_> = store::insert_deposits(tx, &deposits)
+            .await?
+            .into_iter()
+            .collect();
+        for e in events.iter().filter(|e| !inserted.contains(&e.event_id)) {
+            tracing::info!(
+                event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
+                "deposit already recorded; balances unchanged"
+            );
+        }
+        let fresh: Vec<&NewDeposit> = deposits
+            .iter()
+            .filter(|d| inserted.contains(&d.event_id))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+
+        let deltas = day_deltas(&fresh)?;
+        store::apply_deltas(tx, &deltas).await?;
+        self.recompute_accruals(tx, &deltas, &old_horizons, &account_currency)
+            .await?;
+
+        for d in &fresh {
+            let backdated = old_horizons
+                .get(&d.account_id)
+                .is_some_and(|h| d.business_day < *h);
+            if backdated {
+                self.metrics.backdated_deposits.inc();
+            }
+            self.metrics.deposits_applied.inc();
+            tracing::info!(
+                event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                business_day = %d.business_day, amount_minor = d.amount_minor, backdated,
+                "deposit added to daily balances from its business day on; accruals recomputed"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl InterestHandler {
+    /// Rewrites the stored accruals of every account in `deltas`, from its earliest changed day
+    /// to its latest known day, in one upsert.
+    ///
+    /// When a deposit is dated after the last accrued day, the recomputation starts right after
+    /// that day instead, so the stored accruals stay dense from the account's first day on.
+    async fn recompute_accruals(
+        &self,
+        tx: &mut PgConnection,
+        deltas: &[DayDelta],
+        old_horizons: &HashMap<String, NaiveDate>,
+        account_currency: &HashMap<String, String>,
+    ) -> Result<(), HandlerError> {
+        let mut from_days: BTreeMap<String, NaiveDate> = BTreeMap::new();
+        for delta in deltas {
+            let from = from_days
+                .entry(delta.account_id.clone())
+                .or_insert(delta.day);
+            *from = (*from).min(delta.day);
+        }
+        for (account_id, from) in from_days.iter_mut() {
+            if let Some(next) = old_horizons.get(account_id).and_then(|h| h.succ_opt()) {
+                *from = (*from).min(next);
+            }
+        }
+        let from_list: Vec<(String, NaiveDate)> =
+            from_days.iter().map(|(a, d)| (a.clone(), *d)).collect();
+        let balances = store::balances_from(tx, &from_list).await?;
+        let currencies: BTreeSet<String> = from_days
+            .keys()
+            .filter_map(|a| account_currency.get(a).cloned())
+            .collect();
+        let currencies: Vec<String> = currencies.into_iter().collect();
+        let schedules = store::rate_schedules(tx, &currencies).await?;
+
+        let mut rows: Vec<AccrualRow> = Vec::new();
+        for (account_id, from) in &from_days {
+            let currency = account_currency
+                .get(account_id)
+                .cloned()
+                .unwrap_or_default();
+            let account_balances = balances.get(account_id).map_or(&[][..], Vec::as_slice);
+            // The latest known day: the last closing balance, or further if accruals were
+            // already stored beyond it.
+            let to = [
+                account_balances.last().map(|b| b.day),
+                old_horizons.get(account_id).copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(*from);
+            let schedule = schedules.get(&currency).cloned().unwrap_or_default();
+            let days = accrual::accrue_days(account_balances, &schedule, *from, to);
+            tracing::debug!(account_id, %from, %to, days = days.len(), "accruals recomputed");
+            self.metrics
+                .accrual_days_recomputed
+                .inc_by(days.len() as u64);
+            for day in days {
+                rows.push(AccrualRow {
+                    account_id: account_id.clone(),
+                    day: day.day,
+                    currency: currency.clone(),
+                    rate: day.rate,
+                    balance_minor: day.balance_minor,
+                    accrued_micro: micro_i64(day.interest)?,
+                });
+            }
+        }
+        store::upsert_accruals(tx, &rows).await?;
+        Ok(())
+    }
+}
+
+/// The batch's amounts summed per (account, business day): one entry per pair, as
+/// [`store::apply_deltas`] requires.
+fn day_deltas(deposits: &[&NewDeposit]) -> Result<Vec<DayDelta>, HandlerError> {
+    let mut deltas: BTreeMap<(String, NaiveDate), DayDelta> = BTreeMap::new();
+    for d in deposits {
+        let delta = deltas
+            .entry((d.account_id.clone(), d.business_day))
+            .or_insert_with(|| DayDelta {
+                account_id: d.account_id.clone(),
+                day: d.business_day,
+                currency: d.currency.clone(),
+                amount_minor: 0,
+            });
+        delta.amount_minor = delta
+            .amount_minor
+            .checked_add(d.amount_minor)
+            .ok_or_else(|| {
+                HandlerError::Rejected(format!(
+                    "deposits of account {} on {} overflow a 64-bit amount",
+                    d.account_id, d.business_day
+                ))
+            })?;
+    }
+    Ok(deltas.into_values().collect())
+}
+
+/// A day's interest in whole micro-minor units, as stored (bigint).
+fn micro_i64(interest: ExactInterest) -> Result<i64, HandlerError> {
+    i64::try_from(interest.micro()).map_err(|_| {
+        HandlerError::Rejected("a day's interest exceeds a 64-bit micro-minor amount".into())
+    })
+}

@@ -1,0 +1,160 @@
+//! Test fixtures: a fresh database per test, event builders, and the runtime's dedup transaction.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
+use eventbank_runtime::consumer::Handler;
+use eventbank_runtime::testing::TestDatabase;
+use interest::{AppState, InterestHandler, MIGRATOR};
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub db: TestDatabase,
+    pub handler: InterestHandler,
+}
+
+pub async fn setup() -> TestApp {
+    TestApp {
+        db: TestDatabase::create("interest", &MIGRATOR)
+            .await
+            .expect("test database"),
+        handler: InterestHandler::default(),
+    }
+}
+
+pub fn day(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+pub fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// A deposit event as the deposit service would emit it.
+pub fn deposit(
+    account: &str,
+    currency: &str,
+    amount_minor: i64,
+    occurred_at: &str,
+) -> DepositCompleted {
+    DepositCompleted {
+        event_id: Uuid::now_v7(),
+        sequence: 1,
+        time: Utc::now(),
+        traceparent: None,
+        schema_version: 1,
+        deposit_id: Uuid::now_v7(),
+        account_id: AccountId::parse(account).unwrap(),
+        amount_minor,
+        currency: Currency::parse(currency).unwrap(),
+        account: AccountSnapshot {
+            holder_name: "Test Holder".into(),
+            email: "holder@example.com".into(),
+        },
+        occurred_at: at(occurred_at),
+    }
+}
+
+pub fn usd(account: &str, amount_minor: i64, occurred_at: &str) -> DepositCompleted {
+    deposit(account, "USD", amount_minor, occurred_at)
+}
+
+impl TestApp {
+    /// Applies `events` in one transaction, directly through the handler.
+    pub async fn apply(&self, events: &[DepositCompleted]) {
+        self.try_apply(events)
+            .await
+            .expect("handler applies the events");
+    }
+
+    pub async fn try_apply(
+        &self,
+        events: &[DepositCompleted],
+    ) -> Result<(), eventbank_runtime::consumer::HandlerError> {
+        let mut tx = self.db.pool.begin().await.unwrap();
+        self.handler.handle(&mut tx, events).await?;
+        tx.commit().await.unwrap();
+        Ok(())
+    }
+
+    /// What the consumer runtime does: record the ids in processed_events, hand only the new
+    /// ones to the handler, commit. Returns how many were new.
+    pub async fn deliver(&self, events: &[DepositCompleted]) -> usize {
+        let mut tx = self.db.pool.begin().await.unwrap();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let new: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
+             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let fresh: Vec<DepositCompleted> = events
+            .iter()
+            .filter(|e| new.contains(&e.event_id))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            self.handler.handle(&mut tx, &fresh).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        fresh.len()
+    }
+
+    /// The account's closing-balance rows as (day, balance).
+    pub async fn balances(&self, account: &str) -> Vec<(String, i64)> {
+        let rows: Vec<(NaiveDate, i64)> = sqlx::query_as(
+            "SELECT day, closing_balance_minor FROM daily_balances WHERE account_id = $1 ORDER BY day",
+        )
+        .bind(account)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap();
+        rows.into_iter().map(|(d, b)| (d.to_string(), b)).collect()
+    }
+
+    /// The account's stored accrual rows as (day, balance, rate percent text, accrued_micro).
+    pub async fn accruals(&self, account: &str) -> Vec<(String, i64, String, i64)> {
+        let rows: Vec<(NaiveDate, i64, String, i64)> = sqlx::query_as(
+            "SELECT day, balance_minor, annual_rate_percent::text, accrued_micro \
+               FROM daily_accruals WHERE account_id = $1 ORDER BY day",
+        )
+        .bind(account)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(d, b, r, m)| (d.to_string(), b, r, m))
+            .collect()
+    }
+
+    /// Serves the API on an ephemeral port; returns its base URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = interest::app(AppState {
+            pool: self.db.pool.clone(),
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        format!("http://{addr}")
+    }
+
+    pub async fn get(&self, base: &str, path: &str) -> (u16, String, serde_json::Value) {
+        let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, content_type, body)
+    }
+
+    pub async fn finish(self) {
+        self.db.drop_db().await.expect("drop test database");
+    }
+}
