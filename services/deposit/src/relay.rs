@@ -154,6 +154,13 @@ impl Relay {
                 .await
                 .map_err(|e| RelayError::Database(e.into()))?;
             if rows.is_empty() {
+                // Idle: notice a dead broker connection now, not at the next deposit, so
+                // readiness and metrics tell the truth while nothing is being published.
+                if !connection.status().connected() {
+                    return Err(RelayError::Broker(anyhow::anyhow!(
+                        "broker connection lost"
+                    )));
+                }
                 self.refresh_backlog(lock)
                     .await
                     .map_err(RelayError::Database)?;
