@@ -97,7 +97,7 @@ impl Sender {
                     claimed as i64 >= self.settings.batch_size
                 }
                 Err(e) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "email sender round failed");
                     tokio::select! {
                         _ = shutdown.triggered() => {}

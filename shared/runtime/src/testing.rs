@@ -52,7 +52,12 @@ impl TestDatabase {
             .connect(&url)
             .await?;
         migrator.run(&pool).await?;
-        Ok(Self { name, url, pool, dropped: false })
+        Ok(Self {
+            name,
+            url,
+            pool,
+            dropped: false,
+        })
     }
 
     pub async fn drop_db(mut self) -> anyhow::Result<()> {
@@ -82,7 +87,10 @@ impl Drop for TestDatabase {
         }
         let name = self.name.clone();
         let cleanup = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 let _ = rt.block_on(drop_database(&name));
             }
         });
