@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The one place that says which RabbitMQ users exist and what each may touch.
+
+    python3 deploy/rabbitmq/gen-definitions.py            # rewrite definitions.json beside this file
+    python3 deploy/rabbitmq/gen-definitions.py --check    # exit 1 if definitions.json differs
+    python3 deploy/rabbitmq/gen-definitions.py --plan     # TSV for scripts/setup:
+                                                          #   user password tags configure write read
+
+Passwords are the development defaults of the contract (user name = password, guest/guest).
+Hashes use rabbit_password_hashing_sha256: base64(salt4 + sha256(salt4 + utf8(password))).
+An existing hash that still verifies is kept, so regenerating does not churn the file.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+
+VHOST = "eventbank"
+CONSUMERS = ["account", "email", "interest", "compliance"]
+NS = r"^([a-z0-9_-]+\.)?"
+HASHING = "rabbit_password_hashing_sha256"
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGET = os.path.join(HERE, "definitions.json")
+
+
+def users():
+    """(name, password, tags, configure, write, read) in a stable order."""
+    out = [
+        ("eventbank_deposit", "eventbank_deposit", [],
+         NS + r"(bank\.events)$", NS + r"(bank\.events)$", "^$"),
+    ]
+    for x in CONSUMERS:
+        out.append((
+            f"eventbank_{x}", f"eventbank_{x}", [],
+            NS + rf"(bank\.events|{x}\.deposits(\..*)?)$",
+            NS + rf"({x}\.deposits(\..*)?)$",
+            NS + rf"(bank\.events|{x}\.deposits(\..*)?)$",
+        ))
+    out.append(("eventbank_ops", "eventbank_ops", ["management"], ".*", ".*", ".*"))
+    # The image creates no default user when definitions load at boot; the tests use guest.
+    out.append(("guest", "guest", ["administrator"], ".*", ".*", ".*"))
+    return out
+
+
+def hash_password(password, salt=None):
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode()
+
+
+def verify(password_hash, password):
+    try:
+        raw = base64.b64decode(password_hash, validate=True)
+    except Exception:
+        return False
+    return len(raw) == 36 and hash_password(password, raw[:4]) == password_hash
+
+
+def build(existing):
+    old = {u.get("name"): u.get("password_hash", "") for u in existing.get("users", [])}
+    defs = {"vhosts": [{"name": VHOST}], "users": [], "permissions": []}
+    for name, password, tags, conf, write, read in users():
+        h = old.get(name, "")
+        defs["users"].append({
+            "name": name,
+            "password_hash": h if verify(h, password) else hash_password(password),
+            "hashing_algorithm": HASHING,
+            "tags": tags,
+            "limits": {},
+        })
+        defs["permissions"].append(
+            {"user": name, "vhost": VHOST, "configure": conf, "write": write, "read": read})
+    return defs
+
+
+def render(defs):
+    return json.dumps(defs, indent=2) + "\n"
+
+
+def load():
+    try:
+        with open(TARGET, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def main(argv):
+    if argv[1:] == ["--plan"]:
+        for name, password, tags, conf, write, read in users():
+            print("\t".join([name, password, ",".join(tags) or "-", conf, write, read]))
+        return 0
+    existing = load()
+    text = render(build(existing))
+    if argv[1:] == ["--check"]:
+        if existing and render(existing) == text:
+            return 0
+        print(f"{TARGET} is out of date: run python3 {os.path.relpath(__file__)}", file=sys.stderr)
+        return 1
+    if argv[1:]:
+        print(__doc__, file=sys.stderr)
+        return 2
+    with open(TARGET, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {TARGET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
