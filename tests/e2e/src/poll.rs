@@ -13,7 +13,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// the number of attempts added as context). An attempt still running at the deadline is
 /// abandoned.
 ///
-/// ```ignore
+/// ```text
 /// let balance = eventually(Duration::from_secs(10), || async {
 ///     let r = get_json(&account.url("/accounts/ACC-1")).await?;
 ///     anyhow::ensure!(r.body["balance"] == "100.00", "balance is {}", r.body["balance"]);
