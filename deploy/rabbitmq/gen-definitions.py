@@ -5,6 +5,12 @@
     python3 deploy/rabbitmq/gen-definitions.py --check    # exit 1 if definitions.json differs
     python3 deploy/rabbitmq/gen-definitions.py --plan     # TSV for scripts/setup:
                                                           #   user password tags configure write read
+    python3 deploy/rabbitmq/gen-definitions.py --topology # exchanges/queues/bindings JSON for
+                                                          #   `rabbitmqctl import_definitions`
+
+The topology (no namespace, 4 partitions, delivery limit 5: the services' defaults) is declared
+up front so that an event published before a consumer service ever started is still queued for
+it; each service declares the same topology again at start (idempotent).
 
 Passwords are the development defaults of the contract (user name = password, guest/guest).
 Hashes use rabbit_password_hashing_sha256: base64(salt4 + sha256(salt4 + utf8(password))).
@@ -44,6 +50,40 @@ def users():
     return out
 
 
+PARTITIONS = 4
+DELIVERY_LIMIT = 5
+
+
+def topology():
+    """Exchanges, queues and bindings exactly as shared/runtime/src/amqp.rs declares them."""
+    exchanges = [{"name": "bank.events", "vhost": VHOST, "type": "topic", "durable": True,
+                  "auto_delete": False, "internal": False, "arguments": {}}]
+    queues, bindings = [], []
+    for x in CONSUMERS:
+        hashx, dlx, dlq = f"{x}.deposits", f"{x}.deposits.dlx", f"{x}.deposits.dlq"
+        exchanges.append({"name": hashx, "vhost": VHOST, "type": "x-consistent-hash", "durable": True,
+                          "auto_delete": False, "internal": False,
+                          "arguments": {"hash-header": "account_id"}})
+        exchanges.append({"name": dlx, "vhost": VHOST, "type": "fanout", "durable": True,
+                          "auto_delete": False, "internal": False, "arguments": {}})
+        bindings.append({"source": "bank.events", "vhost": VHOST, "destination": hashx,
+                         "destination_type": "exchange", "routing_key": "deposit.completed",
+                         "arguments": {}})
+        queues.append({"name": dlq, "vhost": VHOST, "durable": True, "auto_delete": False,
+                       "arguments": {"x-queue-type": "quorum"}})
+        bindings.append({"source": dlx, "vhost": VHOST, "destination": dlq,
+                         "destination_type": "queue", "routing_key": "", "arguments": {}})
+        for i in range(PARTITIONS):
+            q = f"{x}.deposits.{i}"
+            queues.append({"name": q, "vhost": VHOST, "durable": True, "auto_delete": False,
+                           "arguments": {"x-queue-type": "quorum", "x-single-active-consumer": True,
+                                         "x-delivery-limit": DELIVERY_LIMIT,
+                                         "x-dead-letter-exchange": dlx}})
+            bindings.append({"source": hashx, "vhost": VHOST, "destination": q,
+                             "destination_type": "queue", "routing_key": "1", "arguments": {}})
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
 def hash_password(password, salt=None):
     salt = os.urandom(4) if salt is None else salt
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode()
@@ -71,6 +111,7 @@ def build(existing):
         })
         defs["permissions"].append(
             {"user": name, "vhost": VHOST, "configure": conf, "write": write, "read": read})
+    defs.update(topology())
     return defs
 
 
@@ -90,6 +131,9 @@ def main(argv):
     if argv[1:] == ["--plan"]:
         for name, password, tags, conf, write, read in users():
             print("\t".join([name, password, ",".join(tags) or "-", conf, write, read]))
+        return 0
+    if argv[1:] == ["--topology"]:
+        print(json.dumps(topology(), indent=2))
         return 0
     existing = load()
     text = render(build(existing))

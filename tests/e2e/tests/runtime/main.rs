@@ -1,6 +1,8 @@
 //! The shared runtime and the relay against the real broker and real processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dlq;
+
 use eventbank_e2e::{ServiceHandle, Svc, TestWorld, eventually, get_text, post_json};
 use eventbank_runtime::publisher::{PublishError, Publisher};
 use lapin::options::ExchangeDeclareOptions;
