@@ -3,7 +3,9 @@
 //!
 //! - `GET /compliance/audit?account_id=&after=&limit=`: audit entries in position order, with
 //!   the canonical entry text and hex hashes, so anyone can recompute the chain.
-//! - `GET /compliance/alerts?account_id=&kind=&after=&limit=`: alerts in the order raised.
+//! - `GET /compliance/alerts?account_id=&kind=&after=&limit=&include_superseded=`: active
+//!   alerts in the order raised (with `include_superseded=true`, also those a late deposit
+//!   replaced).
 //! - `GET /compliance/verify`: walks the whole chain. Always HTTP 200 when the walk completed:
 //!   the answer is the report (`ok` true or false), not the success of the request; a monitor
 //!   alerts on `ok: false`. A 5xx means the walk itself could not be done.
@@ -151,6 +153,16 @@ async fn get_alerts(
             );
         }
     };
+    let include_superseded = match params.get("include_superseded").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(
+                Problem::bad_request("include_superseded must be true or false")
+                    .with("parameter", "include_superseded"),
+            );
+        }
+    };
     let after = parse_int(&params, "after", 0, 0, i64::MAX)?;
     let limit = parse_int(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
@@ -158,6 +170,7 @@ async fn get_alerts(
         &mut conn,
         account_id.as_ref().map(AccountId::as_str),
         kind,
+        include_superseded,
         after,
         limit,
     )

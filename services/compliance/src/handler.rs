@@ -7,14 +7,14 @@
 
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
-use crate::rules::{Deposit, Rules, Window};
-use crate::store::{self, AccountRange, NewAlert, NewDeposit};
-use chrono::{DateTime, Utc};
+use crate::rules::{Rules, Window};
+use crate::store::{self, ActiveStructuring, NewAlert, NewDeposit, Scope};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use eventbank_events::DepositCompleted;
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use serde_json::json;
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 /// The compliance service's domain handler.
 #[derive(Clone, Default)]
@@ -84,7 +84,8 @@ impl Handler for ComplianceHandler {
         store::append_entries(tx, &entries).await?;
         store::set_head(tx, position, &prev).await?;
 
-        let alerts = self.evaluate(tx, &fresh).await?;
+        // Deposits first: the structuring walk reads them back with the precision Postgres
+        // keeps, together with the earlier ones.
         let deposits: Vec<NewDeposit> = fresh
             .iter()
             .map(|e| NewDeposit {
@@ -97,8 +98,36 @@ impl Handler for ComplianceHandler {
             })
             .collect();
         store::insert_deposits(tx, &deposits).await?;
+        let mut alerts = self.ctr_alerts(&fresh);
+        let (structuring, superseded) = self.structuring(tx, &fresh).await?;
+        // Superseded first: a replacement may name the same event, and only one alert of a
+        // kind per event may be active.
+        let superseded_ids: Vec<i64> = superseded.iter().map(|a| a.id).collect();
+        store::supersede_alerts(tx, &superseded_ids).await?;
+        alerts.extend(structuring);
         store::insert_alerts(tx, &alerts).await?;
 
+        for old in &superseded {
+            self.metrics.superseded_alerts.inc();
+            tracing::info!(
+                alert_id = old.id, event_id = %old.event_id, window_end = %old.window.end,
+                amount_minor = old.amount_minor,
+                "structuring alert superseded: a late deposit changed the windows time order gives"
+            );
+        }
+        for alert in &alerts {
+            let counter = match alert.kind {
+                "ctr" => &self.metrics.ctr_alerts,
+                _ => &self.metrics.structuring_alerts,
+            };
+            counter.inc();
+            tracing::info!(
+                kind = alert.kind, account_id = %alert.account_id, event_id = %alert.event_id,
+                amount_minor = alert.amount_minor, currency = %alert.currency,
+                window_start = %alert.window.start, window_end = %alert.window.end,
+                "alert raised"
+            );
+        }
         self.metrics.audit_entries.inc_by(entries.len() as u64);
         for (e, entry) in fresh.iter().zip(&entries) {
             let raised: Vec<&str> = alerts
@@ -117,82 +146,85 @@ impl Handler for ComplianceHandler {
 }
 
 impl ComplianceHandler {
-    /// Runs the rules over the new events in delivery order, as if they had arrived one at a
-    /// time: each event sees the deposits recorded before it (stored, or earlier in the batch)
-    /// and the structuring alerts raised before it.
-    async fn evaluate(
-        &self,
-        tx: &mut PgConnection,
-        fresh: &[&DepositCompleted],
-    ) -> Result<Vec<NewAlert>, HandlerError> {
-        let window = self.rules.structuring_window;
-        // Everything a rule can look at for an event at t lies within [t - 24 h, t + 24 h].
-        let mut spans: BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-        for e in fresh {
-            let span = spans
-                .entry(e.account_id.to_string())
-                .or_insert((e.occurred_at, e.occurred_at));
-            span.0 = span.0.min(e.occurred_at);
-            span.1 = span.1.max(e.occurred_at);
-        }
-        let ranges: Vec<AccountRange> = spans
-            .into_iter()
-            .map(|(account_id, (lo, hi))| AccountRange {
-                account_id,
-                from: lo - window,
-                to: hi + window,
-            })
-            .collect();
-        let mut history: HashMap<String, Vec<Deposit>> =
-            store::deposits_in(tx, &ranges, self.rules.ctr_threshold_minor).await?;
-        let mut windows: HashMap<String, Vec<Window>> =
-            store::structuring_windows(tx, &ranges).await?;
-
-        let mut alerts = Vec::new();
-        for e in fresh {
-            let account_id = e.account_id.to_string();
-            let deposit = Deposit {
+    /// Rule 1: one CTR alert per deposit at or over the threshold. Its window is the deposit's
+    /// instant.
+    fn ctr_alerts(&self, fresh: &[&DepositCompleted]) -> Vec<NewAlert> {
+        let threshold = self.rules.ctr_threshold_minor;
+        fresh
+            .iter()
+            .filter(|e| e.amount_minor >= threshold)
+            .map(|e| NewAlert {
+                kind: "ctr",
+                account_id: e.account_id.to_string(),
                 event_id: e.event_id,
                 amount_minor: e.amount_minor,
                 currency: e.currency.code().to_owned(),
-                occurred_at: e.occurred_at,
-            };
-            let threshold = self.rules.ctr_threshold_minor;
-            if self.rules.is_ctr(&deposit) {
-                self.metrics.ctr_alerts.inc();
-                alerts.push(NewAlert {
-                    kind: "ctr",
-                    account_id,
-                    event_id: e.event_id,
-                    amount_minor: e.amount_minor,
-                    currency: deposit.currency,
-                    window: Window {
-                        start: e.occurred_at,
-                        end: e.occurred_at,
-                    },
-                    details: json!({
-                        "threshold_minor": threshold,
-                        "deposit_id": e.deposit_id,
-                        "sequence": e.sequence,
-                    }),
-                });
-                continue;
-            }
-            let account_history = history.entry(account_id.clone()).or_default();
-            account_history.push(deposit.clone());
-            let account_windows = windows.entry(account_id.clone()).or_default();
-            if let Some(found) = self
-                .rules
-                .structuring(account_history, &deposit, account_windows)
-            {
-                self.metrics.structuring_alerts.inc();
-                account_windows.push(found.window);
-                alerts.push(NewAlert {
+                window: Window {
+                    start: e.occurred_at,
+                    end: e.occurred_at,
+                },
+                details: json!({
+                    "threshold_minor": threshold,
+                    "deposit_id": e.deposit_id,
+                    "sequence": e.sequence,
+                }),
+            })
+            .collect()
+    }
+
+    /// Rule 2: walks the structuring windows of every account and currency of the batch from
+    /// its earliest new sub-threshold deposit on (see [`crate::rules`]), and compares the
+    /// result with the active alerts from there on. Returns the alerts to insert and the
+    /// active ones that the walk no longer gives (to supersede); an alert the walk gives again
+    /// unchanged stays as it is.
+    async fn structuring(
+        &self,
+        tx: &mut PgConnection,
+        fresh: &[&DepositCompleted],
+    ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
+        let threshold = self.rules.ctr_threshold_minor;
+        let window = self.rules.structuring_window;
+        let mut froms: BTreeMap<(String, String), DateTime<Utc>> = BTreeMap::new();
+        for e in fresh.iter().filter(|e| e.amount_minor < threshold) {
+            // A microsecond before the deposit, truncated to microseconds: Postgres keeps
+            // microseconds, and the stored instant must not fall before the walk's start.
+            let t = e.occurred_at.trunc_subsecs(6);
+            let t = t
+                .checked_sub_signed(TimeDelta::microseconds(1))
+                .unwrap_or(t);
+            let from = froms
+                .entry((e.account_id.to_string(), e.currency.code().to_owned()))
+                .or_insert(t);
+            *from = (*from).min(t);
+        }
+        if froms.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let scopes: Vec<Scope> = froms
+            .into_iter()
+            .map(|((account_id, currency), from)| Scope {
+                account_id,
+                currency,
+                from,
+            })
+            .collect();
+        let mut deposits = store::deposits_for_walk(tx, &scopes, window, threshold).await?;
+        let mut state = store::structuring_state(tx, &scopes).await?;
+
+        let mut raise = Vec::new();
+        let mut supersede = Vec::new();
+        for scope in scopes {
+            let key = (scope.account_id.clone(), scope.currency.clone());
+            let history = deposits.remove(&key).unwrap_or_default();
+            let (previous, existing) = state.remove(&key).unwrap_or_default();
+            let mut kept = HashSet::new();
+            for found in self.rules.structuring_from(&history, scope.from, previous) {
+                let alert = NewAlert {
                     kind: "structuring",
-                    account_id,
-                    event_id: e.event_id,
+                    account_id: scope.account_id.clone(),
+                    event_id: found.event_id,
                     amount_minor: found.total_minor,
-                    currency: deposit.currency,
+                    currency: scope.currency.clone(),
                     window: found.window,
                     details: json!({
                         "threshold_minor": threshold,
@@ -200,9 +232,22 @@ impl ComplianceHandler {
                         "deposit_count": found.event_ids.len(),
                         "event_ids": found.event_ids,
                     }),
+                };
+                let same = existing.iter().find(|old| {
+                    old.event_id == alert.event_id
+                        && old.window == alert.window
+                        && old.amount_minor == alert.amount_minor
+                        && old.details == alert.details
                 });
+                match same {
+                    Some(old) => {
+                        kept.insert(old.id);
+                    }
+                    None => raise.push(alert),
+                }
             }
+            supersede.extend(existing.into_iter().filter(|old| !kept.contains(&old.id)));
         }
-        Ok(alerts)
+        Ok((raise, supersede))
     }
 }

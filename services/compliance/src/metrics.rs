@@ -9,6 +9,7 @@ pub struct ComplianceMetrics {
     pub audit_entries: Counter,
     pub ctr_alerts: Counter,
     pub structuring_alerts: Counter,
+    pub superseded_alerts: Counter,
 }
 
 impl ComplianceMetrics {
@@ -28,6 +29,11 @@ impl ComplianceMetrics {
             "structuring_alerts_raised",
             "Alerts for sub-threshold deposits reaching the threshold within the window",
             m.structuring_alerts.clone(),
+        );
+        registry.register(
+            "alerts_superseded",
+            "Structuring alerts replaced after a late deposit changed the windows time order gives",
+            m.superseded_alerts.clone(),
         );
         m
     }

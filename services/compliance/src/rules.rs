@@ -8,16 +8,24 @@
 //!
 //! **Rule 2, structuring.** Only deposits *under* the threshold count. A window is the closed
 //! interval `[end - 24 h, end]` ending at one of the account's deposits (24 h is the configured
-//! `structuring_window`). When the sub-threshold deposits in one currency inside a window add up
-//! to at least the threshold, one `structuring` alert is raised for that window, unless an
-//! existing structuring alert of the account has a window that overlaps it. Consequences:
+//! `structuring_window`); it *reaches* the threshold when the sub-threshold deposits of one
+//! currency inside it add up to at least the threshold.
+//!
+//! The structuring alerts of an account and currency are a function of its deposits alone,
+//! whatever order they arrived in: walk the windows in the order of their end; a window that
+//! reaches the threshold and does not overlap the last alert's window is an alert. So:
 //! - a run of small deposits raises one alert, at the deposit that reaches the threshold, not
 //!   one per further deposit: the later windows overlap the first;
 //! - two structuring alerts of an account are more than 24 h apart (their window ends), so no
 //!   deposit is ever counted in two structuring alerts;
-//! - the windows examined for a new deposit at `t` are those ending at `t` and, for a deposit
-//!   that arrives late, those ending at the account's later deposits up to `t + 24 h`: the same
-//!   alerts as if the deposits had arrived in time order (bar the deduplication choice).
+//! - an alert is attributed to the deposit at the end of its window (the one that, in time
+//!   order, made the window reach the threshold).
+//!
+//! A deposit that arrives late (reordered or redelivered) can only change the windows that
+//! contain it, those ending in `[t, t + 24 h]`, and through them the choices after them: the
+//! handler recomputes the alerts from `t` on and supersedes those that are no longer what the
+//! walk gives ([`Rules::structuring_from`]). Clean and reordered delivery end with the same
+//! active alerts.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
@@ -73,6 +81,9 @@ impl Window {
 pub struct Structuring {
     pub window: Window,
     pub total_minor: i64,
+    /// The deposit at the end of the window (the last one in time order): the alert's event.
+    pub event_id: Uuid,
+    /// The deposits counted, in (time, event id) order.
     pub event_ids: Vec<Uuid>,
 }
 
@@ -82,61 +93,71 @@ impl Rules {
         deposit.amount_minor >= self.ctr_threshold_minor
     }
 
-    /// Rule 2 for a newly recorded `deposit`.
+    /// Rule 2: the structuring alerts whose windows end at or after `from`, for the deposits of
+    /// one account in one currency.
     ///
-    /// `history` is the account's deposits around it (at least `deposit.occurred_at ± 24 h`),
-    /// in any order, including `deposit` itself; `existing` are the windows of the account's
-    /// structuring alerts. Returns the first (earliest-ending) window that contains the deposit,
-    /// reaches the threshold and overlaps no existing alert.
-    pub fn structuring(
+    /// `deposits` must hold every deposit of the account and currency that occurred at or after
+    /// `from - window` (in any order; CTR-sized ones are ignored). `previous` is the window of
+    /// the account's last structuring alert ending before `from`, if any: the walk continues
+    /// from it. The result is in window order.
+    pub fn structuring_from(
         &self,
-        history: &[Deposit],
-        deposit: &Deposit,
-        existing: &[Window],
-    ) -> Option<Structuring> {
-        if self.is_ctr(deposit) {
-            return None;
-        }
-        let mut counted: Vec<&Deposit> = history
-            .iter()
-            .filter(|d| d.currency == deposit.currency && !self.is_ctr(d))
-            .collect();
+        deposits: &[Deposit],
+        from: DateTime<Utc>,
+        previous: Option<Window>,
+    ) -> Vec<Structuring> {
+        let mut counted: Vec<&Deposit> = deposits.iter().filter(|d| !self.is_ctr(d)).collect();
         counted.sort_by_key(|d| (d.occurred_at, d.event_id));
-        let t = deposit.occurred_at;
-        let last_end = t + self.structuring_window;
-        // Every window containing t ends at a deposit in [t, t + 24 h]: t's own is the first.
-        let ends = counted
-            .iter()
-            .map(|d| d.occurred_at)
-            .filter(|end| t <= *end && *end <= last_end);
-        let mut previous_end = None;
-        for end in ends {
-            if previous_end == Some(end) {
-                continue; // Deposits at the same instant share one window.
-            }
-            previous_end = Some(end);
-            let window = Window {
-                start: end - self.structuring_window,
-                end,
-            };
-            let inside: Vec<&Deposit> = counted
-                .iter()
-                .copied()
-                .filter(|d| window.contains(d.occurred_at))
-                .collect();
-            // Summed in i128: many amounts just under the threshold cannot overflow.
-            let total: i128 = inside.iter().map(|d| i128::from(d.amount_minor)).sum();
-            if total >= i128::from(self.ctr_threshold_minor)
-                && !existing.iter().any(|w| w.overlaps(&window))
+        // prefix[i] = sum of the first i amounts, in i128 so that many amounts just under the
+        // threshold cannot overflow.
+        let mut prefix: Vec<i128> = Vec::with_capacity(counted.len() + 1);
+        prefix.push(0);
+        for d in &counted {
+            let last = prefix.last().copied().unwrap_or(0);
+            prefix.push(last + i128::from(d.amount_minor));
+        }
+        let threshold = i128::from(self.ctr_threshold_minor);
+        let mut last = previous;
+        let mut found = Vec::new();
+        let mut first_inside = 0;
+        for (i, d) in counted.iter().enumerate() {
+            let end = d.occurred_at;
+            // Deposits at the same instant share one window: evaluate it at the last of them.
+            if counted
+                .get(i + 1)
+                .is_some_and(|next| next.occurred_at == end)
+                || end < from
             {
-                return Some(Structuring {
+                continue;
+            }
+            let Some(start) = end.checked_sub_signed(self.structuring_window) else {
+                continue;
+            };
+            let window = Window { start, end };
+            while counted
+                .get(first_inside)
+                .is_some_and(|d| d.occurred_at < start)
+            {
+                first_inside += 1;
+            }
+            if last.is_some_and(|w| w.overlaps(&window)) {
+                continue;
+            }
+            let total = prefix[i + 1] - prefix[first_inside];
+            if total >= threshold {
+                found.push(Structuring {
                     window,
                     total_minor: i64::try_from(total).unwrap_or(i64::MAX),
-                    event_ids: inside.iter().map(|d| d.event_id).collect(),
+                    event_id: d.event_id,
+                    event_ids: counted[first_inside..=i]
+                        .iter()
+                        .map(|d| d.event_id)
+                        .collect(),
                 });
+                last = Some(window);
             }
         }
-        None
+        found
     }
 }
 
@@ -144,6 +165,7 @@ impl Rules {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -158,20 +180,34 @@ mod tests {
         }
     }
 
-    /// Feeds deposits one at a time in the given order, as the handler does, and returns the
-    /// windows of the alerts raised, with the index of the deposit that raised each.
-    fn run(rules: &Rules, deposits: &[Deposit]) -> Vec<(usize, Structuring)> {
-        let mut history = Vec::new();
-        let mut windows = Vec::new();
-        let mut alerts = Vec::new();
-        for (i, d) in deposits.iter().enumerate() {
+    /// Feeds deposits one at a time in the given (delivery) order, as the handler does: each
+    /// recomputes the alerts from its own time on, continuing from the last alert before it,
+    /// and replaces the alerts ending from then on. Returns the active alerts in window order.
+    fn run(rules: &Rules, deposits: &[Deposit]) -> Vec<Structuring> {
+        let mut history: Vec<Deposit> = Vec::new();
+        let mut active: Vec<Structuring> = Vec::new();
+        for d in deposits {
             history.push(d.clone());
-            if let Some(s) = rules.structuring(&history, d, &windows) {
-                windows.push(s.window);
-                alerts.push((i, s));
+            if rules.is_ctr(d) {
+                continue;
             }
+            let t = d.occurred_at;
+            active.sort_by_key(|s| s.window.end);
+            let previous = active
+                .iter()
+                .filter(|s| s.window.end < t)
+                .map(|s| s.window)
+                .next_back();
+            active.retain(|s| s.window.end < t);
+            active.extend(rules.structuring_from(&history, t, previous));
         }
-        alerts
+        active.sort_by_key(|s| s.window.end);
+        active
+    }
+
+    /// The alerts computed from scratch over every deposit.
+    fn from_scratch(rules: &Rules, deposits: &[Deposit]) -> Vec<Structuring> {
+        rules.structuring_from(deposits, DateTime::<Utc>::MIN_UTC, None)
     }
 
     #[test]
@@ -194,12 +230,16 @@ mod tests {
         ];
         let alerts = run(&rules, &deposits);
         assert_eq!(alerts.len(), 1);
-        let (index, s) = &alerts[0];
-        assert_eq!(*index, 2);
+        let s = &alerts[0];
+        assert_eq!(s.event_id, deposits[2].event_id);
         assert_eq!(s.total_minor, 1_000_000);
         assert_eq!(s.window.end, at("2024-01-01T23:00:00Z"));
         assert_eq!(s.window.start, at("2023-12-31T23:00:00Z"));
-        assert_eq!(s.event_ids.len(), 3);
+        assert_eq!(
+            s.event_ids,
+            deposits[..3].iter().map(|d| d.event_id).collect::<Vec<_>>()
+        );
+        assert_eq!(alerts, from_scratch(&rules, &deposits));
     }
 
     #[test]
@@ -219,13 +259,10 @@ mod tests {
     }
 
     #[test]
-    fn ctr_deposits_and_other_currencies_do_not_count_towards_structuring() {
+    fn ctr_deposits_do_not_count_towards_structuring() {
         let rules = Rules::default();
-        let mut eur = dep(600_000, "2024-01-01T01:00:00Z");
-        eur.currency = "EUR".into();
         let deposits = [
             dep(1_000_000, "2024-01-01T00:00:00Z"), // a CTR, not structuring
-            eur,
             dep(600_000, "2024-01-01T02:00:00Z"),
         ];
         assert!(run(&rules, &deposits).is_empty());
@@ -242,10 +279,10 @@ mod tests {
         ];
         let alerts = run(&rules, &deposits);
         assert_eq!(
-            alerts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            vec![1, 3]
+            alerts.iter().map(|s| s.event_id).collect::<Vec<_>>(),
+            vec![deposits[1].event_id, deposits[3].event_id]
         );
-        assert_eq!(alerts[1].1.total_minor, 1_200_000);
+        assert_eq!(alerts[1].total_minor, 1_200_000);
     }
 
     #[test]
@@ -259,10 +296,44 @@ mod tests {
         ];
         let alerts = run(&rules, &deposits);
         assert_eq!(alerts.len(), 1);
-        let (index, s) = &alerts[0];
-        assert_eq!(*index, 2);
-        assert_eq!(s.window.end, at("2024-01-01T12:00:00Z"));
-        assert_eq!(s.total_minor, 1_100_000);
+        // In time order the 12:00 deposit reached the threshold: the alert is its.
+        assert_eq!(alerts[0].event_id, deposits[1].event_id);
+        assert_eq!(alerts[0].window.end, at("2024-01-01T12:00:00Z"));
+        assert_eq!(alerts[0].total_minor, 1_100_000);
+    }
+
+    #[test]
+    fn a_late_deposit_moves_an_alert_to_the_window_time_order_would_have_chosen() {
+        let rules = Rules::default();
+        // Delivered X (00:00), Y (10:00), then Z (05:00) late. On its own, X + Y reach the
+        // threshold at 10:00; with Z, X + Z reach it at 05:00 already, and the 10:00 window
+        // overlaps that one: in time order there is one alert, ending at 05:00.
+        let x = dep(600_000, "2024-01-01T00:00:00Z");
+        let y = dep(600_000, "2024-01-01T10:00:00Z");
+        let z = dep(600_000, "2024-01-01T05:00:00Z");
+        let after_two = run(&rules, &[x.clone(), y.clone()]);
+        assert_eq!(after_two.len(), 1);
+        assert_eq!(after_two[0].event_id, y.event_id);
+        let late = run(&rules, &[x.clone(), y.clone(), z.clone()]);
+        let in_time_order = run(&rules, &[x.clone(), z.clone(), y.clone()]);
+        assert_eq!(late, in_time_order);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].event_id, z.event_id);
+        assert_eq!(late[0].total_minor, 1_200_000);
+    }
+
+    #[test]
+    fn deposits_at_the_same_instant_share_one_window() {
+        let rules = Rules::default();
+        let deposits = [
+            dep(500_000, "2024-01-01T00:00:00Z"),
+            dep(500_000, "2024-01-01T00:00:00Z"),
+            dep(500_000, "2024-01-01T00:00:00Z"),
+        ];
+        let alerts = run(&rules, &deposits);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].total_minor, 1_500_000);
+        assert_eq!(alerts[0].event_ids.len(), 3);
     }
 
     #[test]
@@ -293,5 +364,40 @@ mod tests {
         };
         assert!(a.overlaps(&b) && b.overlaps(&a));
         assert!(!a.overlaps(&c));
+    }
+
+    proptest! {
+        /// Whatever the delivery order, the alerts are those of the deposits in time order,
+        /// which are those computed from scratch.
+        #[test]
+        fn any_delivery_order_ends_with_the_alerts_of_time_order(
+            plan in proptest::collection::vec((1_i64..=700_000, 0_i64..(72 * 60)), 1..25),
+            seed in any::<u64>(),
+        ) {
+            let rules = Rules::default();
+            let base = at("2024-01-01T00:00:00Z");
+            let deposits: Vec<Deposit> = plan
+                .iter()
+                .map(|(amount, minute)| Deposit {
+                    event_id: Uuid::now_v7(),
+                    amount_minor: *amount,
+                    currency: "USD".into(),
+                    occurred_at: base + TimeDelta::minutes(*minute),
+                })
+                .collect();
+            let mut in_time = deposits.clone();
+            in_time.sort_by_key(|d| (d.occurred_at, d.event_id));
+            // A deterministic shuffle from the seed (Fisher-Yates with an LCG).
+            let mut shuffled = deposits.clone();
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let j = usize::try_from(state >> 33).unwrap() % (i + 1);
+                shuffled.swap(i, j);
+            }
+            let expected = from_scratch(&rules, &deposits);
+            prop_assert_eq!(run(&rules, &in_time), expected.clone());
+            prop_assert_eq!(run(&rules, &shuffled), expected);
+        }
     }
 }

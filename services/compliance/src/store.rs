@@ -5,7 +5,7 @@
 
 use crate::chain::{self, Broken, StoredEntry, Verifier};
 use crate::rules::{Deposit, Window};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -107,77 +107,148 @@ pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sq
     Ok(())
 }
 
-/// A time range per account.
+/// Where the structuring walk of one account and currency restarts: every window ending at
+/// or after `from` is recomputed.
 #[derive(Debug, Clone)]
-pub struct AccountRange {
+pub struct Scope {
     pub account_id: String,
+    pub currency: String,
     pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
 }
 
-fn range_columns(ranges: &[AccountRange]) -> (Vec<String>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+type ScopeColumns = (Vec<String>, Vec<String>, Vec<DateTime<Utc>>);
+
+fn scope_columns(scopes: &[Scope], shift: TimeDelta) -> ScopeColumns {
     (
-        ranges.iter().map(|r| r.account_id.clone()).collect(),
-        ranges.iter().map(|r| r.from).collect(),
-        ranges.iter().map(|r| r.to).collect(),
+        scopes.iter().map(|s| s.account_id.clone()).collect(),
+        scopes.iter().map(|s| s.currency.clone()).collect(),
+        scopes
+            .iter()
+            .map(|s| s.from.checked_sub_signed(shift).unwrap_or(s.from))
+            .collect(),
     )
 }
 
-/// Recorded deposits under `under_minor` that occurred within each account's range.
-pub async fn deposits_in(
+/// (account, currency) as a map key.
+pub type AccountCurrency = (String, String);
+
+/// Every recorded deposit under `under_minor` of each scope's account and currency that
+/// occurred at or after `from - window`: all the deposits the windows from `from` on can hold.
+pub async fn deposits_for_walk(
     conn: &mut PgConnection,
-    ranges: &[AccountRange],
+    scopes: &[Scope],
+    window: TimeDelta,
     under_minor: i64,
-) -> sqlx::Result<HashMap<String, Vec<Deposit>>> {
-    let (accounts, froms, tos) = range_columns(ranges);
+) -> sqlx::Result<HashMap<AccountCurrency, Vec<Deposit>>> {
+    let (accounts, currencies, since) = scope_columns(scopes, window);
     let rows: Vec<(String, Uuid, i64, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT d.account_id, d.event_id, d.amount_minor, d.currency, d.occurred_at \
-           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r(account_id, f, t) \
-           JOIN deposits d ON d.account_id = r.account_id AND d.occurred_at BETWEEN r.f AND r.t \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, since) \
+           JOIN deposits d ON d.account_id = s.account_id AND d.currency = s.currency \
+                          AND d.occurred_at >= s.since \
           WHERE d.amount_minor < $4",
     )
     .bind(accounts)
-    .bind(froms)
-    .bind(tos)
+    .bind(currencies)
+    .bind(since)
     .bind(under_minor)
     .fetch_all(conn)
     .await?;
-    let mut out: HashMap<String, Vec<Deposit>> = HashMap::new();
+    let mut out: HashMap<AccountCurrency, Vec<Deposit>> = HashMap::new();
     for (account_id, event_id, amount_minor, currency, occurred_at) in rows {
-        out.entry(account_id).or_default().push(Deposit {
-            event_id,
-            amount_minor,
-            currency,
-            occurred_at,
-        });
+        out.entry((account_id, currency.clone()))
+            .or_default()
+            .push(Deposit {
+                event_id,
+                amount_minor,
+                currency,
+                occurred_at,
+            });
     }
     Ok(out)
 }
 
-/// Windows of the structuring alerts that overlap each account's range.
-pub async fn structuring_windows(
+/// An active (not superseded) structuring alert, as the handler compares it with the walk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveStructuring {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub window: Window,
+    pub amount_minor: i64,
+    pub details: serde_json::Value,
+}
+
+/// Per scope: the window of the last active structuring alert ending before `from` (where the
+/// walk continues from), and the active alerts ending at or after `from` (what the walk
+/// replaces), in window order.
+#[allow(clippy::type_complexity)]
+pub async fn structuring_state(
     conn: &mut PgConnection,
-    ranges: &[AccountRange],
-) -> sqlx::Result<HashMap<String, Vec<Window>>> {
-    let (accounts, froms, tos) = range_columns(ranges);
-    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT a.account_id, a.window_start, a.window_end \
-           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r(account_id, f, t) \
-           JOIN alerts a ON a.account_id = r.account_id AND a.kind = 'structuring' \
-                        AND a.window_start <= r.t AND a.window_end >= r.f",
+    scopes: &[Scope],
+) -> sqlx::Result<HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)>> {
+    let (accounts, currencies, froms) = scope_columns(scopes, TimeDelta::zero());
+    let previous: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT s.account_id, s.currency, p.window_start, p.window_end \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, f) \
+           CROSS JOIN LATERAL ( \
+                 SELECT window_start, window_end FROM alerts a \
+                  WHERE a.account_id = s.account_id AND a.currency = s.currency \
+                    AND a.kind = 'structuring' AND a.superseded_at IS NULL \
+                    AND a.window_end < s.f \
+                  ORDER BY a.window_end DESC LIMIT 1) p",
     )
-    .bind(accounts)
-    .bind(froms)
-    .bind(tos)
-    .fetch_all(conn)
+    .bind(&accounts)
+    .bind(&currencies)
+    .bind(&froms)
+    .fetch_all(&mut *conn)
     .await?;
-    let mut out: HashMap<String, Vec<Window>> = HashMap::new();
-    for (account_id, start, end) in rows {
-        out.entry(account_id)
+    let active: Vec<(String, String, i64, Uuid, DateTime<Utc>, DateTime<Utc>, i64, serde_json::Value)> =
+        sqlx::query_as(
+            "SELECT s.account_id, s.currency, a.id, a.event_id, a.window_start, a.window_end, \
+                    a.amount_minor, a.details \
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, f) \
+               JOIN alerts a ON a.account_id = s.account_id AND a.currency = s.currency \
+                            AND a.kind = 'structuring' AND a.superseded_at IS NULL \
+                            AND a.window_end >= s.f \
+              ORDER BY a.window_end",
+        )
+        .bind(&accounts)
+        .bind(&currencies)
+        .bind(&froms)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out: HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)> =
+        HashMap::new();
+    for (account_id, currency, start, end) in previous {
+        out.entry((account_id, currency)).or_default().0 = Some(Window { start, end });
+    }
+    for (account_id, currency, id, event_id, start, end, amount_minor, details) in active {
+        out.entry((account_id, currency))
             .or_default()
-            .push(Window { start, end });
+            .1
+            .push(ActiveStructuring {
+                id,
+                event_id,
+                window: Window { start, end },
+                amount_minor,
+                details,
+            });
     }
     Ok(out)
+}
+
+/// Marks alerts superseded: they stay on record, no longer active.
+pub async fn supersede_alerts(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE alerts SET superseded_at = now() WHERE id = ANY($1) AND superseded_at IS NULL",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// An alert to record.
@@ -192,7 +263,8 @@ pub struct NewAlert {
     pub details: serde_json::Value,
 }
 
-/// Records alerts; an alert of the same kind for the same event is already there (idempotent).
+/// Records alerts; an active alert of the same kind for the same event is already there
+/// (idempotent).
 pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx::Result<()> {
     if alerts.is_empty() {
         return Ok(());
@@ -210,7 +282,7 @@ pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx
                              window_end, details) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], \
                               $6::timestamptz[], $7::timestamptz[], $8::jsonb[]) \
-         ON CONFLICT ON CONSTRAINT alerts_one_per_kind_and_event DO NOTHING",
+         ON CONFLICT (kind, event_id) WHERE superseded_at IS NULL DO NOTHING",
     )
     .bind(kinds)
     .bind(account_ids)
@@ -258,28 +330,35 @@ pub struct AlertRow {
     pub window_end: DateTime<Utc>,
     pub details: serde_json::Value,
     pub created_at: DateTime<Utc>,
+    /// When a late deposit made this alert no longer the one time order gives (see
+    /// [`crate::rules`]); absent for an active alert.
+    pub superseded_at: Option<DateTime<Utc>>,
 }
 
-/// Alerts after `after` (an id), oldest first, optionally of one account and one kind.
+/// Alerts after `after` (an id), oldest first, optionally of one account and one kind; the
+/// superseded ones only when asked for.
 pub async fn alerts_page(
     conn: &mut PgConnection,
     account_id: Option<&str>,
     kind: Option<&str>,
+    include_superseded: bool,
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<AlertRow>> {
     sqlx::query_as(
         "SELECT id, kind, account_id, event_id, amount_minor, currency, window_start, \
-                window_end, details, created_at \
+                window_end, details, created_at, superseded_at \
            FROM alerts \
           WHERE id > $1 AND ($2::text IS NULL OR account_id = $2) \
                 AND ($3::text IS NULL OR kind = $3) \
+                AND ($5 OR superseded_at IS NULL) \
           ORDER BY id LIMIT $4",
     )
     .bind(after)
     .bind(account_id)
     .bind(kind)
     .bind(limit)
+    .bind(include_superseded)
     .fetch_all(conn)
     .await
 }

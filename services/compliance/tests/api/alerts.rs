@@ -1,6 +1,7 @@
 //! The reporting rules through the handler: CTR and structuring alerts.
 
-use crate::helpers::{at, hours, setup, usd};
+use crate::helpers::{at, hours, setup, setup_with, usd};
+use compliance::ComplianceHandler;
 
 #[tokio::test]
 async fn a_deposit_at_exactly_the_threshold_is_a_ctr_and_one_minor_unit_below_is_not() {
@@ -120,5 +121,135 @@ async fn a_ctr_deposit_does_not_count_towards_structuring() {
         app.alerts().await,
         vec![("ctr".into(), "ACC-MIX".into(), 5_000_000, big.event_id)]
     );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_threshold_comes_from_configuration() {
+    // 500.00 instead of 10,000.00: a 500.00 deposit is a CTR, 499.99 is not.
+    let rules = compliance::rules::Rules {
+        ctr_threshold_minor: 50_000,
+        ..compliance::rules::Rules::default()
+    };
+    let app = setup_with(ComplianceHandler::new(rules, Default::default())).await;
+    let at_threshold = usd("ACC-CONF", 50_000, at("2024-01-01T10:00:00Z"));
+    app.apply(&[
+        at_threshold.clone(),
+        usd("ACC-CONF-2", 49_999, at("2024-01-01T10:00:00Z")),
+    ])
+    .await;
+    assert_eq!(
+        app.alerts().await,
+        vec![(
+            "ctr".into(),
+            "ACC-CONF".into(),
+            50_000,
+            at_threshold.event_id
+        )]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn structuring_windows_are_a_rolling_24_hours_to_the_microsecond_not_calendar_days() {
+    let app = setup().await;
+    // Across midnight: 23:00 and 01:00 the next day are 2 h apart, one window.
+    let night = [
+        usd("ACC-NIGHT", 500_000, at("2024-03-01T23:00:00Z")),
+        usd("ACC-NIGHT", 500_000, at("2024-03-02T01:00:00Z")),
+    ];
+    // Exactly 24 h apart: the closed window holds both.
+    let exact = [
+        usd("ACC-EXACT", 500_000, at("2024-03-01T12:00:00Z")),
+        usd("ACC-EXACT", 500_000, at("2024-03-02T12:00:00Z")),
+    ];
+    // 24 h and one microsecond apart (the precision Postgres keeps): no window holds both.
+    let over = [
+        usd("ACC-OVER", 500_000, at("2024-03-01T12:00:00Z")),
+        usd("ACC-OVER", 500_000, at("2024-03-02T12:00:00.000001Z")),
+    ];
+    // One calendar day, 23 h 59 min apart: one window.
+    let same_day = [
+        usd("ACC-DAY", 500_000, at("2024-03-01T00:00:00Z")),
+        usd("ACC-DAY", 500_000, at("2024-03-01T23:59:00Z")),
+    ];
+    for events in [&night, &exact, &over, &same_day] {
+        for e in events {
+            app.apply(std::slice::from_ref(e)).await;
+        }
+    }
+    let mut raised: Vec<(String, uuid::Uuid)> = app
+        .alerts()
+        .await
+        .into_iter()
+        .map(|(kind, account, _, event_id)| {
+            assert_eq!(kind, "structuring");
+            (account, event_id)
+        })
+        .collect();
+    raised.sort();
+    assert_eq!(
+        raised,
+        vec![
+            ("ACC-DAY".into(), same_day[1].event_id),
+            ("ACC-EXACT".into(), exact[1].event_id),
+            ("ACC-NIGHT".into(), night[1].event_id),
+        ]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_late_deposit_supersedes_the_alert_that_time_order_would_not_have_raised() {
+    let app = setup().await;
+    let base = app.serve().await;
+    let x = usd("ACC-LATE", 600_000, at("2024-01-01T00:00:00Z"));
+    let y = usd("ACC-LATE", 600_000, at("2024-01-01T10:00:00Z"));
+    let z = usd("ACC-LATE", 600_000, at("2024-01-01T05:00:00Z"));
+    app.apply(&[x.clone(), y.clone()]).await;
+    assert_eq!(
+        app.active_alerts().await,
+        vec![(
+            "structuring".into(),
+            "ACC-LATE".into(),
+            1_200_000,
+            y.event_id
+        )]
+    );
+
+    // Z, dated 05:00, arrives last. In time order X + Z reached the threshold at 05:00, and
+    // the 10:00 window overlaps that alert: the alert moves to Z's window.
+    app.apply(std::slice::from_ref(&z)).await;
+    assert_eq!(
+        app.active_alerts().await,
+        vec![(
+            "structuring".into(),
+            "ACC-LATE".into(),
+            1_200_000,
+            z.event_id
+        )]
+    );
+    let (_, _, active) = app
+        .get(&base, "/compliance/alerts?account_id=ACC-LATE")
+        .await;
+    let items = active["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["window_end"], "2024-01-01T05:00:00Z");
+    assert!(items[0]["superseded_at"].is_null());
+    // The superseded alert stays on record.
+    let (_, _, all) = app
+        .get(
+            &base,
+            "/compliance/alerts?account_id=ACC-LATE&include_superseded=true",
+        )
+        .await;
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["event_id"], y.event_id.to_string());
+    assert!(items[0]["superseded_at"].is_string());
+    let (status, _, _) = app
+        .get(&base, "/compliance/alerts?include_superseded=maybe")
+        .await;
+    assert_eq!(status, 400);
     app.finish().await;
 }

@@ -1,7 +1,9 @@
 //! The hash-chained audit log: one entry per event, verification, tamper evidence.
 
-use crate::helpers::{at, hours, setup, usd};
+use crate::helpers::{RoleDatabase, at, hours, setup, usd};
+use compliance::ComplianceHandler;
 use compliance::chain::{self, GENESIS};
+use eventbank_runtime::consumer::Handler;
 
 #[tokio::test]
 async fn the_chain_of_a_thousand_entries_verifies_and_continues_across_batches() {
@@ -236,4 +238,138 @@ async fn the_owner_of_the_audit_log_holds_no_update_delete_or_truncate_privilege
     .unwrap();
     assert_eq!(public, 0);
     app.finish().await;
+}
+
+#[tokio::test]
+async fn the_chain_of_ten_thousand_entries_verifies_and_a_tampered_entry_is_found() {
+    let app = setup().await;
+    let base = app.serve().await;
+    let start = at("2024-01-01T00:00:00Z");
+    // 10,000 deposits over 100 accounts, in batches of 50 (the runtime's default batch size):
+    // 200 transactions, each continuing the chain where the previous one ended.
+    let events: Vec<_> = (0..10_000)
+        .map(|i| {
+            usd(
+                &format!("ACC-{:04}", i % 100),
+                1 + i % 997,
+                start + chrono::TimeDelta::seconds(i * 37),
+            )
+        })
+        .collect();
+    for batch in events.chunks(50) {
+        app.deliver(batch).await;
+    }
+    let (status, _, body) = app.get(&base, "/compliance/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true, "{body}");
+    assert_eq!(body["entries"], 10_000);
+    assert_eq!(body["head_position"], 10_000);
+    let last: Vec<u8> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE position = 10000")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(body["head_hash"], chain::hex(&last));
+
+    // A superuser rewrites the amount of entry 7,777 (and nothing else): the walk stops there.
+    let original: Vec<u8> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE position = 7777")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    app.tamper(
+        "UPDATE audit_log SET entry = regexp_replace(entry, '\"amount_minor\":[0-9]+', \
+         '\"amount_minor\":1') WHERE position = 7777",
+    )
+    .await;
+    let (_, _, body) = app.get(&base, "/compliance/verify").await;
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["first_broken_position"], 7_777);
+    assert_eq!(body["entries_checked"], 7_776);
+    assert_eq!(body["reason"], "hash_mismatch");
+    assert_eq!(body["stored_hash"], chain::hex(&original));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_service_role_can_insert_and_select_the_audit_log_but_never_update_or_delete_it() {
+    // Arrange: like scripts/setup and compose, a login role that is not a superuser owns the
+    // database and runs the migrations, so it owns the audit_log table too.
+    let owned = RoleDatabase::create().await;
+    let (is_superuser, owner): (bool, String) = sqlx::query_as(
+        "SELECT r.rolsuper, pg_get_userbyid(c.relowner) FROM pg_roles r, pg_class c \
+          WHERE r.rolname = current_user AND c.oid = 'audit_log'::regclass",
+    )
+    .fetch_one(&owned.pool)
+    .await
+    .unwrap();
+    assert!(!is_superuser);
+    assert_eq!(owner, owned.role, "the service role owns the table");
+
+    // INSERT and SELECT: the handler appends, verification reads.
+    let handler = ComplianceHandler::default();
+    let mut tx = owned.pool.begin().await.unwrap();
+    handler
+        .handle(
+            &mut tx,
+            &[
+                usd("ACC-ROLE", 100, at("2024-01-01T00:00:00Z")),
+                usd("ACC-ROLE", 2_000_000, at("2024-01-01T01:00:00Z")),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let verified = compliance::store::verify_snapshot(&owned.pool)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            verified,
+            compliance::store::Verification::Intact { entries: 2, .. }
+        ),
+        "{verified:?}"
+    );
+
+    // UPDATE, DELETE, TRUNCATE: refused by privilege (42501 "permission denied"), before any
+    // trigger runs.
+    for statement in [
+        "UPDATE audit_log SET account_id = 'ACC-OTHER'",
+        "UPDATE audit_log SET hash = sha256('forged'::bytea) WHERE position = 1",
+        "DELETE FROM audit_log",
+        "DELETE FROM audit_log WHERE position = 2",
+        "TRUNCATE audit_log",
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&owned.pool)
+            .await
+            .unwrap_err();
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("42501"), "{statement}: {db}");
+        assert!(
+            db.message().contains("permission denied"),
+            "{statement}: {}",
+            db.message()
+        );
+    }
+    // Switching the append-only trigger off, which the owner may do, does not help: the
+    // privilege is gone.
+    let mut conn = owned.pool.acquire().await.unwrap();
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_or_delete")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let err = sqlx::query("DELETE FROM audit_log")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501")
+    );
+    drop(conn);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&owned.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    owned.drop_all().await;
 }

@@ -1,10 +1,15 @@
 //! Test fixtures: a fresh database per test, event builders, and the runtime's dedup transaction.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use compliance::chain::CanonicalEntry;
 use compliance::{AppState, ComplianceHandler, MIGRATOR};
 use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
 use eventbank_runtime::consumer::Handler;
-use eventbank_runtime::testing::TestDatabase;
+use eventbank_runtime::testing::{TestDatabase, admin_url};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::BTreeSet;
+use std::str::FromStr;
 use uuid::Uuid;
 
 pub struct TestApp {
@@ -14,11 +19,15 @@ pub struct TestApp {
 
 /// Default rules: threshold 1,000,000 minor, 24 h window.
 pub async fn setup() -> TestApp {
+    setup_with(ComplianceHandler::default()).await
+}
+
+pub async fn setup_with(handler: ComplianceHandler) -> TestApp {
     TestApp {
         db: TestDatabase::create("compliance", &MIGRATOR)
             .await
             .expect("test database"),
-        handler: ComplianceHandler::default(),
+        handler,
     }
 }
 
@@ -74,9 +83,11 @@ impl TestApp {
         .fetch_all(&mut *tx)
         .await
         .unwrap();
+        // Like the runtime: `remove` keeps only the first copy of an id repeated in one batch.
+        let mut new: std::collections::HashSet<Uuid> = new.into_iter().collect();
         let fresh: Vec<DepositCompleted> = events
             .iter()
-            .filter(|e| new.contains(&e.event_id))
+            .filter(|e| new.remove(&e.event_id))
             .cloned()
             .collect();
         if !fresh.is_empty() {
@@ -146,5 +157,207 @@ impl TestApp {
 
     pub async fn finish(self) {
         self.db.drop_db().await.expect("drop test database");
+    }
+}
+
+/// A deterministic shuffle (Fisher-Yates driven by a 64-bit LCG), so a failing order can be
+/// reproduced from its seed.
+pub fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut out = items.to_vec();
+    let mut state = seed;
+    for i in (1..out.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let j = usize::try_from(state >> 33).unwrap() % (i + 1);
+        out.swap(i, j);
+    }
+    out
+}
+
+/// What "the same state" means for compliance, whatever the delivery order: the same audit
+/// entries (their content: positions and recording times follow delivery order), a chain that
+/// verifies, the same deposits and the same active alerts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct State {
+    pub audit: BTreeSet<(Uuid, String, Uuid, i64, i64, String, String)>,
+    pub chain_verifies: bool,
+    pub deposits: BTreeSet<(Uuid, String, i64, String, DateTime<Utc>)>,
+    #[allow(clippy::type_complexity)]
+    pub alerts: BTreeSet<(
+        String,
+        String,
+        Uuid,
+        i64,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        String,
+    )>,
+}
+
+impl TestApp {
+    pub async fn state(&self) -> State {
+        let entries: Vec<String> = sqlx::query_scalar("SELECT entry FROM audit_log")
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap();
+        let audit = entries
+            .iter()
+            .map(|text| {
+                let e: CanonicalEntry = serde_json::from_str(text).unwrap();
+                (
+                    e.event_id,
+                    e.account_id,
+                    e.deposit_id,
+                    e.sequence,
+                    e.amount_minor,
+                    e.currency,
+                    e.occurred_at,
+                )
+            })
+            .collect();
+        let chain_verifies = matches!(
+            compliance::store::verify_snapshot(&self.db.pool)
+                .await
+                .unwrap(),
+            compliance::store::Verification::Intact { .. }
+        );
+        let deposits: Vec<(Uuid, String, i64, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT event_id, account_id, amount_minor, currency, occurred_at FROM deposits",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap();
+        #[allow(clippy::type_complexity)]
+        let alerts: Vec<(
+            String,
+            String,
+            Uuid,
+            i64,
+            String,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            String,
+        )> = sqlx::query_as(
+            "SELECT kind, account_id, event_id, amount_minor, currency, window_start, \
+                        window_end, details::text \
+                   FROM alerts WHERE superseded_at IS NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap();
+        State {
+            audit,
+            chain_verifies,
+            deposits: deposits.into_iter().collect(),
+            alerts: alerts.into_iter().collect(),
+        }
+    }
+
+    /// Active alerts as (kind, account_id, amount_minor, event_id), in the order raised.
+    pub async fn active_alerts(&self) -> Vec<(String, String, i64, Uuid)> {
+        sqlx::query_as(
+            "SELECT kind, account_id, amount_minor, event_id FROM alerts \
+              WHERE superseded_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+    }
+}
+
+/// A database owned by a login role of its own that is not a superuser, migrated by that role:
+/// the way `scripts/setup` and compose run the service (`eventbank_compliance` owns
+/// `eventbank_compliance`). Dropped with its role by [`RoleDatabase::drop_all`], or on drop.
+pub struct RoleDatabase {
+    pub role: String,
+    pub database: String,
+    /// Connected as the role.
+    pub pool: PgPool,
+    dropped: bool,
+}
+
+impl RoleDatabase {
+    pub async fn create() -> RoleDatabase {
+        let suffix = &Uuid::new_v4().simple().to_string()[..12];
+        let role = format!("eb_compliance_role_{suffix}");
+        let database = format!("eb_compliance_owned_{suffix}");
+        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+        for sql in [
+            format!(
+                "CREATE ROLE \"{role}\" LOGIN PASSWORD '{role}' \
+                 NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+            ),
+            format!("CREATE DATABASE \"{database}\" OWNER \"{role}\""),
+            format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
+            format!("GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO \"{role}\""),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        admin.close().await.unwrap();
+        let options = PgConnectOptions::from_str(&admin_url())
+            .unwrap()
+            .username(&role)
+            .password(&role)
+            .database(&database);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        RoleDatabase {
+            role,
+            database,
+            pool,
+            dropped: false,
+        }
+    }
+
+    pub async fn drop_all(mut self) {
+        self.dropped = true;
+        self.pool.close().await;
+        drop_role_database(&self.role, &self.database)
+            .await
+            .unwrap();
+    }
+}
+
+async fn drop_role_database(role: &str, database: &str) -> sqlx::Result<()> {
+    let mut admin = PgConnection::connect(&admin_url()).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{role}\""
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await
+}
+
+/// A test that panicked still removes its database and role (on a thread of its own: the
+/// test's runtime may be the one unwinding).
+impl Drop for RoleDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (role, database) = (self.role.clone(), self.database.clone());
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(drop_role_database(&role, &database));
+            }
+        });
+        let _ = cleanup.join();
     }
 }

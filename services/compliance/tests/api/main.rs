@@ -7,3 +7,4 @@ mod alerts;
 mod audit;
 mod helpers;
 mod http;
+mod reorder;
