@@ -175,12 +175,10 @@ where
     );
     let sent = fault(Arc::clone(&world), stream, rng).await;
     settle(&world, case, sent).await;
-    Arc::try_unwrap(world)
-        .ok()
-        .expect("world still shared")
-        .cleanup()
-        .await
-        .unwrap();
+    let Ok(world) = Arc::try_unwrap(world) else {
+        panic!("world still shared")
+    };
+    world.cleanup().await.unwrap();
 }
 
 #[tokio::test]
@@ -250,12 +248,10 @@ async fn sigkill_of_the_deposit_service_between_commit_and_publish() {
     println!("FAULT | {case}: {unpublished} committed rows were unpublished at the kill");
     settle(&world, case, sent).await;
     drop(proxy);
-    Arc::try_unwrap(world)
-        .ok()
-        .expect("world still shared")
-        .cleanup()
-        .await
-        .unwrap();
+    let Ok(world) = Arc::try_unwrap(world) else {
+        panic!("world still shared")
+    };
+    world.cleanup().await.unwrap();
 }
 
 #[tokio::test]
