@@ -4,6 +4,7 @@
 //! - [`accrual`]: the pure accrual engine (Actual/365, exact integer arithmetic, half-even).
 //! - [`handler`]: applies a batch of deposits: balances from each deposit's day on, accruals
 //!   recomputed from there forward.
+//! - [`eod`]: the end-of-day job: stores the accrual of every ended day without deposits.
 //! - [`store`]: the SQL.
 //! - [`api`]: `GET /interest/accounts/{id}` and `GET /interest/accounts/{id}/balance`.
 //!
@@ -13,6 +14,7 @@
 
 pub mod accrual;
 pub mod api;
+pub mod eod;
 pub mod handler;
 pub mod metrics;
 pub mod store;
@@ -20,6 +22,8 @@ pub mod store;
 pub use api::{AppState, app};
 pub use handler::InterestHandler;
 
+use anyhow::bail;
+use eventbank_runtime::config::env_parse;
 use eventbank_runtime::service::ConsumerService;
 use eventbank_runtime::{CommonConfig, Shutdown, db};
 use std::sync::Arc;
@@ -27,23 +31,32 @@ use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/interest");
 
-/// The interest service's configuration: only the shared settings so far (rates live in the
-/// database, because they change over time and each day must keep the rate it accrued at).
+/// The interest service's configuration. Rates are not here: they live in the `rates` table,
+/// because they change over time and each day must keep the rate it accrued at.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// `EOD_INTERVAL_SECS` (default 3,600): how often the end-of-day job looks for ended days
+    /// to store. Any value works (the job is idempotent); it bounds how long after midnight
+    /// UTC a day's accrual is stored.
+    pub eod_interval: Duration,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let eod_interval_secs: u64 = env_parse("EOD_INTERVAL_SECS", 3_600)?;
+        if eod_interval_secs == 0 {
+            bail!("EOD_INTERVAL_SECS must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env("interest", 8084)?,
+            eod_interval: Duration::from_secs(eod_interval_secs),
         })
     }
 }
 
-/// Connects (waiting for the database), migrates, then runs the consumer and the HTTP API until
-/// `shutdown`.
+/// Connects (waiting for the database), migrates, then runs the consumer, the end-of-day job
+/// and the HTTP API until `shutdown`.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -51,7 +64,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
     let mut registry = eventbank_runtime::metrics::new_registry("interest");
-    let handler = InterestHandler::new(metrics::InterestMetrics::register(&mut registry));
+    let metrics = metrics::InterestMetrics::register(&mut registry);
+    let handler = InterestHandler::new(metrics.clone());
+    let end_of_day = eod::EndOfDay {
+        pool: pool.clone(),
+        metrics,
+        interval: config.eod_interval,
+    };
+    shutdown.spawn(end_of_day.run(shutdown.clone()));
     let api = app(AppState { pool: pool.clone() });
     ConsumerService {
         config: config.common,

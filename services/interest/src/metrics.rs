@@ -10,6 +10,8 @@ pub struct InterestMetrics {
     /// Deposits dated before the account's latest known day: they rewrote later days.
     pub backdated_deposits: Counter,
     pub accrual_days_recomputed: Counter,
+    /// Account-days stored by the end-of-day job (days without deposits).
+    pub eod_days_accrued: Counter,
 }
 
 impl InterestMetrics {
@@ -29,6 +31,11 @@ impl InterestMetrics {
             "accrual_days_recomputed",
             "Account-days of interest accrual (re)computed",
             m.accrual_days_recomputed.clone(),
+        );
+        registry.register(
+            "eod_days_accrued",
+            "Account-days of interest stored by the end-of-day job",
+            m.eod_days_accrued.clone(),
         );
         m
     }

@@ -354,3 +354,43 @@ pub async fn account_summary(
     .fetch_optional(conn)
     .await
 }
+
+/// Up to `limit` accounts after `after` (by id) whose stored accruals end before `through`
+/// (or that have none), in id order: the end-of-day job's work list, one page at a time.
+pub async fn accounts_behind(
+    conn: &mut PgConnection,
+    after: &str,
+    through: NaiveDate,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        // max(day) per account is one backward probe of the (account_id, day) primary key.
+        "SELECT a.account_id FROM accounts a \
+          WHERE a.account_id > $1 \
+            AND COALESCE((SELECT max(d.day) FROM daily_accruals d \
+                           WHERE d.account_id = a.account_id) < $2, true) \
+          ORDER BY a.account_id LIMIT $3",
+    )
+    .bind(after)
+    .bind(through)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The first business day (first closing-balance row) per account.
+pub async fn first_days(
+    conn: &mut PgConnection,
+    account_ids: &[String],
+) -> sqlx::Result<HashMap<String, NaiveDate>> {
+    let rows: Vec<(String, NaiveDate)> = sqlx::query_as(
+        "SELECT a.account_id, f.day FROM UNNEST($1::text[]) AS a(account_id) \
+           CROSS JOIN LATERAL (SELECT day FROM daily_balances \
+                                WHERE account_id = a.account_id \
+                                ORDER BY day LIMIT 1) f",
+    )
+    .bind(account_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -89,9 +89,11 @@ impl TestApp {
         .fetch_all(&mut *tx)
         .await
         .unwrap();
+        // Like the runtime: `remove` keeps only the first copy of an id repeated in one batch.
+        let mut new: std::collections::HashSet<Uuid> = new.into_iter().collect();
         let fresh: Vec<DepositCompleted> = events
             .iter()
-            .filter(|e| new.contains(&e.event_id))
+            .filter(|e| new.remove(&e.event_id))
             .cloned()
             .collect();
         if !fresh.is_empty() {
@@ -156,5 +158,62 @@ impl TestApp {
 
     pub async fn finish(self) {
         self.db.drop_db().await.expect("drop test database");
+    }
+}
+
+/// A deterministic shuffle (Fisher-Yates driven by a 64-bit LCG), so a failing order can be
+/// reproduced from its seed.
+pub fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut out = items.to_vec();
+    let mut state = seed;
+    for i in (1..out.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let j = usize::try_from(state >> 33).unwrap() % (i + 1);
+        out.swap(i, j);
+    }
+    out
+}
+
+/// Everything the interest service keeps, without the columns that only say when a row was
+/// written: accounts, deposits, closing balances, accruals.
+#[derive(Debug, PartialEq, Eq)]
+pub struct State {
+    pub accounts: Vec<(String, String)>,
+    pub deposits: Vec<(Uuid, String, i64, NaiveDate)>,
+    pub balances: Vec<(String, NaiveDate, String, i64)>,
+    pub accruals: Vec<(String, NaiveDate, String, String, i64, i64)>,
+}
+
+impl TestApp {
+    pub async fn state(&self) -> State {
+        let pool = &self.db.pool;
+        State {
+            accounts: sqlx::query_as("SELECT account_id, currency FROM accounts ORDER BY 1")
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            deposits: sqlx::query_as(
+                "SELECT event_id, account_id, amount_minor, business_day FROM deposits ORDER BY 1",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            balances: sqlx::query_as(
+                "SELECT account_id, day, currency, closing_balance_minor FROM daily_balances \
+                  ORDER BY 1, 2",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            accruals: sqlx::query_as(
+                "SELECT account_id, day, currency, annual_rate_percent::text, balance_minor, \
+                        accrued_micro FROM daily_accruals ORDER BY 1, 2",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        }
     }
 }

@@ -5,5 +5,8 @@
 
 mod accrual;
 mod balances;
+mod cases;
+mod eod;
 mod helpers;
 mod http;
+mod reorder;

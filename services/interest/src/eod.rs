@@ -1,0 +1,175 @@
+//! The end-of-day job: stores the accrual of every day that has ended, also for accounts that
+//! received no deposit that day.
+//!
+//! The handler stores accruals only up to an account's latest business day (the last day a
+//! deposit told it about). Days after that accrue on an unchanged closing balance; this job
+//! writes them, up to yesterday (UTC): a day that is still running may yet get deposits. It
+//! runs at start-up and then every `EOD_INTERVAL_SECS`, so a day is stored at most one interval
+//! after it ends, and a service that was down catches up on every day it missed.
+//!
+//! Idempotent per (account, day): it starts after each account's last stored day and upserts,
+//! so running it twice, or concurrently on two replicas, stores each day once with the same
+//! values. It locks the accounts it works on (as the handler does, in id order), so a deposit
+//! that recomputes the same days waits for it or it waits for the deposit, and the later one
+//! computes from the earlier one's balances.
+
+use crate::accrual::{self, ExactInterest};
+use crate::metrics::InterestMetrics;
+use crate::store::{self, AccrualRow};
+use anyhow::Context;
+use chrono::{NaiveDate, Utc};
+use eventbank_runtime::Shutdown;
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::MissedTickBehavior;
+
+/// Accounts handled per transaction: bounds how long one transaction holds account locks.
+pub const ACCOUNTS_PER_TRANSACTION: i64 = 100;
+
+/// What one run stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EodOutcome {
+    /// Accounts that had days to store.
+    pub accounts: u64,
+    /// Account-days stored.
+    pub days: u64,
+}
+
+/// The scheduled job, run on the service's shutdown signal.
+pub struct EndOfDay {
+    pub pool: PgPool,
+    pub metrics: InterestMetrics,
+    /// `EOD_INTERVAL_SECS`: time between runs.
+    pub interval: Duration,
+}
+
+impl EndOfDay {
+    /// Runs now, then every `interval`, until shutdown. A failed run (database away) is logged
+    /// and the next tick tries again; the job never ends the service.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut ticks = tokio::time::interval(self.interval);
+        // After a long pause (a suspended host), run once, not once per missed tick.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.triggered() => break,
+                _ = ticks.tick() => {}
+            }
+            let Some(yesterday) = Utc::now().date_naive().pred_opt() else {
+                continue;
+            };
+            // Checked between transactions only: a transaction in progress finishes.
+            let stop = shutdown.token();
+            match accrue_through(&self.pool, &self.metrics, yesterday, || stop.is_cancelled()).await
+            {
+                Ok(outcome) if outcome.days > 0 => tracing::info!(
+                    through = %yesterday, accounts = outcome.accounts, days = outcome.days,
+                    "end-of-day accruals stored for days without deposits"
+                ),
+                Ok(_) => tracing::debug!(through = %yesterday, "end-of-day accruals up to date"),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"), retry_in = ?self.interval,
+                    "end-of-day accrual run failed"
+                ),
+            }
+        }
+        tracing::info!("end-of-day job stopped");
+    }
+}
+
+/// Stores the accrual of every day up to `through` (inclusive) that is not stored yet, for every
+/// account, and returns what it stored. `stop` is asked between transactions.
+pub async fn accrue_through(
+    pool: &PgPool,
+    metrics: &InterestMetrics,
+    through: NaiveDate,
+    stop: impl Fn() -> bool,
+) -> anyhow::Result<EodOutcome> {
+    let mut outcome = EodOutcome::default();
+    let mut after = String::new();
+    loop {
+        if stop() {
+            break;
+        }
+        let mut conn = pool.acquire().await?;
+        let page = store::accounts_behind(&mut conn, &after, through, ACCOUNTS_PER_TRANSACTION)
+            .await
+            .context("listing accounts with days to accrue")?;
+        drop(conn);
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.clone();
+        let stored = accrue_accounts(pool, &page, through).await?;
+        outcome.accounts += stored.accounts;
+        outcome.days += stored.days;
+        metrics.eod_days_accrued.inc_by(stored.days);
+        if (page.len() as i64) < ACCOUNTS_PER_TRANSACTION {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// One transaction: locks the accounts, then stores each one's days after its last stored day
+/// up to `through`.
+async fn accrue_accounts(
+    pool: &PgPool,
+    account_ids: &[String],
+    through: NaiveDate,
+) -> anyhow::Result<EodOutcome> {
+    let mut tx = pool.begin().await?;
+    let currencies = store::lock_accounts(&mut tx, account_ids).await?;
+    // Read again under the lock: a deposit may have moved the horizon since the listing.
+    let horizons = store::accrual_horizons(&mut tx, account_ids).await?;
+    let first_days = store::first_days(&mut tx, account_ids).await?;
+    let mut from_list = Vec::new();
+    for account_id in account_ids {
+        let from = match horizons.get(account_id) {
+            Some(horizon) => horizon.succ_opt(),
+            None => first_days.get(account_id).copied(),
+        };
+        if let Some(from) = from.filter(|f| *f <= through) {
+            from_list.push((account_id.clone(), from));
+        }
+    }
+    let balances = store::balances_from(&mut tx, &from_list).await?;
+    let wanted: BTreeSet<String> = from_list
+        .iter()
+        .filter_map(|(a, _)| currencies.get(a).cloned())
+        .collect();
+    let wanted: Vec<String> = wanted.into_iter().collect();
+    let schedules = store::rate_schedules(&mut tx, &wanted).await?;
+
+    let mut rows = Vec::new();
+    let mut outcome = EodOutcome::default();
+    for (account_id, from) in &from_list {
+        let Some(currency) = currencies.get(account_id) else {
+            continue;
+        };
+        let schedule = schedules.get(currency).cloned().unwrap_or_default();
+        let account_balances = balances.get(account_id).map_or(&[][..], Vec::as_slice);
+        let days = accrual::accrue_days(account_balances, &schedule, *from, through);
+        outcome.accounts += 1;
+        outcome.days += days.len() as u64;
+        for day in days {
+            rows.push(AccrualRow {
+                account_id: account_id.clone(),
+                day: day.day,
+                currency: currency.clone(),
+                rate: day.rate,
+                balance_minor: day.balance_minor,
+                accrued_micro: micro_i64(day.interest)?,
+            });
+        }
+    }
+    store::upsert_accruals(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+fn micro_i64(interest: ExactInterest) -> anyhow::Result<i64> {
+    i64::try_from(interest.micro())
+        .map_err(|_| anyhow::anyhow!("a day's interest exceeds a 64-bit micro-minor amount"))
+}
