@@ -47,7 +47,9 @@ pub struct Config {
     pub transport: Transport,
     /// `EMAIL_FROM`, parsed at start-up so a typo stops the service instead of every email.
     pub from: Mailbox,
-    /// Sender tuning; `EMAIL_MAX_ATTEMPTS` (default 20) sets `max_attempts`.
+    /// Sender tuning: `EMAIL_MAX_ATTEMPTS` (default 20) sets `max_attempts`,
+    /// `EMAIL_RETRY_BASE_MS` (default 1,000) the delay after the first failed attempt, which
+    /// doubles per attempt up to `EMAIL_RETRY_CAP_SECS` (default 300).
     pub sender: SenderSettings,
 }
 
@@ -69,10 +71,15 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("EMAIL_FROM={from_raw:?} is invalid: {e}"))?;
         let sender = SenderSettings {
             max_attempts: env_parse("EMAIL_MAX_ATTEMPTS", 20)?,
+            retry_base: Duration::from_millis(env_parse("EMAIL_RETRY_BASE_MS", 1_000)?),
+            retry_cap: Duration::from_secs(env_parse("EMAIL_RETRY_CAP_SECS", 300)?),
             ..SenderSettings::default()
         };
         if sender.max_attempts == 0 {
             bail!("EMAIL_MAX_ATTEMPTS must be at least 1");
+        }
+        if sender.retry_base.is_zero() || sender.retry_cap < sender.retry_base {
+            bail!("EMAIL_RETRY_BASE_MS must be at least 1 and at most EMAIL_RETRY_CAP_SECS");
         }
         Ok(Self {
             common: CommonConfig::from_env("email", 8083)?,

@@ -1,7 +1,12 @@
 //! The handler queues one email per event, set-based, and never twice for one event id.
 
-use crate::helpers::{alice, count_rows, database, event, handle, row};
+use crate::helpers::{
+    SmtpSink, alice, count_rows, database, deliver, email_state, event, fast_settings, handle,
+    header, row, shuffled, start_sender, wait_for,
+};
 use email::store::EmailStatus;
+use email::{Mailer, Transport};
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_batch_of_events_is_queued_in_one_call() {
@@ -65,4 +70,101 @@ async fn a_hostile_holder_name_is_stored_escaped_in_the_html_body() {
             .contains("&lt;script&gt;steal()&lt;/script&gt;")
     );
     db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_delivery_and_each_is_sent_once()
+ {
+    let mut events: Vec<_> = (1..=12)
+        .map(|i| {
+            if i % 3 == 0 {
+                event("ACC-0007", i * 1_000, "EUR", "Bob", "bob@example.com")
+            } else {
+                alice(i * 100)
+            }
+        })
+        .collect();
+    for (i, e) in events.iter_mut().enumerate() {
+        e.sequence = i64::try_from(i).unwrap() + 1;
+    }
+
+    // Clean: once each, in order.
+    let clean = database().await;
+    for e in &events {
+        assert_eq!(deliver(&clean.pool, std::slice::from_ref(e)).await, 1);
+    }
+    let expected = email_state(&clean.pool).await;
+    assert_eq!(expected.len(), events.len());
+    clean.drop_db().await.expect("drop");
+
+    for seed in [1_u64, 5, 77] {
+        let messy = database().await;
+        // Shuffled, every event twice (a third of them twice within one batch), batches of
+        // one to four.
+        let mut deliveries = Vec::new();
+        for (i, e) in shuffled(&events, seed).into_iter().enumerate() {
+            if i % 3 == 0 {
+                deliveries.push(e.clone());
+            }
+            deliveries.push(e);
+        }
+        deliveries.extend(shuffled(&events, seed.wrapping_mul(31)));
+        let mut applied = 0;
+        let mut rest = deliveries.as_slice();
+        let mut size = 1;
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(size.min(rest.len()));
+            applied += deliver(&messy.pool, batch).await;
+            rest = tail;
+            size = size % 4 + 1;
+        }
+        assert_eq!(applied, events.len(), "seed {seed}");
+        assert_eq!(email_state(&messy.pool).await, expected, "seed {seed}");
+
+        // And each is delivered exactly once.
+        let sink = SmtpSink::start().await;
+        let sender = start_sender(
+            &messy.pool,
+            Mailer::new(
+                &Transport::Smtp {
+                    host: "127.0.0.1".into(),
+                    port: sink.port,
+                },
+                Duration::from_secs(5),
+            ),
+            fast_settings(),
+        );
+        wait_for(
+            "every email to be sent",
+            Duration::from_secs(30),
+            || async {
+                (count_rows_with_status(&messy.pool, "sent").await == events.len() as i64)
+                    .then_some(())
+            },
+        )
+        .await;
+        sender.stop().await;
+        let mut ids: Vec<String> = sink
+            .received()
+            .iter()
+            .filter_map(|m| header(&m.data, "Message-ID"))
+            .collect();
+        ids.sort();
+        let mut want: Vec<String> = events
+            .iter()
+            .map(|e| format!("<{}@eventbank.example>", e.event_id))
+            .collect();
+        want.sort();
+        assert_eq!(ids, want, "seed {seed}: each email exactly once");
+        sink.stop();
+        messy.drop_db().await.expect("drop");
+    }
+}
+
+async fn count_rows_with_status(pool: &sqlx::PgPool, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = $1")
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }

@@ -315,3 +315,113 @@ pub fn header(message: &str, name: &str) -> Option<String> {
     }
     None
 }
+
+/// What the consumer runtime does: record the ids in processed_events, hand only the new ones
+/// (the first copy of an id repeated in the batch) to the handler, commit. Returns how many
+/// were new.
+pub async fn deliver(pool: &PgPool, events: &[DepositCompleted]) -> usize {
+    let handler = EmailHandler::new(EmailMetrics::default(), Arc::new(Notify::new()));
+    let mut tx = pool.begin().await.expect("begin");
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let new: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("dedup insert");
+    let mut new: std::collections::HashSet<Uuid> = new.into_iter().collect();
+    let fresh: Vec<DepositCompleted> = events
+        .iter()
+        .filter(|e| new.remove(&e.event_id))
+        .cloned()
+        .collect();
+    if !fresh.is_empty() {
+        handler.handle(&mut tx, &fresh).await.expect("handle");
+    }
+    tx.commit().await.expect("commit");
+    handler.committed(&fresh);
+    fresh.len()
+}
+
+/// A deterministic shuffle (Fisher-Yates driven by a 64-bit LCG), so a failing order can be
+/// reproduced from its seed.
+pub fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut out = items.to_vec();
+    let mut state = seed;
+    for i in (1..out.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let j = usize::try_from(state >> 33).expect("fits") % (i + 1);
+        out.swap(i, j);
+    }
+    out
+}
+
+/// One queued email without the columns that only say when it was written or tried.
+pub type EmailState = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// Every email, in event id order.
+pub async fn email_state(pool: &PgPool) -> Vec<EmailState> {
+    sqlx::query_as(
+        "SELECT event_id, deposit_id, account_id, sequence, to_name, to_address, subject, \
+                body_text, body_html, message_id, status \
+           FROM emails ORDER BY event_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("emails")
+}
+
+/// The decoded `text/plain` part of a raw MIME message, with LF line ends. Handles the
+/// transfer encodings lettre picks for text: 7bit/8bit as is, quoted-printable decoded.
+pub fn text_part(message: &str) -> Option<String> {
+    let start = message.find("Content-Type: text/plain")?;
+    let part = &message[start..];
+    let (head, rest) = part.split_once("\r\n\r\n")?;
+    let body = rest.split("\r\n--").next()?;
+    let quoted = head
+        .to_ascii_lowercase()
+        .contains("content-transfer-encoding: quoted-printable");
+    let body = if quoted {
+        decode_quoted_printable(body)
+    } else {
+        body.to_owned()
+    };
+    Some(body.replace("\r\n", "\n"))
+}
+
+fn decode_quoted_printable(body: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'=' if bytes.get(i + 1..i + 3) == Some(b"\r\n") => i += 3,
+            b'=' => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}

@@ -2,7 +2,7 @@
 
 use crate::helpers::{
     SmtpSink, alice, closed_port, database, fast_settings, handle, header, row, start_sender,
-    wait_for,
+    text_part, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, SenderSettings, Transport};
@@ -60,7 +60,40 @@ async fn the_smtp_transport_delivers_the_message_to_the_server() {
         header(&message.data, "Subject").as_deref(),
         Some("Deposit of 1,234.50 USD received")
     );
-    assert!(message.data.contains("text/plain") && message.data.contains("text/html"));
+    assert_eq!(
+        header(&message.data, "From").as_deref(),
+        Some("eventbank <no-reply@eventbank.example>")
+    );
+    assert_eq!(
+        header(&message.data, "To").as_deref(),
+        Some("\"Alice Example\" <alice@example.com>")
+    );
+    assert!(header(&message.data, "Date").is_some());
+    assert!(
+        header(&message.data, "Content-Type")
+            .is_some_and(|v| v.starts_with("multipart/alternative")),
+        "{}",
+        message.data
+    );
+    // The plain-text part as the recipient reads it: amount, masked account, deposit id.
+    let text = text_part(&message.data).expect("a text/plain part");
+    assert!(
+        text.starts_with("Hello Alice Example,\n\nWe received a deposit of 1,234.50 USD into your account ****0042.\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Deposit id: {}\n", e.deposit_id)),
+        "{text}"
+    );
+    assert!(
+        text.contains("Time:       2025-03-14 09:26:53 UTC\n"),
+        "{text}"
+    );
+    assert!(
+        !message.data.contains("ACC-0042"),
+        "the full account number leaks"
+    );
+    assert!(message.data.contains("Content-Type: text/html"));
     sink.stop();
     db.drop_db().await.expect("drop");
 }
