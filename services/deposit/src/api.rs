@@ -3,8 +3,9 @@
 use crate::error::{ApiError, FieldError};
 use crate::store::{self, AccountRow, DepositRow};
 use crate::{Config, DepositMetrics};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,13 +29,50 @@ pub struct AppState {
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let writes = Router::new()
         .route("/accounts", post(open_account))
-        .route("/accounts/{account_id}", get(get_account))
         .route("/deposits", post(create_deposit))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/accounts/{account_id}", get(get_account))
         .route("/deposits/{deposit_id}", get(get_deposit))
+        .merge(writes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
+}
+
+/// Write endpoints need `x-api-key`. Compared in constant time so the answer's timing does not
+/// reveal how much of a guess was right.
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let expected = state.config.api_key.expose().as_bytes();
+    let same_length = given.len() == expected.len();
+    let diff = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if same_length && diff == 0 {
+        return next.run(request).await;
+    }
+    let mut response = eventbank_runtime::http::Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "API key required",
+        "send the API key in the x-api-key header",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("ApiKey header=\"x-api-key\""),
+    );
+    response
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,7 @@ use anyhow::Context;
 use eventbank_events::{Currency, Money};
 use eventbank_runtime::config::{env_or, env_parse};
 use eventbank_runtime::http::{self, OpsState};
-use eventbank_runtime::{CommonConfig, Shutdown, db, metrics};
+use eventbank_runtime::{CommonConfig, Secret, Shutdown, db, metrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
@@ -31,7 +31,12 @@ pub struct Config {
     pub max_deposit_amount: String,
     /// Outbox rows published per relay round.
     pub relay_batch: i64,
+    /// The key write endpoints require in `x-api-key` (`API_KEY`; the demo key when unset).
+    pub api_key: Secret,
 }
+
+/// Used when `API_KEY` is unset, so `scripts/up` needs no settings; logged as a warning.
+pub const DEMO_API_KEY: &str = "eventbank-demo-key";
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -40,7 +45,11 @@ impl Config {
             seed_demo_accounts: env_parse("SEED_DEMO_ACCOUNTS", true)?,
             max_deposit_amount: env_or("MAX_DEPOSIT_AMOUNT", "1000000.00"),
             relay_batch: env_parse("RELAY_BATCH", 500)?,
+            api_key: Secret::new(env_or("API_KEY", DEMO_API_KEY)),
         };
+        if config.api_key.expose().len() < 8 {
+            anyhow::bail!("API_KEY must be at least 8 characters");
+        }
         config.max_deposit_minor(Currency::parse("USD").context("USD is supported")?)?;
         Ok(config)
     }
@@ -113,6 +122,11 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
+    if config.api_key.expose() == DEMO_API_KEY {
+        tracing::warn!(
+            "API_KEY is not set: write endpoints accept the public demo key; set API_KEY outside a demo"
+        );
+    }
     if config.seed_demo_accounts {
         store::seed_demo_accounts(&pool)
             .await

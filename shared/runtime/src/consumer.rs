@@ -94,6 +94,10 @@ struct Shared<H> {
     metrics: ConsumerMetrics,
 }
 
+/// A `DepositCompleted` is well under 2 KiB; anything this large is not one, and would only
+/// cost memory and database space downstream.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// Attempts at a non-transient failure of one message before it is dead-lettered.
 const POISON_ATTEMPTS: u32 = 3;
 
@@ -247,10 +251,17 @@ async fn process_batch<H: Handler>(
     let started = Instant::now();
     let mut decoded: Vec<(Delivery, DepositCompleted)> = Vec::with_capacity(batch.len());
     for delivery in batch {
-        match decode(&delivery.data) {
+        let outcome = if delivery.data.len() > MAX_MESSAGE_BYTES {
+            Err(format!(
+                "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+                delivery.data.len()
+            ))
+        } else {
+            decode(&delivery.data).map_err(|e| e.to_string())
+        };
+        match outcome {
             Ok(event) => decoded.push((delivery, event)),
-            Err(e) => {
-                let reason = e.to_string();
+            Err(reason) => {
                 tracing::warn!(queue, reason, message_id = ?delivery.properties.message_id(), "undecodable message: dead-lettering");
                 dead_letter(shared, channel, queue, &delivery, &reason).await?;
             }

@@ -89,14 +89,25 @@ pub async fn request_json(
         .with_context(|| format!("reading the answer to {method} {url}"))
 }
 
-/// `POST url` with `body` as JSON and the given extra headers (e.g. `Idempotency-Key`).
+/// The API key every test world gives the deposit service (its write endpoints require one).
+pub const API_KEY: &str = "e2e-test-api-key";
+
+/// `POST url` with `body` as JSON and the given extra headers (e.g. `Idempotency-Key`). Sends
+/// `x-api-key: API_KEY` unless `headers` names an `x-api-key` of its own (to test refusals).
 pub async fn post_json<B: Serialize + ?Sized>(
     url: &str,
     body: &B,
     headers: &[(&str, &str)],
 ) -> Result<JsonResponse> {
     let body = serde_json::to_value(body).context("serializing the request body")?;
-    request_json(Method::POST, url, Some(&body), headers).await
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("x-api-key"))
+    {
+        all.push(("x-api-key", API_KEY));
+    }
+    request_json(Method::POST, url, Some(&body), &all).await
 }
 
 /// `GET url`.

@@ -22,6 +22,7 @@ pub mod invariants;
 mod poll;
 mod proxy;
 mod service;
+pub mod smtp;
 mod svc;
 mod util;
 mod world;
@@ -30,10 +31,11 @@ pub use amqp::{
     FetchedMessage, get_message, header_str, headers, publish_event, publish_raw, publish_to_queue,
     publish_with, queue_exists, queue_message_count,
 };
-pub use http::{JsonResponse, get_json, get_text, http_client, post_json, request_json};
+pub use http::{API_KEY, JsonResponse, get_json, get_text, http_client, post_json, request_json};
 pub use poll::{POLL_INTERVAL, eventually};
 pub use proxy::TcpProxy;
 pub use service::{CliOutput, ServiceHandle};
+pub use smtp::{ReceivedMail, SmtpSink};
 pub use svc::Svc;
 pub use util::{free_port, service_binary};
 pub use world::{Services, TestWorld, WorldOptions};

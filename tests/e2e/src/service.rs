@@ -36,6 +36,18 @@ const SCRUBBED_ENV: &[&str] = &[
     "EMAIL_TRANSPORT",
     "EMAIL_DIR",
     "SEED_DEMO_ACCOUNTS",
+    "MAX_DEPOSIT_AMOUNT",
+    "RELAY_BATCH",
+    "API_KEY",
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "EMAIL_FROM",
+    "EMAIL_MAX_ATTEMPTS",
+    "DB_MAX_CONNECTIONS",
+    "DRAIN_TIMEOUT_SECS",
+    "MAX_WAIT_MS",
+    "CTR_THRESHOLD_MINOR",
+    "STRUCTURING_WINDOW_SECS",
 ];
 
 /// Everything needed to (re)start one service process.

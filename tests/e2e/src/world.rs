@@ -299,6 +299,9 @@ impl TestWorld {
         if !self.echo_logs {
             env.push(("NO_COLOR".into(), "1".into()));
         }
+        if svc == Svc::Deposit {
+            env.push(("API_KEY".into(), crate::http::API_KEY.into()));
+        }
         if svc == Svc::Email {
             env.push(("EMAIL_TRANSPORT".into(), "file".into()));
             env.push((

@@ -69,6 +69,7 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
         .client
         .post(format!("{}/deposits", app.base))
         .header("content-type", "text/plain")
+        .header("x-api-key", crate::API_KEY)
         .body(json!({"account_id": "ACC-0001", "amount": "1.00", "currency": "USD"}).to_string())
         .send()
         .await
@@ -198,5 +199,37 @@ async fn a_closed_account_refuses_deposits() {
     assert_eq!(status, 409);
     assert_eq!(problem["type"], "urn:eventbank:problem:account-closed");
     assert_eq!(app.count("deposits").await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn writes_without_the_api_key_are_refused_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    let deposit =
+        json!({"account_id": "ACC-0001", "amount": "1.00", "currency": "USD"}).to_string();
+    let account =
+        json!({"holder_name": "Mallory", "email": "m@example.com", "currency": "USD"}).to_string();
+    for key in ["", "wrong-key", "test-api-keyX", "TEST-API-KEY"] {
+        for (path, body) in [("/deposits", &deposit), ("/accounts", &account)] {
+            let (status, problem, content_type) = app.post(path, body, &[("x-api-key", key)]).await;
+            assert_eq!(status, 401, "{path} with key {key:?}");
+            assert_eq!(content_type, "application/problem+json");
+            assert_eq!(problem["type"], "urn:eventbank:problem:unauthorized");
+        }
+    }
+    // Reads need no key.
+    let res = app
+        .client
+        .get(format!("{}/accounts/ACC-0001", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(app.count("deposits").await, 0);
+    assert_eq!(
+        app.count("accounts").await,
+        4,
+        "only the seeded demo accounts"
+    );
     app.cleanup().await;
 }

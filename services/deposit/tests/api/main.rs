@@ -7,6 +7,8 @@ use deposit::{Config, DepositMetrics, api};
 use eventbank_runtime::testing::TestDatabase;
 use std::sync::Arc;
 
+pub const API_KEY: &str = "test-api-key";
+
 pub struct TestApp {
     pub base: String,
     pub db: TestDatabase,
@@ -27,6 +29,7 @@ impl TestApp {
             seed_demo_accounts: true,
             max_deposit_amount: "1000000.00".into(),
             relay_batch: 100,
+            api_key: eventbank_runtime::Secret::new(API_KEY),
         };
         let mut registry = eventbank_runtime::metrics::new_registry("deposit");
         let state = api::AppState {
@@ -61,6 +64,12 @@ impl TestApp {
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body.to_owned());
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("x-api-key"))
+        {
+            req = req.header("x-api-key", API_KEY);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
