@@ -115,12 +115,10 @@ async fn a_service_role_reaches_only_its_own_database() {
     own.unwrap().close().await.unwrap();
     let other =
         sqlx::PgConnection::connect(&pg_url_as("eventbank_account", "eventbank_deposit")).await;
-    let error = format!(
-        "{:?}",
-        other
-            .err()
-            .expect("the account role must not reach the deposit database")
-    );
+    let Err(error) = other else {
+        panic!("the account role must not reach the deposit database")
+    };
+    let error = format!("{error:?}");
     assert!(
         error.contains("42501") || error.contains("permission denied"),
         "{error}"
