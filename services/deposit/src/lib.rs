@@ -156,14 +156,13 @@ pub async fn run(
         config: Arc::new(config.clone()),
         metrics: deposit_metrics,
     };
-    let router = api::app(state)
-        .merge(http::ops_router(ops))
-        .fallback(http::not_found_fallback);
-    tracing::info!(addr = %config.common.http_addr, "listening");
-    let served = http::serve(listener, router, shutdown.clone()).await;
-    shutdown.trigger();
-    shutdown.drain(config.common.drain_timeout).await;
-    pool.close().await;
-    tracing::info!("stopped");
-    served
+    let router = api::app(state).merge(http::ops_router(ops));
+    http::serve_then_drain(
+        listener,
+        router,
+        shutdown,
+        config.common.drain_timeout,
+        pool,
+    )
+    .await
 }

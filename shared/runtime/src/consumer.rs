@@ -479,23 +479,30 @@ async fn dead_letter<H>(
     Ok(())
 }
 
-/// Exponential backoff with jitter, 100 ms doubling to 5 s.
+/// Exponential backoff with jitter: `base` doubling up to `cap` (100 ms to 5 s by default).
 pub struct Backoff {
+    base: Duration,
+    cap: Duration,
     next: Duration,
 }
 
 impl Backoff {
     pub fn new() -> Self {
+        Self::with(Duration::from_millis(100), Duration::from_secs(5))
+    }
+    pub fn with(base: Duration, cap: Duration) -> Self {
         Self {
-            next: Duration::from_millis(100),
+            base,
+            cap,
+            next: base,
         }
     }
     pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
+        self.next = self.base;
     }
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        self.next = (self.next * 2).min(self.cap);
         // Jitter of up to a quarter keeps many replicas from retrying in lock step.
         let jitter_ms = rand::random_range(0..=base.as_millis() as u64 / 4);
         base + Duration::from_millis(jitter_ms)

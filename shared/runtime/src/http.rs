@@ -134,6 +134,26 @@ where
     }
 }
 
+/// `Query<T>` whose rejections are 400 problems naming the parameter, instead of axum's text.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| Problem::bad_request(rejection.body_text()))
+    }
+}
+
 fn json_rejection_problem(rejection: JsonRejection) -> Problem {
     let text = rejection.body_text();
     match rejection {
@@ -218,6 +238,28 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 /// Fallback for unknown routes: a problem, not an empty 404.
 pub async fn not_found_fallback() -> Problem {
     Problem::not_found("no such route")
+}
+
+/// Serves `router` until shutdown, then stops every other loop, drains them (up to
+/// `drain_timeout`) and closes the pool: the whole life of a service after start-up.
+pub async fn serve_then_drain(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    drain_timeout: std::time::Duration,
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let router = router.fallback(not_found_fallback);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    let served = serve(listener, router, shutdown.clone()).await;
+    // However the server ended, every other loop stops too.
+    shutdown.trigger();
+    shutdown.drain(drain_timeout).await;
+    pool.close().await;
+    tracing::info!("stopped");
+    served
 }
 
 /// Serves `router` on `listener` until shutdown; in-flight requests finish first.

@@ -46,17 +46,14 @@ impl<H: Handler> ConsumerService<H> {
             broker_connected,
         };
         shutdown.spawn(consumer.run(shutdown.clone()));
-        let router = self
-            .api
-            .merge(http::ops_router(ops))
-            .fallback(http::not_found_fallback);
-        tracing::info!(addr = %self.config.http_addr, "listening");
-        let served = http::serve(listener, router, shutdown.clone()).await;
-        // However the server ended, every other loop stops too.
-        shutdown.trigger();
-        shutdown.drain(self.config.drain_timeout).await;
-        self.pool.close().await;
-        tracing::info!("stopped");
-        served
+        let router = self.api.merge(http::ops_router(ops));
+        http::serve_then_drain(
+            listener,
+            router,
+            shutdown,
+            self.config.drain_timeout,
+            self.pool,
+        )
+        .await
     }
 }
