@@ -5,7 +5,9 @@ use eventbank_e2e::{SmtpSink, Svc, TestWorld, eventually, get_json, queue_messag
 use std::collections::BTreeMap;
 
 /// The email service pointed at `sink`, retrying fast (200 ms doubling to 2 s) so that mail
-/// catches up within seconds of the sink's return.
+/// catches up within seconds of the sink's return, and never giving up during the test (at
+/// 2 s a retry, the default 20 attempts would end in `failed` after some 35 s of outage on a
+/// slow machine).
 fn smtp_env(sink: &SmtpSink) -> Vec<(&'static str, String)> {
     vec![
         ("EMAIL_TRANSPORT", "smtp".into()),
@@ -13,6 +15,7 @@ fn smtp_env(sink: &SmtpSink) -> Vec<(&'static str, String)> {
         ("SMTP_PORT", sink.port().to_string()),
         ("EMAIL_RETRY_BASE_MS", "200".into()),
         ("EMAIL_RETRY_CAP_SECS", "2".into()),
+        ("EMAIL_MAX_ATTEMPTS", "1000".into()),
     ]
 }
 
