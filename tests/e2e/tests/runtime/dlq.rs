@@ -194,3 +194,73 @@ async fn a_poison_message_goes_to_the_dlq_and_the_partition_keeps_flowing() {
     assert_eq!(code, 1);
     world.cleanup().await.unwrap();
 }
+
+/// The broker's own backstop: a message redelivered more than `DELIVERY_LIMIT` times (as when
+/// it crashes its consumer every time) is dead-lettered by the quorum queue, and bankctl shows
+/// the broker's reason.
+#[tokio::test]
+async fn the_delivery_limit_dead_letters_a_message_that_keeps_coming_back() {
+    use lapin::options::BasicNackOptions;
+    let world = TestWorld::new().await.unwrap();
+    // Declare email's topology with a delivery limit of 2, then stop the service so that only
+    // this test consumes (it plays a consumer that dies on every delivery).
+    let email = world
+        .start(Svc::Email, &[("DELIVERY_LIMIT", "2"), ("PARTITIONS", "1")])
+        .await
+        .unwrap();
+    email.kill().await.unwrap();
+    let (id, body) = event("ACC-0001", 1, 100);
+    publish_event(&world, "ACC-0001", &body, &[]).await.unwrap();
+
+    let connection =
+        lapin::Connection::connect(world.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = world.partition_queue(Svc::Email, 0);
+    // basic.get is refused on single-active-consumer queues: consume, and nack every delivery.
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "crasher".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let deliveries = std::sync::atomic::AtomicUsize::new(0);
+    let nacker = async {
+        use futures_util::StreamExt;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            deliveries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let listed = eventually(WAIT, || async {
+        let (_, out) = bankctl(&world, &["--json", "dlq", "list", "email"]).await;
+        let v: Value = serde_json::from_str(&out)?;
+        anyhow::ensure!(v.as_array().is_some_and(|a| a.len() == 1), "dlq: {v}");
+        Ok(v)
+    });
+    let listed = tokio::select! {
+        listed = listed => listed.unwrap(),
+        () = nacker => panic!("the consumer stream ended"),
+    };
+    let deliveries = deliveries.into_inner();
+    assert!(deliveries >= 2, "delivered {deliveries} times");
+    assert_eq!(listed[0]["message_id"], id.as_str());
+    assert_eq!(
+        listed[0]["reason"], "dead-lettered by the broker: delivery_limit",
+        "{listed}"
+    );
+    assert_eq!(listed[0]["original_queue"], queue.as_str());
+    connection.close(200, "done".into()).await.unwrap();
+    world.cleanup().await.unwrap();
+}
