@@ -1,35 +1,58 @@
-//! Queries. `GET /accounts/{id}?min_sequence=N&wait=2s` is read-your-writes: the deposit
-//! response carries `sequence`; asking for it here waits (bounded) until the projection has
-//! applied it, instead of answering with a stale balance.
+//! Queries.
+//!
+//! - `GET /accounts/{id}`: the balance projection. With `?min_sequence=N&wait=2s` it is
+//!   read-your-writes: the deposit response carries `sequence`; asking for it here waits
+//!   (bounded) until the projection has applied it, woken by the change notifications, and
+//!   past the wait answers a 503 problem naming both sequences, with `Retry-After`.
+//! - `GET /accounts/{id}/transactions?after_sequence=&limit=`: the transactions projection,
+//!   paged by sequence.
+//! - `GET /accounts/{id}/balance?as_of=<RFC 3339>`: point in time, computed from the event store
+//!   (latest snapshot at or before the instant + replay), not from the projection.
+//! - `GET /accounts/{id}/stream`: Server-Sent Events, one per applied change, from whichever
+//!   replica applied it (Postgres NOTIFY); resumable with `Last-Event-ID` (a stream version).
 
-use crate::store::{self, Balance};
+use crate::changes::{self, Changes};
+use crate::domain::{AccountEvent, AccountState};
+use crate::store::{self, Balance, Bound, RecordedEvent};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
 use eventbank_events::{Currency, Money};
 use eventbank_runtime::http::Problem;
+use futures_util::Stream;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub max_wait: Duration,
+    /// Applied changes of every replica (fed by the NOTIFY listener).
+    pub changes: Changes,
+    /// Cancelled at shutdown: ends the SSE streams so the server can drain.
+    pub stop: CancellationToken,
 }
 
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/accounts/{account_id}", get(get_account))
         .route("/accounts/{account_id}/transactions", get(get_transactions))
+        .route("/accounts/{account_id}/balance", get(get_balance_as_of))
+        .route("/accounts/{account_id}/stream", get(stream_changes))
         .with_state(state)
 }
 
-fn internal(e: sqlx::Error) -> Problem {
-    Problem::internal(&anyhow::Error::new(e))
+fn internal(e: impl Into<anyhow::Error>) -> Problem {
+    Problem::internal(&e.into())
 }
 
 fn parse_i64(
@@ -72,26 +95,27 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> 
     }
 }
 
+fn decimal(minor: i64, currency: Option<Currency>) -> String {
+    currency
+        .map(|currency| Money { minor, currency }.to_decimal_string())
+        .unwrap_or_default()
+}
+
 fn balance_json(b: &Balance) -> Value {
-    let balance = Currency::parse(&b.currency)
-        .map(|currency| {
-            Money {
-                minor: b.balance_minor,
-                currency,
-            }
-            .to_decimal_string()
-        })
-        .unwrap_or_default();
     json!({
         "account_id": b.account_id,
         "currency": b.currency,
-        "balance": balance,
+        "balance": decimal(b.balance_minor, Currency::parse(&b.currency).ok()),
         "balance_minor": b.balance_minor,
         "last_sequence": b.last_sequence,
         "deposit_count": b.deposit_count,
         "updated_at": b.updated_at,
     })
 }
+
+/// How long a waiter sleeps without a notification before it looks again anyway (the
+/// listener may be reconnecting).
+const FALLBACK_POLL: Duration = Duration::from_millis(500);
 
 async fn get_account(
     State(state): State<AppState>,
@@ -101,6 +125,8 @@ async fn get_account(
     let min_sequence = parse_i64(&params, "min_sequence", 0, 0, i64::MAX)?;
     let wait = parse_wait(params.get("wait"), state.max_wait)?;
     let deadline = Instant::now() + wait;
+    // Subscribed before the first read, so a change committed in between still wakes us.
+    let mut rx = state.changes.subscribe();
     loop {
         let mut conn = state.pool.acquire().await.map_err(internal)?;
         let balance = store::balance(&mut conn, &account_id)
@@ -116,7 +142,8 @@ async fn get_account(
                 "account {account_id} has no applied deposits"
             )));
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not-yet-consistent",
@@ -131,8 +158,10 @@ async fn get_account(
             .with("min_sequence", min_sequence)
             .retry_after(1));
         }
-        // Polling the read model every 25 ms keeps this simple and correct across replicas.
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::select! {
+            _ = changes::changed(&mut rx, &account_id) => {}
+            _ = tokio::time::sleep_until(deadline.min(now + FALLBACK_POLL)) => {}
+        }
     }
 }
 
@@ -170,4 +199,198 @@ async fn get_transactions(
         "next_after_sequence": next,
         "parked_events": pending,
     })))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+async fn get_balance_as_of(
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    let as_of = match params.get("as_of") {
+        None => Utc::now(),
+        Some(raw) => DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                Problem::bad_request(
+                    "as_of must be an RFC 3339 instant, such as 2026-11-27T07:30:00Z",
+                )
+            })?,
+    };
+    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let loaded = store::state_as_of(&mut conn, &account_id, as_of)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "account {account_id} had no applied deposit at or before {}",
+                rfc3339(as_of)
+            ))
+        })?;
+    let s = &loaded.state;
+    Ok(Json(json!({
+        "account_id": account_id,
+        "as_of": rfc3339(as_of),
+        "currency": s.currency.map(|c| c.code()),
+        "balance": decimal(s.balance_minor, s.currency),
+        "balance_minor": s.balance_minor,
+        "deposit_count": s.deposit_count,
+        "last_sequence": s.last_sequence,
+        "version": s.version,
+        "computed_from": {
+            "snapshot_version": loaded.snapshot_version,
+            "replayed_events": loaded.replayed,
+        },
+    })))
+}
+
+fn state_json(account_id: &str, s: &AccountState) -> Value {
+    json!({
+        "account_id": account_id,
+        "version": s.version,
+        "currency": s.currency.map(|c| c.code()),
+        "balance": decimal(s.balance_minor, s.currency),
+        "balance_minor": s.balance_minor,
+        "deposit_count": s.deposit_count,
+        "last_sequence": s.last_sequence,
+    })
+}
+
+/// The SSE event for one recorded event, given the state after it.
+fn change_event(recorded: &RecordedEvent, after: &AccountState) -> Event {
+    let (name, data) = match &recorded.event {
+        AccountEvent::Opened(e) => (
+            "opened",
+            json!({
+                "account_id": recorded.account_id,
+                "version": recorded.version,
+                "currency": e.currency.code(),
+                "opened_at": rfc3339(e.opened_at),
+            }),
+        ),
+        AccountEvent::Deposited(d) => (
+            "deposited",
+            json!({
+                "account_id": recorded.account_id,
+                "version": recorded.version,
+                "sequence": d.sequence,
+                "event_id": d.event_id,
+                "deposit_id": d.deposit_id,
+                "amount": decimal(d.amount_minor, Some(d.currency)),
+                "amount_minor": d.amount_minor,
+                "currency": d.currency.code(),
+                "occurred_at": rfc3339(d.occurred_at),
+                "balance": decimal(after.balance_minor, after.currency),
+                "balance_minor": after.balance_minor,
+                "deposit_count": after.deposit_count,
+            }),
+        ),
+    };
+    Event::default()
+        .event(name)
+        .id(recorded.version.to_string())
+        .data(data.to_string())
+}
+
+/// How often an SSE stream looks at the store without a notification (the listener may be
+/// reconnecting); cheap: one indexed query that usually returns nothing.
+const SSE_FALLBACK_POLL: Duration = Duration::from_secs(5);
+
+async fn stream_changes(
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let resume_from = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    Problem::bad_request("Last-Event-ID must be a stream version (an integer)")
+                })?,
+        ),
+    };
+    // Subscribed before reading the starting state, so nothing committed in between is lost.
+    let mut rx = state.changes.subscribe();
+    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let start = match resume_from {
+        Some(version) => store::load_prefix(&mut conn, &account_id, Bound::Version(version)).await,
+        None => store::load_stream(&mut conn, &account_id).await,
+    }
+    .map_err(internal)?
+    .state;
+    drop(conn);
+
+    let (tx, out) = mpsc::channel::<Event>(64);
+    if resume_from.is_none() && start.version > 0 {
+        let first = Event::default()
+            .event("state")
+            .id(start.version.to_string())
+            .data(state_json(&account_id, &start).to_string());
+        // The channel is new and empty: this cannot fail for want of room.
+        let _ = tx.try_send(first);
+    }
+    let pool = state.pool.clone();
+    let stop = state.stop.clone();
+    tokio::spawn(async move {
+        let mut current = start;
+        loop {
+            if catch_up(&pool, &account_id, &mut current, &tx)
+                .await
+                .is_err()
+            {
+                return; // the client went away
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = changes::changed(&mut rx, &account_id) => {}
+                _ = tokio::time::sleep(SSE_FALLBACK_POLL) => {}
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(out, |mut out| async move {
+        out.recv().await.map(|event| (Ok(event), out))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Sends every event after `current.version`, folding it in. Err only when the client is gone;
+/// a database error is logged and retried at the next wake-up.
+async fn catch_up(
+    pool: &PgPool,
+    account_id: &str,
+    current: &mut AccountState,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    const PAGE: i64 = 200;
+    loop {
+        let page = match pool.acquire().await {
+            Ok(mut conn) => store::read_stream(&mut conn, account_id, current.version, PAGE).await,
+            Err(e) => Err(e.into()),
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(account_id, error = %e, "SSE catch-up failed; retrying later");
+                return Ok(());
+            }
+        };
+        let full = page.len() as i64 == PAGE;
+        for recorded in page {
+            *current = crate::domain::apply(std::mem::take(current), &recorded.event);
+            tx.send(change_event(&recorded, current))
+                .await
+                .map_err(|_| ())?;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
 }

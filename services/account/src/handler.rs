@@ -1,18 +1,56 @@
-//! The ordering rule. For each event, against the account's `last_sequence`:
-//! - `sequence <= last`: already applied (a duplicate that got past the dedup table, e.g. a
-//!   republished event with a new id would not, but a replayed one would): skip;
-//! - `sequence == last + 1`: apply, then apply any parked successors that are now contiguous;
-//! - `sequence > last + 1`: an earlier event is missing: park it in `pending_events`.
+//! The ordering rule, applied to a whole batch at once. For each deposit, against its account's
+//! last applied sequence (`last`):
+//! - `sequence <= last`: a duplicate (e.g. the same deposit republished under another event id):
+//!   acknowledged and skipped;
+//! - `sequence == last + 1`: applied (events appended, projections updated), then every parked
+//!   successor that is now contiguous is applied too;
+//! - `sequence > last + 1`: an earlier deposit is missing: parked in `pending_events` until the
+//!   gap fills (a gap open too long is reported by [`crate::gaps`]).
 //!
-//! The account row is locked (`FOR UPDATE`) while deciding, so two replicas can never apply
-//! the same sequence twice.
+//! One batch is a handful of statements whatever its size: lock the batch's accounts, load their
+//! streams (snapshot + tail) and parked deposits, decide everything in memory with [`plan`]
+//! (pure), then append all new events in one statement, write the projections and NOTIFY in
+//! one, and the snapshots and parking changes in one each, all in the consumer runtime's
+//! transaction.
+//!
+//! Concurrency: the per-account advisory locks serialise the handling of one account across
+//! partitions and replicas (which single-active-consumer queues already make rare), so a parked
+//! deposit can never be missed by a concurrent apply. The event store's primary key is the
+//! last line: an append at a version someone else wrote fails the transaction (a conflict), and
+//! the runtime retries the events, which then read the other writer's result.
 
-use crate::store::{self, Txn};
+use crate::domain::{self, AccountEvent, AccountState, Decision, Deposit, Rejection};
+use crate::projection::{self, BalanceRow, TxnRow};
+use crate::store::{self, NewEvent, StoreError};
 use eventbank_events::DepositCompleted;
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use sqlx::PgConnection;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
-pub struct AccountHandler;
+/// Default number of events between two snapshots of a stream.
+pub const DEFAULT_SNAPSHOT_EVERY: i64 = 50;
+
+pub struct AccountHandler {
+    /// A snapshot is written whenever a stream's version crosses a multiple of this.
+    pub snapshot_every: i64,
+}
+
+impl Default for AccountHandler {
+    fn default() -> Self {
+        Self {
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
+
+impl AccountHandler {
+    pub fn new(snapshot_every: i64) -> Self {
+        Self {
+            snapshot_every: snapshot_every.max(1),
+        }
+    }
+}
 
 impl Handler for AccountHandler {
     async fn handle(
@@ -20,38 +58,307 @@ impl Handler for AccountHandler {
         tx: &mut PgConnection,
         events: &[DepositCompleted],
     ) -> Result<(), HandlerError> {
-        for event in events {
-            apply_in_order(tx, Txn::from_event(event)).await?;
-        }
-        Ok(())
+        let deposits: Vec<Deposit> = events.iter().map(Deposit::from_event).collect();
+        apply_batch(tx, &deposits, self.snapshot_every).await
     }
 }
 
-/// Applies one event under the ordering rule.
-pub async fn apply_in_order(tx: &mut PgConnection, txn: Txn) -> Result<(), HandlerError> {
-    let last = store::lock_last_sequence(tx, &txn.account_id)
-        .await?
-        .unwrap_or(0);
-    if txn.sequence <= last {
-        tracing::info!(event_id = %txn.event_id, account_id = %txn.account_id, deposit_id = %txn.deposit_id,
-            sequence = txn.sequence, last, "sequence already applied; skipped");
-        return Ok(());
+fn store_error(e: StoreError) -> HandlerError {
+    match e {
+        StoreError::Database(e) => HandlerError::Database(e),
+        other => HandlerError::Other(other.into()),
     }
-    if txn.sequence > last + 1 {
-        store::park(tx, &txn).await?;
-        tracing::warn!(event_id = %txn.event_id, account_id = %txn.account_id, deposit_id = %txn.deposit_id,
-            sequence = txn.sequence, expected = last + 1, "sequence gap: event parked until the gap fills");
-        return Ok(());
+}
+
+/// Applies deposits (in delivery order) under the ordering rule, inside the caller's
+/// transaction.
+pub async fn apply_batch(
+    tx: &mut PgConnection,
+    deposits: &[Deposit],
+    snapshot_every: i64,
+) -> Result<(), HandlerError> {
+    let mut accounts: Vec<String> = deposits.iter().map(|d| d.account_id.clone()).collect();
+    accounts.sort();
+    accounts.dedup();
+    store::lock_accounts(tx, &accounts).await?;
+    let loaded = store::load_streams(tx, &accounts)
+        .await
+        .map_err(store_error)?;
+    let states = loaded.into_iter().map(|(a, l)| (a, l.state)).collect();
+    let parked = store::load_parked(tx, &accounts).await?;
+    let plan = plan(states, parked, deposits).map_err(|unplannable| {
+        let (d, rejection) = *unplannable;
+        HandlerError::Rejected(format!(
+            "deposit {} (event {}, account {}, sequence {}): {rejection}",
+            d.deposit_id, d.event_id, d.account_id, d.sequence
+        ))
+    })?;
+
+    if !plan.appends.is_empty() {
+        let recorded_at = store::append(tx, &plan.appends)
+            .await
+            .map_err(store_error)?;
+        let mut balances: Vec<BalanceRow> = Vec::with_capacity(plan.changed.len());
+        let mut versions = Vec::with_capacity(plan.changed.len());
+        let mut snapshots: Vec<(&str, &AccountState)> = Vec::new();
+        for c in &plan.changed {
+            if let Some(row) = projection::balance_row(&c.account_id, &c.state, recorded_at) {
+                balances.push(row);
+                versions.push(c.state.version);
+            }
+            if c.before_version / snapshot_every < c.state.version / snapshot_every {
+                snapshots.push((c.account_id.as_str(), &c.state));
+            }
+        }
+        let txns: Vec<TxnRow> = plan
+            .appends
+            .iter()
+            .filter_map(|e| match &e.event {
+                AccountEvent::Deposited(d) => {
+                    Some(projection::txn_row(&e.account_id, d, recorded_at))
+                }
+                AccountEvent::Opened(_) => None,
+            })
+            .collect();
+        projection::write_live(tx, &balances, &versions, &txns).await?;
+        store::write_snapshots(tx, &snapshots)
+            .await
+            .map_err(store_error)?;
     }
-    let balance = store::apply(tx, &txn).await?;
-    tracing::info!(event_id = %txn.event_id, account_id = %txn.account_id, deposit_id = %txn.deposit_id,
-        sequence = txn.sequence, amount_minor = txn.amount_minor, balance_minor = balance, "balance updated");
-    let mut next = txn.sequence + 1;
-    while let Some(parked) = store::take_parked(tx, &txn.account_id, next).await? {
-        let balance = store::apply(tx, &parked).await?;
-        tracing::info!(event_id = %parked.event_id, account_id = %parked.account_id, deposit_id = %parked.deposit_id,
-            sequence = parked.sequence, balance_minor = balance, "parked event applied after the gap filled");
-        next += 1;
-    }
+    let to_park: Vec<&Deposit> = plan.park.iter().collect();
+    store::park(tx, &to_park).await?;
+    store::unpark(tx, &plan.unpark).await?;
+    log(&plan);
     Ok(())
+}
+
+fn log(plan: &Plan) {
+    for outcome in &plan.outcomes {
+        match outcome {
+            Outcome::Applied {
+                deposit: d,
+                balance_minor,
+                from_parking: false,
+            } => {
+                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, amount_minor = d.amount_minor, balance_minor, "balance updated")
+            }
+            Outcome::Applied {
+                deposit: d,
+                balance_minor,
+                from_parking: true,
+            } => {
+                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, amount_minor = d.amount_minor, balance_minor, "parked event applied after the gap filled")
+            }
+            Outcome::Duplicate {
+                deposit: d,
+                last_sequence,
+            } => {
+                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, last = last_sequence, "sequence already applied; skipped")
+            }
+            Outcome::Parked {
+                deposit: d,
+                expected,
+            } => {
+                tracing::warn!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, expected, "sequence gap: event parked until the gap fills")
+            }
+            Outcome::StuckParked { deposit: d, reason } => {
+                tracing::error!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, reason = %reason, "parked event cannot be applied; it stays parked and its gap open")
+            }
+        }
+    }
+}
+
+/// An account whose state this batch changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub account_id: String,
+    pub before_version: i64,
+    pub state: AccountState,
+}
+
+/// What happened to one deposit, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        deposit: Deposit,
+        balance_minor: i64,
+        from_parking: bool,
+    },
+    Duplicate {
+        deposit: Deposit,
+        last_sequence: i64,
+    },
+    Parked {
+        deposit: Deposit,
+        expected: i64,
+    },
+    StuckParked {
+        deposit: Deposit,
+        reason: Rejection,
+    },
+}
+
+/// Everything one batch decided, before any write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// New events, in the order they are appended.
+    pub appends: Vec<NewEvent>,
+    /// Accounts whose state changed, in account order.
+    pub changed: Vec<Changed>,
+    /// Deposits to park.
+    pub park: Vec<Deposit>,
+    /// Parked rows to remove (applied now, or stale).
+    pub unpark: Vec<(String, i64)>,
+    pub outcomes: Vec<Outcome>,
+}
+
+struct Work {
+    before_version: i64,
+    state: AccountState,
+    /// sequence -> (deposit, already stored in pending_events)
+    parked: BTreeMap<i64, (Deposit, bool)>,
+}
+
+/// The ordering rule over a batch, as pure code: given the accounts' current states and parked
+/// deposits, and the batch in delivery order, what to append, park and unpark. A deposit that
+/// can never be applied fails the whole plan (the runtime then isolates it and dead-letters it
+/// with the reason); a parked one that cannot be applied stays parked.
+pub fn plan(
+    states: HashMap<String, AccountState>,
+    parked: Vec<Deposit>,
+    incoming: &[Deposit],
+) -> Result<Plan, Box<(Deposit, Rejection)>> {
+    let mut states = states;
+    let mut work: BTreeMap<String, Work> = BTreeMap::new();
+    let mut out = Plan::default();
+    let mut take = |account_id: &str, work: &mut BTreeMap<String, Work>| {
+        work.entry(account_id.to_owned()).or_insert_with(|| {
+            let state = states.remove(account_id).unwrap_or_default();
+            Work {
+                before_version: state.version,
+                state,
+                parked: BTreeMap::new(),
+            }
+        });
+    };
+    for p in parked {
+        take(&p.account_id, &mut work);
+        if let Some(w) = work.get_mut(&p.account_id) {
+            w.parked.insert(p.sequence, (p, true));
+        }
+    }
+    // Parked deposits that are already contiguous (possible only after an interrupted
+    // history) are applied first, so they can never stay behind.
+    let accounts: Vec<String> = work.keys().cloned().collect();
+    for account_id in accounts {
+        if let Some(w) = work.get_mut(&account_id) {
+            drain(&account_id, w, &mut out);
+        }
+    }
+    for cmd in incoming {
+        take(&cmd.account_id, &mut work);
+        let Some(w) = work.get_mut(&cmd.account_id) else {
+            continue;
+        };
+        match domain::decide(&w.state, cmd).map_err(|r| Box::new((cmd.clone(), r)))? {
+            Decision::Duplicate { last_sequence } => out.outcomes.push(Outcome::Duplicate {
+                deposit: cmd.clone(),
+                last_sequence,
+            }),
+            Decision::Early { expected } => match w.parked.entry(cmd.sequence) {
+                Entry::Occupied(_) => out.outcomes.push(Outcome::Duplicate {
+                    deposit: cmd.clone(),
+                    last_sequence: w.state.last_sequence,
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert((cmd.clone(), false));
+                    out.outcomes.push(Outcome::Parked {
+                        deposit: cmd.clone(),
+                        expected,
+                    });
+                }
+            },
+            Decision::Apply(events) => {
+                append(&cmd.account_id, w, events, &mut out);
+                out.outcomes.push(Outcome::Applied {
+                    deposit: cmd.clone(),
+                    balance_minor: w.state.balance_minor,
+                    from_parking: false,
+                });
+                drain(&cmd.account_id, w, &mut out);
+            }
+        }
+    }
+    for (account_id, w) in work {
+        for (sequence, (deposit, stored)) in w.parked {
+            if sequence <= w.state.last_sequence {
+                // Applied through another copy: a stored row is stale, a new one never stored.
+                if stored {
+                    out.unpark.push((account_id.clone(), sequence));
+                }
+            } else if !stored {
+                out.park.push(deposit);
+            }
+        }
+        if w.state.version != w.before_version {
+            out.changed.push(Changed {
+                account_id,
+                before_version: w.before_version,
+                state: w.state,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn append(account_id: &str, w: &mut Work, events: Vec<AccountEvent>, out: &mut Plan) {
+    for event in events {
+        w.state = domain::apply(std::mem::take(&mut w.state), &event);
+        out.appends.push(NewEvent {
+            account_id: account_id.to_owned(),
+            version: w.state.version,
+            event,
+        });
+    }
+}
+
+/// Applies parked successors while they are contiguous.
+fn drain(account_id: &str, w: &mut Work, out: &mut Plan) {
+    loop {
+        let next = w.state.last_sequence + 1;
+        let Some((deposit, stored)) = w.parked.remove(&next) else {
+            return;
+        };
+        match domain::decide(&w.state, &deposit) {
+            Ok(Decision::Apply(events)) => {
+                append(account_id, w, events, out);
+                if stored {
+                    out.unpark.push((account_id.to_owned(), deposit.sequence));
+                }
+                out.outcomes.push(Outcome::Applied {
+                    deposit,
+                    balance_minor: w.state.balance_minor,
+                    from_parking: true,
+                });
+            }
+            Ok(_) => {
+                // Unreachable (its sequence is exactly the next one); keep it parked.
+                w.parked.insert(next, (deposit, stored));
+                return;
+            }
+            Err(reason) => {
+                out.outcomes.push(Outcome::StuckParked {
+                    deposit: deposit.clone(),
+                    reason,
+                });
+                w.parked.insert(next, (deposit, stored));
+                return;
+            }
+        }
+    }
 }

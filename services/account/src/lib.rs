@@ -1,16 +1,27 @@
-//! account: applies `DepositCompleted` events in per-account sequence order and serves balances.
+//! account: the event-sourced balance of record.
 //!
-//! - [`handler`]: the ordering rule (duplicate / apply / park) and the projection writes.
-//! - [`store`]: the SQL.
-//! - [`api`]: `GET /accounts/{id}` (with read-your-writes `min_sequence`), transactions.
+//! Write side: [`domain`] (the aggregate as pure code), [`codec`] (stored forms, upcasting),
+//! [`store`] (the event store, snapshots, parked deposits), [`handler`] (the ordering rule,
+//! per batch). Read side: [`projection`] (balances and transactions, written in the append's
+//! transaction), [`api`] (queries, point in time, read-your-writes, SSE), [`changes`] (NOTIFY
+//! fan-out). Operations: [`gaps`] (long-open sequence gaps), [`rebuild`] (replay the store into
+//! fresh projections), [`synthetic`] (large stores for tests and benchmarks).
 
 pub mod api;
+pub mod changes;
+pub mod codec;
+pub mod domain;
+pub mod gaps;
 pub mod handler;
+pub mod projection;
+pub mod rebuild;
 pub mod store;
+pub mod synthetic;
 
-use eventbank_runtime::config::env_parse;
+use anyhow::Context;
+use eventbank_runtime::config::{env_or, env_parse};
 use eventbank_runtime::service::ConsumerService;
-use eventbank_runtime::{CommonConfig, Shutdown, db, metrics};
+use eventbank_runtime::{CommonConfig, Shutdown, db, http, metrics};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +32,31 @@ pub struct Config {
     pub common: CommonConfig,
     /// Longest `wait` a read-your-writes query may ask for.
     pub max_wait: Duration,
+    /// A snapshot every this many events of a stream.
+    pub snapshot_every: i64,
+    /// A sequence gap open longer than this is logged and counted.
+    pub gap_alert: Duration,
+    /// false: a query-only replica (API, SSE, metrics; consumes nothing).
+    pub consume: bool,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let snapshot_every: i64 = env_parse("SNAPSHOT_EVERY", handler::DEFAULT_SNAPSHOT_EVERY)?;
+        if snapshot_every < 1 {
+            anyhow::bail!("SNAPSHOT_EVERY must be at least 1");
+        }
+        let consume = match env_or("CONSUME_EVENTS", "true").as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => anyhow::bail!("CONSUME_EVENTS={other:?} is invalid: use true or false"),
+        };
         Ok(Self {
             common: CommonConfig::from_env("account", 8082)?,
             max_wait: Duration::from_millis(env_parse("MAX_WAIT_MS", 10_000)?),
+            snapshot_every,
+            gap_alert: Duration::from_secs(env_parse("GAP_ALERT_SECS", 30)?),
+            consume,
         })
     }
 }
@@ -38,18 +67,64 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
-    let registry = metrics::new_registry("account");
+    let mut registry = metrics::new_registry("account");
+    let gaps_gauge = gaps::register(&mut registry);
+    let changes = changes::Changes::new();
+    shutdown.spawn(changes.clone().listen(pool.clone(), shutdown.token()));
+    shutdown.spawn(
+        gaps::GapMonitor::new(pool.clone(), config.gap_alert, gaps_gauge).run(shutdown.token()),
+    );
     let api = api::app(api::AppState {
         pool: pool.clone(),
         max_wait: config.max_wait,
+        changes,
+        stop: shutdown.token(),
     });
-    ConsumerService {
-        config: config.common,
-        pool,
-        handler: Arc::new(handler::AccountHandler),
-        api,
-        registry,
+    if config.consume {
+        return ConsumerService {
+            config: config.common,
+            pool,
+            handler: Arc::new(handler::AccountHandler::new(config.snapshot_every)),
+            api,
+            registry,
+        }
+        .run(listener, shutdown)
+        .await;
     }
-    .run(listener, shutdown)
-    .await
+    // Query-only replica: the same API and ops routes, no consumer; ready without a broker.
+    let broker_connected = metrics::register_broker_gauge(&mut registry);
+    let ops = http::OpsState {
+        pool: pool.clone(),
+        broker_connected,
+        broker_required: false,
+        registry: Arc::new(registry),
+    };
+    let router = api
+        .merge(http::ops_router(ops))
+        .fallback(http::not_found_fallback);
+    tracing::info!(addr = %config.common.http_addr, "listening (query only: CONSUME_EVENTS=false)");
+    let served = http::serve(listener, router, shutdown.clone()).await;
+    shutdown.trigger();
+    shutdown.drain(config.common.drain_timeout).await;
+    pool.close().await;
+    tracing::info!("stopped");
+    served
+}
+
+/// `account rebuild [--check]`: exit 0 when the live projections were identical, 1 when they
+/// differed (replaced unless `--check`), 2 on error.
+pub async fn rebuild_command(config: Config, check_only: bool) -> anyhow::Result<bool> {
+    let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(10))
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let options = rebuild::Options {
+        check_only,
+        progress: true,
+        ..rebuild::Options::default()
+    };
+    let report = rebuild::rebuild(&pool, &options).await;
+    pool.close().await;
+    let report = report?;
+    println!("{report}");
+    Ok(report.identical())
 }

@@ -1,13 +1,67 @@
-//! account: the balance of record. Thin: config, telemetry, run.
+//! account: the balance of record. Thin: config, telemetry, then either the service or the
+//! `rebuild` command.
 
 use eventbank_runtime::{Shutdown, telemetry};
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+const USAGE: &str = "usage: account            run the service
+       account rebuild    replay the event store into fresh projections, report differences
+                          from the live ones and replace them (exit 0 identical, 1 differed, 2 error)
+       account rebuild --check   the same without changing the live projections";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("account: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.as_slice() {
+        [] => match runtime.block_on(serve()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("account: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        ["rebuild", rest @ ..] if rest.iter().all(|a| *a == "--check") => {
+            match runtime.block_on(rebuild(!rest.is_empty())) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("account rebuild: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     let config = account::Config::from_env()?;
     telemetry::init("account", config.common.log_format);
     let listener = tokio::net::TcpListener::bind(config.common.http_addr).await?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     account::run(config, listener, shutdown).await
+}
+
+async fn rebuild(check_only: bool) -> anyhow::Result<bool> {
+    let config = account::Config::from_env()?;
+    telemetry::init("account", config.common.log_format);
+    account::rebuild_command(config, check_only).await
 }
