@@ -360,7 +360,19 @@ async fn apply<H: Handler>(
     shared: &Shared<H>,
     events: &[DepositCompleted],
 ) -> Result<Vec<DepositCompleted>, HandlerError> {
-    let mut tx = shared.pool.begin().await?;
+    deliver(&shared.pool, shared.handler.as_ref(), events).await
+}
+
+/// The dedup transaction, exactly as the consumer loop runs it (public so that services' tests
+/// exercise the real path without a broker): insert the ids into `processed_events`, hand only
+/// the new events to the handler, commit. Returns the events that were new, in order. Does not
+/// call [`Handler::committed`]; the loop does, before it acks.
+pub async fn deliver<H: Handler>(
+    pool: &PgPool,
+    handler: &H,
+    events: &[DepositCompleted],
+) -> Result<Vec<DepositCompleted>, HandlerError> {
+    let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
@@ -377,7 +389,7 @@ async fn apply<H: Handler>(
         .cloned()
         .collect();
     if !fresh.is_empty() {
-        shared.handler.handle(&mut tx, &fresh).await?;
+        handler.handle(&mut tx, &fresh).await?;
     }
     tx.commit().await?;
     for duplicate in duplicates(events, &fresh) {

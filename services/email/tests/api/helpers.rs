@@ -316,31 +316,13 @@ pub fn header(message: &str, name: &str) -> Option<String> {
     None
 }
 
-/// What the consumer runtime does: record the ids in processed_events, hand only the new ones
-/// (the first copy of an id repeated in the batch) to the handler, commit. Returns how many
-/// were new.
+/// Delivers `events` through the consumer runtime's own dedup transaction, then runs the
+/// handler's post-commit step as the loop would. Returns how many were new.
 pub async fn deliver(pool: &PgPool, events: &[DepositCompleted]) -> usize {
     let handler = EmailHandler::new(EmailMetrics::default(), Arc::new(Notify::new()));
-    let mut tx = pool.begin().await.expect("begin");
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let new: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
-         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .expect("dedup insert");
-    let mut new: std::collections::HashSet<Uuid> = new.into_iter().collect();
-    let fresh: Vec<DepositCompleted> = events
-        .iter()
-        .filter(|e| new.remove(&e.event_id))
-        .cloned()
-        .collect();
-    if !fresh.is_empty() {
-        handler.handle(&mut tx, &fresh).await.expect("handle");
-    }
-    tx.commit().await.expect("commit");
+    let fresh = eventbank_runtime::consumer::deliver(pool, &handler, events)
+        .await
+        .expect("deliver");
     handler.committed(&fresh);
     fresh.len()
 }

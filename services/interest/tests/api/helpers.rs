@@ -76,31 +76,13 @@ impl TestApp {
         Ok(())
     }
 
-    /// What the consumer runtime does: record the ids in processed_events, hand only the new
-    /// ones to the handler, commit. Returns how many were new.
+    /// Delivers `events` through the consumer runtime's own dedup transaction. Returns how
+    /// many were new.
     pub async fn deliver(&self, events: &[DepositCompleted]) -> usize {
-        let mut tx = self.db.pool.begin().await.unwrap();
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let new: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
-             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
-        // Like the runtime: `remove` keeps only the first copy of an id repeated in one batch.
-        let mut new: std::collections::HashSet<Uuid> = new.into_iter().collect();
-        let fresh: Vec<DepositCompleted> = events
-            .iter()
-            .filter(|e| new.remove(&e.event_id))
-            .cloned()
-            .collect();
-        if !fresh.is_empty() {
-            self.handler.handle(&mut tx, &fresh).await.unwrap();
-        }
-        tx.commit().await.unwrap();
-        fresh.len()
+        eventbank_runtime::consumer::deliver(&self.db.pool, &self.handler, events)
+            .await
+            .unwrap()
+            .len()
     }
 
     /// The account's closing-balance rows as (day, balance).
@@ -132,15 +114,11 @@ impl TestApp {
 
     /// Serves the API on an ephemeral port; returns its base URL.
     pub async fn serve(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = interest::app(AppState {
+        eventbank_runtime::testing::serve_router(interest::app(AppState {
             pool: self.db.pool.clone(),
-        });
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        format!("http://{addr}")
+        }))
+        .await
+        .unwrap()
     }
 
     pub async fn get(&self, base: &str, path: &str) -> (u16, String, serde_json::Value) {
