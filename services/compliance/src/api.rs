@@ -12,13 +12,12 @@
 
 use crate::chain;
 use crate::store::{self, AlertRow, Verification};
-use axum::extract::{Query, State};
-use axum::http::Uri;
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use eventbank_events::AccountId;
-use eventbank_runtime::http::Problem;
+use eventbank_runtime::http::{ApiQuery, Problem, int_param};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -43,33 +42,6 @@ pub fn app(state: AppState) -> Router {
 
 fn internal(e: impl Into<anyhow::Error>) -> Problem {
     Problem::internal(&e.into())
-}
-
-/// The query string as a map; a malformed one is a 400 problem.
-fn query_params(uri: &Uri) -> Result<HashMap<String, String>, Problem> {
-    Query::<HashMap<String, String>>::try_from_uri(uri)
-        .map(|Query(params)| params)
-        .map_err(|e| Problem::bad_request(format!("malformed query string: {}", e.body_text())))
-}
-
-fn parse_int(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, Problem> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| {
-                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
-                    .with("parameter", name)
-            }),
-    }
 }
 
 fn parse_account(params: &HashMap<String, String>) -> Result<Option<AccountId>, Problem> {
@@ -103,12 +75,11 @@ struct Page<T> {
 
 async fn get_audit(
     State(state): State<AppState>,
-    uri: Uri,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Page<AuditItem>>, Problem> {
-    let params = query_params(&uri)?;
     let account_id = parse_account(&params)?;
-    let after = parse_int(&params, "after", 0, 0, i64::MAX)?;
-    let limit = parse_int(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
+    let after = int_param(&params, "after", 0, 0, i64::MAX)?;
+    let limit = int_param(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
     let rows = store::audit_page(
         &mut conn,
@@ -140,9 +111,8 @@ async fn get_audit(
 
 async fn get_alerts(
     State(state): State<AppState>,
-    uri: Uri,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Page<AlertRow>>, Problem> {
-    let params = query_params(&uri)?;
     let account_id = parse_account(&params)?;
     let kind = match params.get("kind").map(String::as_str) {
         None => None,
@@ -163,8 +133,8 @@ async fn get_alerts(
             );
         }
     };
-    let after = parse_int(&params, "after", 0, 0, i64::MAX)?;
-    let limit = parse_int(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
+    let after = int_param(&params, "after", 0, 0, i64::MAX)?;
+    let limit = int_param(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
     let items = store::alerts_page(
         &mut conn,

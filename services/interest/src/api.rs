@@ -8,13 +8,12 @@
 use crate::accrual::{self, ExactInterest};
 use crate::store::{self, AccountSummary};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::Uri;
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use eventbank_events::{AccountId, Currency, Money};
-use eventbank_runtime::http::Problem;
+use eventbank_runtime::http::{ApiQuery, Problem};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -37,13 +36,6 @@ pub fn app(state: AppState) -> Router {
 
 fn internal(e: impl Into<anyhow::Error>) -> Problem {
     Problem::internal(&e.into())
-}
-
-/// The query string as a map; a malformed one is a 400 problem.
-fn query_params(uri: &Uri) -> Result<HashMap<String, String>, Problem> {
-    Query::<HashMap<String, String>>::try_from_uri(uri)
-        .map(|Query(params)| params)
-        .map_err(|e| Problem::bad_request(format!("malformed query string: {}", e.body_text())))
 }
 
 fn parse_day(params: &HashMap<String, String>, name: &str) -> Result<Option<NaiveDate>, Problem> {
@@ -142,10 +134,9 @@ struct AccrualBody {
 async fn get_accrual(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    uri: Uri,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<AccrualBody>, Problem> {
     let account_id = parse_account(path)?;
-    let params = query_params(&uri)?;
     let requested_from = parse_day(&params, "from")?;
     let requested_to = parse_day(&params, "to")?;
     if let (Some(from), Some(to)) = (requested_from, requested_to)

@@ -154,6 +154,28 @@ where
     }
 }
 
+/// An integer query parameter in `min..=max`, `default` when absent; otherwise a 400 problem
+/// naming the parameter and the range.
+pub fn int_param(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, Problem> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (min..=max).contains(v))
+            .ok_or_else(|| {
+                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
+                    .with("parameter", name)
+            }),
+    }
+}
+
 fn json_rejection_problem(rejection: JsonRejection) -> Problem {
     let text = rejection.body_text();
     match rejection {
