@@ -17,6 +17,7 @@
 //! - `TEST_READY_TIMEOUT_SECS` (default 60): how long [`TestWorld::start`] waits for `/readyz`.
 
 pub mod amqp;
+pub mod flows;
 pub mod http;
 pub mod invariants;
 mod poll;

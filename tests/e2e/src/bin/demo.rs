@@ -3,9 +3,9 @@
 //! asserts the outcome, so a demo cannot silently rot. `scripts/demo <scenario>|all|list`.
 
 use anyhow::{Context, Result, bail, ensure};
+use eventbank_e2e::flows::{deposit, settle};
 use eventbank_e2e::{
-    Services, Svc, TestWorld, eventually, get_json, get_text, post_json, publish_event,
-    queue_message_count,
+    Services, Svc, TestWorld, eventually, get_json, get_text, publish_event, queue_message_count,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -56,31 +56,12 @@ fn ok(text: &str) {
     println!("  ✔ {text}");
 }
 
-async fn deposit(s: &Services, account: &str, amount: &str, currency: &str) -> Result<Value> {
-    post_json(
-        &s.deposit.url("/deposits"),
-        &json!({"account_id": account, "amount": amount, "currency": currency}),
-        &[],
-    )
-    .await?
-    .require(201)
-}
-
 async fn balance(s: &Services, account: &str, min_sequence: i64) -> Result<Value> {
     get_json(&s.account.url(&format!(
         "/accounts/{account}?min_sequence={min_sequence}&wait=5s"
     )))
     .await?
     .require(200)
-}
-
-async fn settled(world: &TestWorld, deposits: i64) -> Result<()> {
-    eventually(WAIT, || async {
-        let report = eventbank_e2e::invariants::check(world).await?;
-        ensure!(report.deposits == deposits && report.ok(), "{report}");
-        Ok(())
-    })
-    .await
 }
 
 async fn metric(handle: &eventbank_e2e::ServiceHandle, name: &str) -> Result<i64> {
@@ -114,7 +95,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
             look(
                 "deposit stored it with an outbox row in ONE transaction; the relay published it once",
             );
-            settled(world, 1).await?;
+            settle(world, 1).await?;
             show("account", &balance(&s, "ACC-0001", 1).await?);
             show(
                 "email",
@@ -142,7 +123,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
         "duplicate" => {
             let s = world.start_all(&[]).await?;
             let d = deposit(&s, "ACC-0001", "10.00", "USD").await?;
-            settled(world, 1).await?;
+            settle(world, 1).await?;
             say("publish the very same event (same id) twice more, as a relay retry would");
             let payload: Vec<u8> =
                 sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1::uuid")
@@ -164,7 +145,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
                 .await?;
                 ok(&format!("{svc}: duplicates_skipped_total = 2"));
             }
-            settled(world, 1).await?;
+            settle(world, 1).await?;
             show("account", &balance(&s, "ACC-0001", 1).await?);
             ok("balance is 10.00, not 30.00; one email, one audit entry");
         }
@@ -219,7 +200,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
             ));
             say("start email again");
             s.email.restart().await?;
-            settled(world, 5).await?;
+            settle(world, 5).await?;
             ok("email caught up: 5 emails, none twice");
         }
         "broker-down" => {
@@ -254,7 +235,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
             ));
             say("bring the broker back");
             proxy.restore().await;
-            settled(world, 3).await?;
+            settle(world, 3).await?;
             ok("the relay published all 3 once it reconnected; every consumer applied them");
         }
         "read-your-writes" => {
@@ -307,7 +288,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
             for _ in 0..3 {
                 deposit(&s, "ACC-0004", "4000.00", "USD").await?;
             }
-            settled(world, 4).await?;
+            settle(world, 4).await?;
             let alerts = get_json(&s.compliance.url("/compliance/alerts"))
                 .await?
                 .require(200)?;
