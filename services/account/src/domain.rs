@@ -169,8 +169,13 @@ pub enum Rejection {
     NonPositiveAmount(i64),
     #[error("deposit currency {given} differs from the account currency {account}")]
     CurrencyMismatch { account: String, given: String },
-    #[error("the balance would exceed the largest representable amount")]
-    BalanceOverflow,
+    #[error(
+        "balance out of range: {balance_minor} + {amount_minor} exceeds the largest representable amount"
+    )]
+    BalanceOverflow {
+        balance_minor: i64,
+        amount_minor: i64,
+    },
 }
 
 /// Validates `cmd` against `state` and decides, without changing anything.
@@ -199,7 +204,10 @@ pub fn decide(state: &AccountState, cmd: &Deposit) -> Result<Decision, Rejection
         });
     }
     if state.balance_minor.checked_add(cmd.amount_minor).is_none() {
-        return Err(Rejection::BalanceOverflow);
+        return Err(Rejection::BalanceOverflow {
+            balance_minor: state.balance_minor,
+            amount_minor: cmd.amount_minor,
+        });
     }
     let mut events = Vec::with_capacity(2);
     if !state.is_open() {
@@ -278,7 +286,7 @@ mod tests {
         ));
         assert!(matches!(
             decide(&state, &deposit(2, i64::MAX, "USD")),
-            Err(Rejection::BalanceOverflow)
+            Err(Rejection::BalanceOverflow { .. })
         ));
         assert!(matches!(
             decide(&state, &deposit(0, 5, "USD")),
