@@ -61,7 +61,8 @@ async fn serve() -> anyhow::Result<()> {
 }
 
 async fn rebuild(check_only: bool) -> anyhow::Result<bool> {
+    // No log subscriber: the output is the progress bar (stderr), the summary (stdout) and, on
+    // failure, the error with its causes (stderr), not the database's notices.
     let config = account::Config::from_env()?;
-    telemetry::init("account", config.common.log_format);
     account::rebuild_command(config, check_only).await
 }

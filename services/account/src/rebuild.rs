@@ -306,7 +306,8 @@ async fn run(
         bail!("another rebuild is running against this database");
     }
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS rebuild_transactions, rebuild_balances;
+        "SET client_min_messages = warning;
+         DROP TABLE IF EXISTS rebuild_transactions, rebuild_balances;
          CREATE TEMP TABLE rebuild_transactions (LIKE transactions);
          CREATE TEMP TABLE rebuild_balances (LIKE balances);",
     )
