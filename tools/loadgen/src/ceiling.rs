@@ -1,0 +1,388 @@
+//! The machine's own ceilings, measured in the same run as the load, before the services start:
+//!
+//! - **Postgres**: commits/s of a consumer-shaped transaction (dedup insert + one row + one
+//!   upsert, the statements the consumer runtime and a handler issue) from as many connections
+//!   as the consumers run partition tasks, once with one event per transaction and once with
+//!   the consumers' batch size (the same statements over `UNNEST` arrays). Each connection owns
+//!   its own accounts, as a partition does, so upserts never wait for each other.
+//! - **RabbitMQ**: publishes/s with confirms (pipelined windows, as the relay publishes) of a
+//!   real `DepositCompleted` message, fanned out to as many quorum queues as there are consumer
+//!   services, each consumed with manual multiple-acks at the consumers' prefetch; counted until
+//!   every queue has consumed every message.
+
+use anyhow::{Context as _, Result};
+use eventbank_runtime::publisher::{Outgoing, Publisher};
+use futures_util::{FutureExt as _, StreamExt as _};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgPool};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Not counted: connections warm up, plans are cached, the WAL settles.
+const WARMUP: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PgCeiling {
+    pub connections: usize,
+    pub events_per_transaction: usize,
+    pub commits_per_s: f64,
+    pub events_per_s: f64,
+}
+
+/// Creates database `db_name` next to the world's, measures, drops it (also on failure).
+pub async fn postgres(
+    admin_url: &str,
+    db_url: &str,
+    db_name: &str,
+    connections: usize,
+    batches: &[usize],
+    secs: f64,
+) -> Result<Vec<PgCeiling>> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+        .context("connecting to Postgres as admin")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{db_name}\""
+    )))
+    .execute(&admin)
+    .await
+    .with_context(|| format!("creating database {db_name}"))?;
+    let measured = async {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections as u32)
+            .min_connections(connections as u32)
+            .connect(db_url)
+            .await
+            .with_context(|| format!("connecting to {db_name}"))?;
+        let outcome = async {
+            setup_schema(&pool).await?;
+            let mut out = Vec::new();
+            for &batch in batches {
+                out.push(measure_pg(&pool, connections, batch, secs).await?);
+            }
+            anyhow::Ok(out)
+        }
+        .await;
+        pool.close().await;
+        outcome
+    }
+    .await;
+    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+    admin.close().await;
+    let out = measured?;
+    dropped.with_context(|| format!("dropping database {db_name}"))?;
+    Ok(out)
+}
+
+async fn setup_schema(pool: &PgPool) -> Result<()> {
+    for sql in [
+        "CREATE TABLE processed_events (event_id uuid PRIMARY KEY, \
+         processed_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE TABLE entries (event_id uuid PRIMARY KEY, account_id text NOT NULL, \
+         amount_minor bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE TABLE balances (account_id text PRIMARY KEY, balance_minor bigint NOT NULL, \
+         deposit_count bigint NOT NULL, updated_at timestamptz NOT NULL)",
+    ] {
+        sqlx::query(sql).execute(pool).await?;
+    }
+    Ok(())
+}
+
+async fn measure_pg(
+    pool: &PgPool,
+    connections: usize,
+    batch: usize,
+    secs: f64,
+) -> Result<PgCeiling> {
+    let commits = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..connections {
+        let pool = pool.clone();
+        let commits = Arc::clone(&commits);
+        let stop = Arc::clone(&stop);
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            // 1,000 accounts split between the connections, as partitions split them.
+            let accounts: Vec<String> = (0..1000)
+                .filter(|i| i % connections == worker)
+                .map(|i| format!("ACC-{i:04}"))
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
+                let mut picked: Vec<&String> = (0..batch)
+                    .map(|_| &accounts[rand::random_range(0..accounts.len())])
+                    .collect();
+                picked.sort();
+                let account_ids: Vec<String> = picked.into_iter().cloned().collect();
+                let amounts: Vec<i64> = (0..batch)
+                    .map(|_| rand::random_range(100..10_000))
+                    .collect();
+                let mut tx = conn.begin().await?;
+                let fresh: Vec<Uuid> = sqlx::query_scalar(
+                    "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
+                     ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                anyhow::ensure!(fresh.len() == batch, "dedup insert lost ids");
+                sqlx::query(
+                    "INSERT INTO entries (event_id, account_id, amount_minor) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])",
+                )
+                .bind(&ids)
+                .bind(&account_ids)
+                .bind(&amounts)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO balances (account_id, balance_minor, deposit_count, updated_at) \
+                     SELECT a, sum(m), count(*), now() FROM UNNEST($1::text[], $2::bigint[]) \
+                     AS t(a, m) GROUP BY a ORDER BY a \
+                     ON CONFLICT (account_id) DO UPDATE SET \
+                     balance_minor = balances.balance_minor + EXCLUDED.balance_minor, \
+                     deposit_count = balances.deposit_count + EXCLUDED.deposit_count, \
+                     updated_at = EXCLUDED.updated_at",
+                )
+                .bind(&account_ids)
+                .bind(&amounts)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep(WARMUP).await;
+    let (c0, t0) = (commits.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (c1, t1) = (commits.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("ceiling worker panicked")??;
+    }
+    let commits_per_s = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
+    Ok(PgCeiling {
+        connections,
+        events_per_transaction: batch,
+        commits_per_s,
+        events_per_s: commits_per_s * batch as f64,
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerCeiling {
+    pub queues: usize,
+    pub message_bytes: usize,
+    pub publish_window: usize,
+    pub prefetch: u16,
+    pub published: u64,
+    /// Messages published per second, counted until every queue consumed every one of them.
+    pub publishes_per_s: f64,
+    /// Deliveries acked per second over all queues (= publishes_per_s x queues).
+    pub deliveries_per_s: f64,
+}
+
+/// Declares `<ns>.ceiling.x` and `queues` quorum queues bound to it, measures, deletes them.
+pub async fn broker(
+    amqp_url: &str,
+    ns: &str,
+    queues: usize,
+    message: Outgoing,
+    window: usize,
+    prefetch: u16,
+    secs: f64,
+) -> Result<BrokerCeiling> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let exchange = format!("{ns}.ceiling.x");
+    let queue_names: Vec<String> = (0..queues).map(|i| format!("{ns}.ceiling.q{i}")).collect();
+    let outcome = measure_broker(
+        &connection,
+        &exchange,
+        &queue_names,
+        message,
+        window,
+        prefetch,
+        secs,
+    )
+    .await;
+    // Clean up on a channel of its own: the measuring channels may be gone after a failure.
+    let cleanup = async {
+        let channel = connection.create_channel().await?;
+        for q in &queue_names {
+            channel
+                .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
+                .await?;
+        }
+        channel
+            .exchange_delete(
+                ShortString::from(exchange.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "ceiling measured".into()).await;
+    let out = outcome?;
+    cleanup.context("deleting the ceiling's queues")?;
+    Ok(out)
+}
+
+async fn measure_broker(
+    connection: &Connection,
+    exchange: &str,
+    queues: &[String],
+    mut message: Outgoing,
+    window: usize,
+    prefetch: u16,
+    secs: f64,
+) -> Result<BrokerCeiling> {
+    let setup = connection.create_channel().await?;
+    setup
+        .exchange_declare(
+            ShortString::from(exchange),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for q in queues {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        setup
+            .queue_declare(
+                ShortString::from(q.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        setup
+            .queue_bind(
+                ShortString::from(q.as_str()),
+                ShortString::from(exchange),
+                ShortString::from(message.routing_key.as_str()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    message.exchange = exchange.to_owned();
+    let message_bytes = message.body.len();
+
+    let consumed: Arc<Vec<AtomicU64>> =
+        Arc::new(queues.iter().map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = tokio::task::JoinSet::new();
+    for (i, q) in queues.iter().enumerate() {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                ShortString::from(q.as_str()),
+                ShortString::from(format!("ceiling-{i}")),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumed = Arc::clone(&consumed);
+        let stop = Arc::clone(&stop);
+        consumers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let first = tokio::select! {
+                    next = deliveries.next() => next,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                };
+                let Some(first) = first else { break };
+                let mut last = first?;
+                let mut n = 1u64;
+                // Take what is waiting, as the consumer runtime does, then ack it at once.
+                while n < 50 {
+                    match deliveries.next().now_or_never() {
+                        Some(Some(Ok(d))) => {
+                            last = d;
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                channel
+                    .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                    .await?;
+                consumed[i].fetch_add(n, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+
+    let publisher = Publisher::new(connection).await?;
+    let batch: Vec<Outgoing> = (0..window).map(|_| message.clone()).collect();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut published = 0u64;
+    while Instant::now() < deadline {
+        let (confirmed, failure) = publisher.publish_all(&batch).await;
+        published += confirmed as u64;
+        if let Some(e) = failure {
+            stop.store(true, Ordering::Relaxed);
+            return Err(anyhow::anyhow!(e).context("publishing"));
+        }
+    }
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    let all_consumed = || {
+        consumed
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) >= published)
+    };
+    while !all_consumed() {
+        if Instant::now() > drain_deadline {
+            stop.store(true, Ordering::Relaxed);
+            anyhow::bail!("the ceiling's consumers did not drain within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = consumers.join_next().await {
+        joined.context("ceiling consumer panicked")??;
+    }
+    let publishes_per_s = published as f64 / elapsed;
+    Ok(BrokerCeiling {
+        queues: queues.len(),
+        message_bytes,
+        publish_window: window,
+        prefetch,
+        published,
+        publishes_per_s,
+        deliveries_per_s: publishes_per_s * queues.len() as f64,
+    })
+}

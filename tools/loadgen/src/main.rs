@@ -1,0 +1,566 @@
+//! loadgen: the whole-pipeline benchmark (`scripts/bench` runs it in release mode).
+//!
+//! One run, in a fresh world of its own (five new databases, a unique broker namespace, the
+//! real release binaries; all removed at the end, also on Ctrl-C):
+//! 1. measures the machine's ceilings (see [`ceiling`]) before anything else runs;
+//! 2. starts the five services and opens `--accounts` accounts;
+//! 3. runs each `--phase` of `POST /deposits` load (see [`drive`]), recording the accept
+//!    latency of every request, CPU and RSS of the services, and the outbox and consumer
+//!    backlogs from the services' `/metrics`; after each phase waits until every consumer has
+//!    committed every deposit and computes end-to-end latency (see [`latency`]);
+//! 4. prints a table, then the result as one JSON object on the last line (also `--out`).
+
+// Rates, latencies and ratios are statistics; no money is computed here.
+#![allow(clippy::float_arithmetic)]
+
+mod ceiling;
+mod client;
+mod drive;
+mod latency;
+mod observe;
+mod report;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use drive::{Dist, Mode, PhaseSpec, Picker};
+use eventbank_e2e::{Services, Svc, TestWorld, WorldOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "Benchmarks the whole eventbank pipeline against the machine's own ceilings",
+    long_about = None
+)]
+pub struct Args {
+    /// Short run for scripts/test: small ceilings and two short phases (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Accounts to open before the load.
+    #[arg(long, default_value_t = 1000)]
+    accounts: u32,
+    /// Load phases, in order: open:RATE:SECS[:DIST] or closed:CONCURRENCY:SECS[:DIST], DIST =
+    /// uniform | zipf | zipf=EXPONENT. Default: open:1000:60 closed:32:60 closed:32:30:zipf
+    /// (quick: open:1000:8 closed:32:8).
+    #[arg(long = "phase", value_name = "SPEC")]
+    phases: Vec<PhaseSpec>,
+    /// Connections of an open-loop phase (requests beyond them wait, and that wait counts).
+    #[arg(long, default_value_t = 64)]
+    open_connections: u32,
+    /// Seconds per ceiling measurement (default 10; quick 2).
+    #[arg(long)]
+    ceiling_secs: Option<f64>,
+    /// Skip the ceiling measurements.
+    #[arg(long)]
+    no_ceilings: bool,
+    /// Extra environment for every service, KEY=VALUE (e.g. BATCH_SIZE=100); repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Where the service binaries are (default: EVENTBANK_BIN_DIR, else next to loadgen).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Also write the JSON result here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Longest wait for the consumers to catch up after a phase, in seconds.
+    #[arg(long, default_value_t = 180)]
+    drain_timeout: u64,
+    /// A rebuild benchmark's result to include (scripts/bench passes it).
+    #[arg(long)]
+    rebuild_events_per_s: Option<f64>,
+    /// The size of the event store that rebuild benchmark replayed.
+    #[arg(long)]
+    rebuild_events: Option<u64>,
+}
+
+/// Partition queues per consumer service (the services' default `PARTITIONS`).
+const PARTITIONS: usize = 4;
+/// The services' default `BATCH_SIZE` and `PREFETCH`.
+const BATCH_SIZE: usize = 50;
+const PREFETCH: u16 = 100;
+/// The relay's default `RELAY_BATCH`: outbox rows published per round.
+const RELAY_BATCH: usize = 500;
+
+fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    if args.phases.is_empty() {
+        let defaults: &[&str] = if args.quick {
+            &["open:1000:8", "closed:32:8"]
+        } else {
+            &["open:1000:60", "closed:32:60", "closed:32:30:zipf"]
+        };
+        args.phases = defaults.iter().filter_map(|s| s.parse().ok()).collect();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let env: Vec<(String, String)> = args
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--env {kv:?} is not KEY=VALUE"))
+        })
+        .collect::<Result<_>>()?;
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => Some(dir.clone()),
+        None if std::env::var_os("EVENTBANK_BIN_DIR").is_some() => None,
+        None => std::env::current_exe()?.parent().map(PathBuf::from),
+    };
+    let machine = observe::describe_machine();
+    let world = TestWorld::with_options(WorldOptions {
+        bin_dir,
+        ready_timeout: None,
+    })
+    .await?;
+    eprintln!(
+        "loadgen: world {} (load average before: {})",
+        world.id(),
+        machine.load_average_before
+    );
+    let outcome = tokio::select! {
+        outcome = bench(&world, &args, &env, machine) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let cleaned = world.cleanup().await;
+    let result = outcome?;
+    cleaned.context("removing the benchmark's world")?;
+    let text = report::table(&result);
+    println!("{text}");
+    let json = serde_json::to_string(&result)?;
+    if let Some(path) = &args.out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}
+
+async fn bench(
+    world: &TestWorld,
+    args: &Args,
+    env: &[(String, String)],
+    machine: observe::Machine,
+) -> Result<report::Result> {
+    let started_at = chrono::Utc::now();
+    let ceiling_secs = args
+        .ceiling_secs
+        .unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    let ceilings = if args.no_ceilings {
+        None
+    } else {
+        Some(measure_ceilings(world, ceiling_secs).await?)
+    };
+
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    eprintln!("loadgen: starting the five services");
+    let services = world.start_all(&env_refs).await?;
+    let deposit_addr: SocketAddr = format!("127.0.0.1:{}", services.deposit.port()).parse()?;
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = bar(u64::from(args.accounts), "opening accounts")?;
+    let ticker = tick(&bar, &progress);
+    let accounts = drive::create_accounts(
+        deposit_addr,
+        eventbank_e2e::API_KEY,
+        args.accounts,
+        Arc::clone(&progress),
+    )
+    .await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let accounts = accounts?;
+    eprintln!("loadgen: {} accounts opened", accounts.len());
+
+    let mut phases = Vec::new();
+    for spec in &args.phases {
+        let phase = run_phase(world, &services, deposit_addr, &accounts, spec, args).await?;
+        eprintln!("loadgen: {}", report::phase_line(&phase));
+        phases.push(phase);
+    }
+    let invariants = eventbank_e2e::invariants::check(world).await?;
+    if !invariants.ok() {
+        bail!("invariants violated after the load: {invariants:?}");
+    }
+    Ok(report::Result::new(report::Inputs {
+        quick: args.quick,
+        started_at,
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        service_env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        accounts: accounts.len(),
+        ceilings,
+        phases,
+        rebuild_events_per_s: args.rebuild_events_per_s,
+        rebuild_events: args.rebuild_events,
+    }))
+}
+
+async fn measure_ceilings(world: &TestWorld, secs: f64) -> Result<report::Ceilings> {
+    let connections = PARTITIONS * Svc::CONSUMERS.len();
+    eprintln!(
+        "loadgen: ceiling: Postgres, consumer-shaped transactions from {connections} connections ({secs} s each)"
+    );
+    let db_name = format!("eb_{}_ceiling", world.id());
+    let db_url = {
+        let deposit_url = world.db_url(Svc::Deposit);
+        deposit_url.replace(&world.db_name(Svc::Deposit), &db_name)
+    };
+    let pg = ceiling::postgres(
+        world.admin_url(),
+        &db_url,
+        &db_name,
+        connections,
+        &[1, BATCH_SIZE],
+        secs,
+    )
+    .await?;
+    eprintln!(
+        "loadgen: ceiling: RabbitMQ, publish with confirms fanned out to {} quorum queues ({secs} s)",
+        Svc::CONSUMERS.len()
+    );
+    let message = sample_message(world.ns())?;
+    let broker = ceiling::broker(
+        world.amqp_url(),
+        world.ns(),
+        Svc::CONSUMERS.len(),
+        message,
+        RELAY_BATCH,
+        PREFETCH,
+        secs,
+    )
+    .await?;
+    Ok(report::Ceilings::new(pg, broker, Svc::CONSUMERS.len()))
+}
+
+/// A `DepositCompleted` message exactly as the relay would publish it.
+fn sample_message(ns: &str) -> Result<eventbank_runtime::publisher::Outgoing> {
+    let now = chrono::Utc::now();
+    let event = eventbank_events::DepositCompleted {
+        event_id: uuid::Uuid::now_v7(),
+        sequence: 17,
+        time: now,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        schema_version: eventbank_events::deposit::CURRENT_VERSION,
+        deposit_id: uuid::Uuid::now_v7(),
+        account_id: eventbank_events::AccountId::parse("ACC-1234")?,
+        amount_minor: 4_217,
+        currency: eventbank_events::Currency::parse("USD")?,
+        account: eventbank_events::AccountSnapshot {
+            holder_name: "Bench Holder 234".into(),
+            email: "bench234@example.com".into(),
+        },
+        occurred_at: now,
+    };
+    Ok(eventbank_runtime::publisher::deposit_message(
+        &format!("{ns}.bank.events"),
+        event.event_id,
+        "ACC-1234",
+        event.traceparent.as_deref(),
+        event.to_json(),
+    ))
+}
+
+fn bar(len: u64, message: &str) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+    )?);
+    bar.set_message(message.to_owned());
+    Ok(bar)
+}
+
+fn tick(bar: &ProgressBar, progress: &Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let bar = bar.clone();
+    let progress = Arc::clone(progress);
+    tokio::spawn(async move {
+        loop {
+            bar.set_position(progress.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// The pipeline's counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    accepted: f64,
+    published: f64,
+    /// Per consumer, in `Svc::CONSUMERS` order.
+    consumed: [f64; 4],
+}
+
+impl Progress {
+    fn min_consumed(&self) -> f64 {
+        self.consumed.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    fn outbox_backlog(&self) -> f64 {
+        (self.accepted - self.published).max(0.0)
+    }
+    /// Accepted but not yet committed by every consumer.
+    fn pipeline_lag(&self) -> f64 {
+        (self.accepted - self.min_consumed()).max(0.0)
+    }
+}
+
+struct Readers {
+    deposit: observe::MetricsReader,
+    consumers: Vec<observe::MetricsReader>,
+}
+
+impl Readers {
+    fn new(services: &Services) -> Result<Self> {
+        let addr = |h: &eventbank_e2e::ServiceHandle| -> Result<SocketAddr> {
+            Ok(format!("127.0.0.1:{}", h.port()).parse()?)
+        };
+        Ok(Self {
+            deposit: observe::MetricsReader::new(addr(&services.deposit)?)?,
+            consumers: services
+                .consumers()
+                .iter()
+                .map(|h| observe::MetricsReader::new(addr(h)?))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn read(&mut self) -> Result<Progress> {
+        let d = self
+            .deposit
+            .read(&["_deposits_accepted_total", "_outbox_published_total"])
+            .await?;
+        let mut p = Progress {
+            accepted: d[0],
+            published: d[1],
+            consumed: [0.0; 4],
+        };
+        for (i, reader) in self.consumers.iter_mut().enumerate() {
+            let c = reader
+                .read(&["_messages_consumed_total", "_duplicates_skipped_total"])
+                .await?;
+            p.consumed[i] = c[0] - c[1];
+        }
+        Ok(p)
+    }
+}
+
+/// What the sampler saw during one phase.
+#[derive(Debug, Default, Clone)]
+struct Samples {
+    rss_peak: BTreeMap<String, u64>,
+    outbox_backlog_max: f64,
+    pipeline_lag_max: f64,
+}
+
+async fn run_phase(
+    world: &TestWorld,
+    services: &Services,
+    deposit_addr: SocketAddr,
+    accounts: &[String],
+    spec: &PhaseSpec,
+    args: &Args,
+) -> Result<report::Phase> {
+    eprintln!("loadgen: phase {spec}");
+    let picker = Arc::new(Picker::new(accounts.to_vec(), spec.dist));
+    let handles: Vec<(Svc, u32)> = Svc::ALL
+        .iter()
+        .filter_map(|svc| services.get(*svc).pid().map(|pid| (*svc, pid)))
+        .collect();
+    let cpu = |handles: &[(Svc, u32)]| -> BTreeMap<String, f64> {
+        let mut m: BTreeMap<String, f64> = handles
+            .iter()
+            .map(|(svc, pid)| {
+                (
+                    svc.name().to_owned(),
+                    observe::process_cpu_seconds(*pid).unwrap_or(0.0),
+                )
+            })
+            .collect();
+        m.extend(
+            observe::server_cpu_seconds()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
+        m.insert(
+            "loadgen".into(),
+            observe::process_cpu_seconds(std::process::id()).unwrap_or(0.0),
+        );
+        m
+    };
+    let cpu_before = cpu(&handles);
+    let machine_before = observe::machine_cpu_seconds();
+    let db_before = latency::db_stats(world).await?;
+
+    let mut readers = Readers::new(services)?;
+    let at_start = readers.read().await?;
+    let samples = Arc::new(std::sync::Mutex::new(Samples::default()));
+    let progress = Arc::new(AtomicU64::new(0));
+    let (len, unit) = match spec.mode {
+        Mode::Open(rate) => (u64::from(rate) * spec.secs, "requests"),
+        Mode::Closed(_) => (spec.secs * 1000, "ms"),
+    };
+    let bar = bar(len, unit)?;
+    let sampler = {
+        let samples = Arc::clone(&samples);
+        let handles = handles.clone();
+        let progress = Arc::clone(&progress);
+        let bar = bar.clone();
+        let mode = spec.mode;
+        let started = Instant::now();
+        let mut readers = Readers::new(services)?;
+        tokio::spawn(async move {
+            loop {
+                let now = readers.read().await.ok();
+                {
+                    let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+                    for (svc, pid) in &handles {
+                        if let Some(rss) = observe::process_rss_bytes(*pid) {
+                            let peak = s.rss_peak.entry(svc.name().to_owned()).or_default();
+                            *peak = (*peak).max(rss);
+                        }
+                    }
+                    if let Some(p) = now {
+                        s.outbox_backlog_max = s.outbox_backlog_max.max(p.outbox_backlog());
+                        s.pipeline_lag_max = s.pipeline_lag_max.max(p.pipeline_lag());
+                        bar.set_message(format!(
+                            "accepted {:.0}, outbox backlog {:.0}, not yet in every consumer {:.0}",
+                            p.accepted - at_start.accepted,
+                            p.outbox_backlog(),
+                            p.pipeline_lag()
+                        ));
+                    }
+                }
+                bar.set_position(match mode {
+                    Mode::Open(_) => progress.load(Ordering::Relaxed),
+                    Mode::Closed(_) => started.elapsed().as_millis() as u64,
+                });
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let load = drive::run_phase(
+        deposit_addr,
+        eventbank_e2e::API_KEY,
+        Arc::clone(&picker),
+        spec,
+        args.open_connections,
+        Arc::clone(&progress),
+    )
+    .await;
+    let at_end = readers.read().await;
+    bar.finish_and_clear();
+    let load = match load {
+        Ok(load) => load,
+        Err(e) => {
+            sampler.abort();
+            return Err(e);
+        }
+    };
+    let at_end = at_end?;
+
+    // Wait until every consumer has committed every deposit of this phase.
+    let drain_started = Instant::now();
+    let spinner = bar_spinner("waiting for every consumer to commit every deposit")?;
+    let target = at_start.accepted + load.accepted as f64;
+    let mut last = at_end;
+    loop {
+        last = readers.read().await.unwrap_or(last);
+        spinner.set_message(format!(
+            "waiting for every consumer: {:.0} of {} still in flight",
+            (target - last.min_consumed()).max(0.0),
+            load.accepted
+        ));
+        if last.min_consumed() >= target {
+            let counts = latency::consumer_counts(world, &load.event_ids).await?;
+            if counts.iter().all(|(_, n)| *n as u64 >= load.accepted) {
+                break;
+            }
+        }
+        if drain_started.elapsed() > Duration::from_secs(args.drain_timeout) {
+            sampler.abort();
+            spinner.finish_and_clear();
+            let counts = latency::consumer_counts(world, &load.event_ids).await?;
+            bail!(
+                "phase {spec}: the consumers did not commit all {} deposits within {} s: {counts:?}",
+                load.accepted,
+                args.drain_timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    spinner.finish_and_clear();
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    sampler.abort();
+    let cpu_after = cpu(&handles);
+    let machine_after = observe::machine_cpu_seconds();
+    let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    let db_after = latency::db_stats(world).await?;
+    let db: BTreeMap<String, latency::DbStats> = db_after
+        .iter()
+        .zip(&db_before)
+        .map(|((svc, after), (_, before))| (svc.name().to_owned(), after.minus(before)))
+        .collect();
+    let e2e = latency::compute(world, &load.event_ids).await?;
+    let cpu_used: BTreeMap<String, f64> = cpu_after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - cpu_before.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    let machine_busy = match (machine_before, machine_after) {
+        (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0, t1 - t0)),
+        _ => None,
+    };
+    Ok(report::Phase::new(report::PhaseInputs {
+        spec: spec.clone(),
+        hottest_share: match spec.dist {
+            Dist::Uniform => None,
+            Dist::Zipf(_) => Some(picker.hottest_share()),
+        },
+        load,
+        e2e,
+        drain_s,
+        cpu_used,
+        machine_busy,
+        rss_peak: samples.rss_peak,
+        outbox_backlog_max: samples.outbox_backlog_max,
+        pipeline_lag_max: samples.pipeline_lag_max,
+        outbox_backlog_at_end: at_end.outbox_backlog(),
+        pipeline_lag_at_end: at_end.pipeline_lag(),
+        db,
+    }))
+}
+
+fn bar_spinner(message: &str) -> Result<ProgressBar> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} {msg}",
+    )?);
+    spinner.set_message(message.to_owned());
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    Ok(spinner)
+}

@@ -1,0 +1,479 @@
+//! The result: one JSON object (the last line of output) and a short table for people.
+//!
+//! The ceiling, in deposits/s, is the best the machine could do if each resource had it to
+//! itself: a deposit needs one producer commit and four consumer events in Postgres, and one
+//! publish fanned out to four queues in RabbitMQ, so
+//!
+//! ```text
+//! postgres  = 1 / (1 / commits_per_s(1 event per tx) + 4 / events_per_s(BATCH_SIZE per tx))
+//! rabbitmq  = publishes_per_s (confirmed, fanned out to 4 quorum queues, all consumed)
+//! ceiling   = min(postgres, rabbitmq)
+//! ```
+//!
+//! Both are measured with the whole machine to themselves, while the pipeline runs Postgres,
+//! RabbitMQ, five services and the load generator on the same cores at once: the ceiling is an
+//! upper bound the pipeline cannot reach, not an estimate of what it should.
+
+use crate::ceiling::{BrokerCeiling, PgCeiling};
+use crate::drive::{LoadOutcome, Mode, PhaseSpec};
+use crate::latency::{DbStats, EndToEnd};
+use crate::observe::Machine;
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceilings {
+    pub postgres: Vec<PgCeiling>,
+    pub rabbitmq: BrokerCeiling,
+    /// What Postgres allows, in deposits/s (see the module doc).
+    pub postgres_deposits_per_s: f64,
+    /// What RabbitMQ allows, in deposits/s.
+    pub rabbitmq_deposits_per_s: f64,
+    pub deposits_per_s: f64,
+    /// `postgres` or `rabbitmq`: the lower of the two.
+    pub bound_by: &'static str,
+}
+
+impl Ceilings {
+    pub fn new(postgres: Vec<PgCeiling>, rabbitmq: BrokerCeiling, consumers: usize) -> Self {
+        let single = postgres
+            .iter()
+            .find(|c| c.events_per_transaction == 1)
+            .map_or(0.0, |c| c.commits_per_s);
+        let batched = postgres.iter().map(|c| c.events_per_s).fold(0.0, f64::max);
+        let postgres_deposits_per_s = if single > 0.0 && batched > 0.0 {
+            1.0 / (1.0 / single + consumers as f64 / batched)
+        } else {
+            0.0
+        };
+        let rabbitmq_deposits_per_s = rabbitmq.publishes_per_s;
+        let (deposits_per_s, bound_by) = if postgres_deposits_per_s <= rabbitmq_deposits_per_s {
+            (postgres_deposits_per_s, "postgres")
+        } else {
+            (rabbitmq_deposits_per_s, "rabbitmq")
+        };
+        Self {
+            postgres,
+            rabbitmq,
+            postgres_deposits_per_s: round1(postgres_deposits_per_s),
+            rabbitmq_deposits_per_s: round1(rabbitmq_deposits_per_s),
+            deposits_per_s: round1(deposits_per_s),
+            bound_by,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| round3(micros as f64 / 1000.0);
+        Self {
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: round3(h.mean() / 1000.0),
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub mode: &'static str,
+    /// Offered rate (open) or concurrency (closed).
+    pub load: u32,
+    pub distribution: String,
+    /// Zipf: the share of deposits that went to the hottest account.
+    pub hottest_account_share: Option<f64>,
+    pub secs: f64,
+    pub accepted: u64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// Accepted deposits / load duration.
+    pub accepted_per_s: f64,
+    /// Deposits / (first created → last consumer commit): what the pipeline sustained.
+    pub e2e_per_s: f64,
+    pub accept: Percentiles,
+    pub e2e: Percentiles,
+    /// Seconds from the end of the load until every consumer had every deposit.
+    pub drain_s: f64,
+    /// CPU seconds used during the phase (load + drain), per process.
+    pub cpu_s: BTreeMap<String, f64>,
+    /// The five services' CPU seconds per 1,000 deposits.
+    pub services_cpu_s_per_1000: f64,
+    /// Every process's, idle excluded (other users of the machine included).
+    pub machine_cpu_s_per_1000: Option<f64>,
+    /// Busy share of the machine's cores during the phase (1.0 = every core busy).
+    pub machine_busy: Option<f64>,
+    pub rss_peak_mb: BTreeMap<String, f64>,
+    pub outbox_backlog_max: f64,
+    pub outbox_backlog_at_end: f64,
+    /// Deposits accepted but not yet committed by every consumer: maximum, and when the load
+    /// stopped. A lag at the end above a quarter second of load means the pipeline fell behind.
+    pub pipeline_lag_max: f64,
+    pub pipeline_lag_at_end: f64,
+    pub backlog_growing: bool,
+    /// Per service database during the phase: commits, statement time, rows (pg_stat_database).
+    pub db: BTreeMap<String, DbStats>,
+    /// Commits per 1,000 deposits, per service database (batching shows here).
+    pub db_commits_per_1000: BTreeMap<String, f64>,
+    /// Statement time in ms per deposit, per service database.
+    pub db_active_ms_per_deposit: BTreeMap<String, f64>,
+}
+
+pub struct PhaseInputs {
+    pub db: BTreeMap<String, DbStats>,
+    pub spec: PhaseSpec,
+    pub hottest_share: Option<f64>,
+    pub load: LoadOutcome,
+    pub e2e: EndToEnd,
+    pub drain_s: f64,
+    pub cpu_used: BTreeMap<String, f64>,
+    pub machine_busy: Option<(f64, f64)>,
+    pub rss_peak: BTreeMap<String, u64>,
+    pub outbox_backlog_max: f64,
+    pub pipeline_lag_max: f64,
+    pub outbox_backlog_at_end: f64,
+    pub pipeline_lag_at_end: f64,
+}
+
+const SERVICES: [&str; 5] = ["deposit", "account", "email", "interest", "compliance"];
+
+impl Phase {
+    pub fn new(i: PhaseInputs) -> Self {
+        let (mode, load) = match i.spec.mode {
+            Mode::Open(rate) => ("open", rate),
+            Mode::Closed(c) => ("closed", c),
+        };
+        let secs = i.load.elapsed.as_secs_f64();
+        let accepted_per_s = i.load.accepted as f64 / secs.max(1e-9);
+        let per_1000 = |cpu: f64| {
+            if i.load.accepted == 0 {
+                0.0
+            } else {
+                round3(cpu * 1000.0 / i.load.accepted as f64)
+            }
+        };
+        let services_cpu: f64 = SERVICES.iter().filter_map(|s| i.cpu_used.get(*s)).sum();
+        Self {
+            name: i.spec.name(),
+            mode,
+            load,
+            distribution: match i.spec.dist {
+                crate::drive::Dist::Uniform => "uniform".into(),
+                crate::drive::Dist::Zipf(s) => format!("zipf (exponent {s})"),
+            },
+            hottest_account_share: i.hottest_share.map(round3),
+            secs: round3(secs),
+            accepted: i.load.accepted,
+            errors: i.load.errors,
+            error_samples: i.load.error_samples,
+            accepted_per_s: round1(accepted_per_s),
+            e2e_per_s: round1(i.e2e.complete as f64 / i.e2e.span_s.max(1e-9)),
+            accept: Percentiles::of(&i.load.accept),
+            e2e: Percentiles::of(&i.e2e.histogram),
+            drain_s: round3(i.drain_s),
+            cpu_s: i
+                .cpu_used
+                .iter()
+                .map(|(k, v)| (k.clone(), round3(*v)))
+                .collect(),
+            services_cpu_s_per_1000: per_1000(services_cpu),
+            machine_cpu_s_per_1000: i.machine_busy.map(|(busy, _)| per_1000(busy)),
+            machine_busy: i
+                .machine_busy
+                .map(|(busy, total)| round3(busy / total.max(1e-9))),
+            rss_peak_mb: i
+                .rss_peak
+                .iter()
+                .map(|(k, v)| (k.clone(), round1(*v as f64 / 1024.0 / 1024.0)))
+                .collect(),
+            outbox_backlog_max: i.outbox_backlog_max,
+            outbox_backlog_at_end: i.outbox_backlog_at_end,
+            pipeline_lag_max: i.pipeline_lag_max,
+            pipeline_lag_at_end: i.pipeline_lag_at_end,
+            backlog_growing: i.pipeline_lag_at_end > (accepted_per_s / 4.0).max(100.0),
+            db_commits_per_1000: i
+                .db
+                .iter()
+                .map(|(k, d)| (k.clone(), per_1000(d.commits as f64)))
+                .collect(),
+            db_active_ms_per_deposit: i
+                .db
+                .iter()
+                .map(|(k, d)| (k.clone(), per_1000(d.active_ms) / 1000.0))
+                .collect(),
+            db: i.db,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Result {
+    /// Sustained deposits/s end to end: the best `e2e_per_s` of the closed-loop uniform
+    /// phases (of all phases when there is none).
+    pub deposits_per_s: f64,
+    pub ceiling_deposits_per_s: Option<f64>,
+    /// deposits_per_s / ceiling_deposits_per_s.
+    pub ratio: Option<f64>,
+    /// Latency, memory and backlog at the reference load: the open-loop phase whose offered
+    /// rate is closest to 1,000/s (the first phase when there is none).
+    pub reference_phase: String,
+    pub accept_p50_ms: f64,
+    pub accept_p99_ms: f64,
+    pub accept_p999_ms: f64,
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+    pub e2e_p999_ms: f64,
+    pub cpu_s_per_1000_deposits: f64,
+    pub peak_rss_mb: BTreeMap<String, f64>,
+    pub outbox_backlog_max: f64,
+    pub backlog_growing: bool,
+    pub throughput_phase: String,
+    pub rebuild_events_per_s: Option<f64>,
+    pub rebuild_events: Option<u64>,
+    pub quick: bool,
+    pub started_at: DateTime<Utc>,
+    pub command: String,
+    pub service_env: Vec<String>,
+    pub accounts: usize,
+    pub machine: Machine,
+    pub ceilings: Option<Ceilings>,
+    pub phases: Vec<Phase>,
+}
+
+pub struct Inputs {
+    pub quick: bool,
+    pub started_at: DateTime<Utc>,
+    pub machine: Machine,
+    pub command: String,
+    pub service_env: Vec<String>,
+    pub accounts: usize,
+    pub ceilings: Option<Ceilings>,
+    pub phases: Vec<Phase>,
+    pub rebuild_events_per_s: Option<f64>,
+    pub rebuild_events: Option<u64>,
+}
+
+impl Result {
+    pub fn new(i: Inputs) -> Self {
+        let reference = i
+            .phases
+            .iter()
+            .filter(|p| p.mode == "open")
+            .min_by_key(|p| p.load.abs_diff(1000))
+            .or(i.phases.first());
+        let closed_uniform: Vec<&Phase> = i
+            .phases
+            .iter()
+            .filter(|p| p.mode == "closed" && p.distribution == "uniform")
+            .collect();
+        let candidates: Vec<&Phase> = if closed_uniform.is_empty() {
+            i.phases.iter().collect()
+        } else {
+            closed_uniform
+        };
+        let best = candidates
+            .into_iter()
+            .max_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s));
+        let deposits_per_s = best.map_or(0.0, |p| p.e2e_per_s);
+        let ceiling = i.ceilings.as_ref().map(|c| c.deposits_per_s);
+        Self {
+            deposits_per_s,
+            ceiling_deposits_per_s: ceiling,
+            ratio: ceiling
+                .filter(|c| *c > 0.0)
+                .map(|c| round3(deposits_per_s / c)),
+            reference_phase: reference.map(|p| p.name.clone()).unwrap_or_default(),
+            accept_p50_ms: reference.map_or(0.0, |p| p.accept.p50_ms),
+            accept_p99_ms: reference.map_or(0.0, |p| p.accept.p99_ms),
+            accept_p999_ms: reference.map_or(0.0, |p| p.accept.p999_ms),
+            e2e_p50_ms: reference.map_or(0.0, |p| p.e2e.p50_ms),
+            e2e_p99_ms: reference.map_or(0.0, |p| p.e2e.p99_ms),
+            e2e_p999_ms: reference.map_or(0.0, |p| p.e2e.p999_ms),
+            cpu_s_per_1000_deposits: reference.map_or(0.0, |p| p.services_cpu_s_per_1000),
+            peak_rss_mb: reference.map(|p| p.rss_peak_mb.clone()).unwrap_or_default(),
+            outbox_backlog_max: reference.map_or(0.0, |p| p.outbox_backlog_max),
+            backlog_growing: reference.is_some_and(|p| p.backlog_growing),
+            throughput_phase: best.map(|p| p.name.clone()).unwrap_or_default(),
+            rebuild_events_per_s: i.rebuild_events_per_s,
+            rebuild_events: i.rebuild_events,
+            quick: i.quick,
+            started_at: i.started_at,
+            command: i.command,
+            service_env: i.service_env,
+            accounts: i.accounts,
+            machine: i.machine,
+            ceilings: i.ceilings,
+            phases: i.phases,
+        }
+    }
+}
+
+pub fn phase_line(p: &Phase) -> String {
+    format!(
+        "{}: {} accepted ({} errors), {:.0}/s accepted, {:.0}/s end to end; accept p99 {:.1} ms, \
+         end-to-end p99 {:.1} ms; lag max {:.0}, at end {:.0}; drained in {:.1} s",
+        p.name,
+        p.accepted,
+        p.errors,
+        p.accepted_per_s,
+        p.e2e_per_s,
+        p.accept.p99_ms,
+        p.e2e.p99_ms,
+        p.pipeline_lag_max,
+        p.pipeline_lag_at_end,
+        p.drain_s
+    )
+}
+
+/// The human table.
+pub fn table(r: &Result) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "eventbank benchmark{} — {} cores, {}, load average before {}",
+        if r.quick { " (quick)" } else { "" },
+        r.machine.cores,
+        r.machine.cpu_model,
+        r.machine.load_average_before
+    );
+    if let Some(c) = &r.ceilings {
+        let _ = writeln!(
+            out,
+            "\nceilings (each measured with the machine to itself):"
+        );
+        for pg in &c.postgres {
+            let _ = writeln!(
+                out,
+                "  postgres  {:>2} conns x {:>3} events/tx  {:>9.0} commits/s  {:>9.0} events/s",
+                pg.connections, pg.events_per_transaction, pg.commits_per_s, pg.events_per_s
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  rabbitmq  {} quorum queues, {} B msgs   {:>9.0} publishes/s {:>8.0} deliveries/s",
+            c.rabbitmq.queues,
+            c.rabbitmq.message_bytes,
+            c.rabbitmq.publishes_per_s,
+            c.rabbitmq.deliveries_per_s
+        );
+        let _ = writeln!(
+            out,
+            "  => deposits/s: postgres {:.0}, rabbitmq {:.0}; ceiling {:.0} (bound by {})",
+            c.postgres_deposits_per_s, c.rabbitmq_deposits_per_s, c.deposits_per_s, c.bound_by
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "phase",
+        "acc/s",
+        "e2e/s",
+        "acc p50",
+        "acc p99",
+        "acc p999",
+        "e2e p50",
+        "e2e p99",
+        "e2e p999",
+        "cpu/1k",
+        "lag max"
+    );
+    for p in &r.phases {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8.0} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>7.0}",
+            p.name,
+            p.accepted_per_s,
+            p.e2e_per_s,
+            p.accept.p50_ms,
+            p.accept.p99_ms,
+            p.accept.p999_ms,
+            p.e2e.p50_ms,
+            p.e2e.p99_ms,
+            p.e2e.p999_ms,
+            p.services_cpu_s_per_1000,
+            p.pipeline_lag_max
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n(latencies in ms; cpu/1k = the five services' CPU seconds per 1,000 deposits)"
+    );
+    for p in &r.phases {
+        let rss: Vec<String> = p
+            .rss_peak_mb
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}: peak RSS MB: {}; outbox backlog max {:.0}; machine busy {}; errors {}",
+            p.name,
+            rss.join(", "),
+            p.outbox_backlog_max,
+            p.machine_busy
+                .map_or("?".into(), |b| format!("{:.0}%", b * 100.0)),
+            p.errors
+        );
+        let db: Vec<String> = p
+            .db_commits_per_1000
+            .iter()
+            .map(|(k, c)| {
+                format!(
+                    "{k} {c:.0} ({:.2} ms)",
+                    p.db_active_ms_per_deposit.get(k).copied().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}: commits per 1,000 deposits (statement ms per deposit): {}",
+            p.name,
+            db.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nsustained {:.0} deposits/s end to end ({}){}",
+        r.deposits_per_s,
+        r.throughput_phase,
+        match (r.ceiling_deposits_per_s, r.ratio) {
+            (Some(c), Some(ratio)) => format!("; ceiling {c:.0}/s; ratio {:.0}%", ratio * 100.0),
+            _ => String::new(),
+        }
+    );
+    if let Some(rebuild) = r.rebuild_events_per_s {
+        let _ = writeln!(
+            out,
+            "account rebuild: {rebuild:.0} events/s ({} events)",
+            r.rebuild_events.map_or("?".into(), |n| n.to_string())
+        );
+    }
+    out
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
