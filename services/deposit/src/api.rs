@@ -23,6 +23,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub metrics: DepositMetrics,
+    /// Wakes the relay after a deposit commits (see [`crate::wakeup`]).
+    pub outbox: Arc<crate::wakeup::OutboxSignal>,
 }
 
 /// Request bodies here are a few hundred bytes; anything near this limit is not a deposit.
@@ -326,6 +328,7 @@ async fn create_deposit(
         store::save_idempotent_response(&mut tx, key, 201, &response).await?;
     }
     tx.commit().await?;
+    state.outbox.committed();
     state.metrics.accepted.inc();
     tracing::info!(
         deposit_id = %row.deposit_id, event_id = %row.event_id, account_id = %row.account_id,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod relay;
 pub mod store;
+pub mod wakeup;
 
 use anyhow::Context;
 use eventbank_events::{Currency, Money};
@@ -142,19 +143,28 @@ pub async fn run(
         registry: Arc::new(registry),
     };
 
+    let outbox = Arc::new(wakeup::OutboxSignal::new());
     let relay = relay::Relay {
         config: config.common.clone(),
         pool: pool.clone(),
         batch: config.relay_batch,
         metrics: deposit_metrics.clone(),
         broker_connected,
+        outbox: Arc::clone(&outbox),
     };
     shutdown.spawn(relay.run(shutdown.clone()));
+    {
+        let outbox = Arc::clone(&outbox);
+        let pool = pool.clone();
+        let stop = shutdown.clone();
+        shutdown.spawn(async move { outbox.run_notifier(pool, stop.triggered()).await });
+    }
 
     let state = api::AppState {
         pool: pool.clone(),
         config: Arc::new(config.clone()),
         metrics: deposit_metrics,
+        outbox,
     };
     let router = api::app(state).merge(http::ops_router(ops));
     http::serve_then_drain(

@@ -5,11 +5,13 @@
 //!   leader's connection dying (a SIGKILLed leader's session ends, releasing the lock).
 //! - Reads and marks rows on that same connection, so a relay that lost its lock connection can
 //!   never mark anything published.
-//! - Woken by `LISTEN outbox` (a trigger notifies on commit), with a 1 s poll as a safety net.
+//! - Woken in-process when a deposit of this replica commits, by `LISTEN outbox` when one of
+//!   another replica does (see [`crate::wakeup`]), with a 1 s poll as a safety net.
 //! - A row is marked published only after the broker confirmed it; a returned (unroutable) or
 //!   nacked message stops the round and is retried with backoff. Rows published but not yet
 //!   marked when the relay dies are published again: consumers deduplicate by event id.
 
+use crate::wakeup::{self, OutboxSignal};
 use crate::{DepositMetrics, store};
 use eventbank_runtime::amqp::{self, Names};
 use eventbank_runtime::consumer::Backoff;
@@ -19,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The advisory lock key: "evbkrely" as bytes, so it is recognisable in pg_locks.
@@ -31,6 +34,7 @@ pub struct Relay {
     pub batch: i64,
     pub metrics: DepositMetrics,
     pub broker_connected: Gauge,
+    pub outbox: Arc<OutboxSignal>,
 }
 
 impl Relay {
@@ -42,6 +46,7 @@ impl Relay {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.metrics.relay_leader.set(0);
+                    self.outbox.set_leader(false);
                     self.broker_connected.set(0);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay interrupted; retrying");
@@ -53,6 +58,7 @@ impl Relay {
             }
         }
         self.metrics.relay_leader.set(0);
+        self.outbox.set_leader(false);
     }
 
     async fn lock_connection(&self) -> anyhow::Result<PgConnection> {
@@ -74,16 +80,18 @@ impl Relay {
                 break;
             }
             self.metrics.relay_leader.set(0);
+            self.outbox.set_leader(false);
             tracing::debug!("another relay is the leader; standing by");
             tokio::select! {
                 _ = shutdown.triggered() => return Ok(()),
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
-        self.metrics.relay_leader.set(1);
-        tracing::info!("relay is the leader");
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen("outbox").await?;
+        listener.listen(wakeup::CHANNEL).await?;
+        self.metrics.relay_leader.set(1);
+        self.outbox.set_leader(true);
+        tracing::info!("relay is the leader");
 
         let names = Names::new(&self.config.namespace);
         let mut broker_backoff = Backoff::new();
@@ -127,6 +135,7 @@ impl Relay {
             .execute(&mut lock)
             .await;
         self.metrics.relay_leader.set(0);
+        self.outbox.set_leader(false);
         Ok(())
     }
 
@@ -167,6 +176,7 @@ impl Relay {
                 tokio::select! {
                     _ = shutdown.triggered() => return Ok(()),
                     _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    _ = self.outbox.wait_local() => {}
                     notification = listener.recv() => {
                         notification.map_err(|e| RelayError::Database(e.into()))?;
                     }

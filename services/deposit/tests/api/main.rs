@@ -36,6 +36,7 @@ impl TestApp {
             pool: db.pool.clone(),
             config: Arc::new(config),
             metrics: DepositMetrics::register(&mut registry),
+            outbox: Arc::new(deposit::wakeup::OutboxSignal::new()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
