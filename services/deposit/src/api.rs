@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -264,9 +265,32 @@ async fn create_deposit(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateDeposit>,
 ) -> Result<Response, ApiError> {
+    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let span = tracing::info_span!(
+        "deposit",
+        otel.name = "POST /deposits",
+        otel.kind = "server"
+    );
+    if let Some(caller) = incoming {
+        eventbank_runtime::trace::set_parent(&span, caller);
+    }
+    // The event carries this span's context when spans are exported (so every consumer's span
+    // joins the trace), else a fresh span id in the caller's trace.
+    let traceparent =
+        eventbank_runtime::trace::traceparent(&span).unwrap_or_else(|| child_traceparent(incoming));
+    accept_deposit(state, headers, body, traceparent)
+        .instrument(span)
+        .await
+}
+
+async fn accept_deposit(
+    state: AppState,
+    headers: HeaderMap,
+    body: CreateDeposit,
+    traceparent: String,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let valid = validate_deposit(&body, &state.config)?;
-    let traceparent = child_traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
 
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key

@@ -272,6 +272,13 @@ async fn process_batch<H: Handler>(
     }
     let size = decoded.len();
     let events: Vec<DepositCompleted> = decoded.iter().map(|(_, e)| e.clone()).collect();
+    // One span per event, child of the producer's span named by the event's traceparent: with
+    // OTLP export on, this service's work on a deposit joins that deposit's trace. The spans
+    // close when the batch is done.
+    let _spans: Vec<tracing::Span> = events
+        .iter()
+        .map(|e| event_span(shared.config.service, e))
+        .collect();
     let mut backoff = Backoff::new();
     loop {
         match apply(shared, &events).await {
@@ -303,6 +310,22 @@ async fn process_batch<H: Handler>(
         process_one(shared, channel, queue, delivery, event, stop).await?;
     }
     Ok(())
+}
+
+fn event_span(service: &str, event: &DepositCompleted) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format!("{service} consume deposit.completed"),
+        otel.kind = "consumer",
+        event_id = %event.event_id,
+        account_id = %event.account_id,
+        deposit_id = %event.deposit_id,
+        sequence = event.sequence,
+    );
+    if let Some(traceparent) = &event.traceparent {
+        crate::trace::set_parent(&span, traceparent);
+    }
+    span
 }
 
 /// Applies one message alone: after `POISON_ATTEMPTS` non-transient failures (or one

@@ -281,6 +281,7 @@ pub async fn serve_then_drain(
     shutdown.drain(drain_timeout).await;
     pool.close().await;
     tracing::info!("stopped");
+    crate::telemetry::flush();
     served
 }
 

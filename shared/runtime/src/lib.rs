@@ -21,6 +21,7 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod trace;
 
 pub use config::{CommonConfig, Secret};
 pub use shutdown::Shutdown;

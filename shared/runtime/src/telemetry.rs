@@ -17,25 +17,87 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`). Safe to call twice: the
 /// second call is ignored, which lets tests start several services in one process.
+///
+/// When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over OTLP/HTTP (JSON) with
+/// `service.name` = the service, so one deposit shows as one trace across the five processes
+/// (the trace context travels in the event's `traceparent`; see [`crate::trace`]).
 pub fn init(service: &'static str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // RUST_LOG filters the log lines only: exported spans do not depend on the log level.
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spans = otlp_tracer(service).map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(spans);
     let _ = match format {
-        LogFormat::Pretty => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            // Colour only on a terminal: piped into a file or `scripts/up`, escapes are noise.
-            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .fmt_fields(DefaultFields::new())
-            .event_format(PrettyWithService {
-                service,
-                inner: Format::default(),
-            })
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colour only on a terminal: piped into a file or `scripts/up`, escapes are noise.
+                    .with_ansi(
+                        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    )
+                    .fmt_fields(DefaultFields::new())
+                    .event_format(PrettyWithService {
+                        service,
+                        inner: Format::default(),
+                    })
+                    .with_filter(filter()),
+            )
             .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonWithService { service })
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonWithService { service })
+                    .with_filter(filter()),
+            )
             .try_init(),
     };
+}
+
+/// The exporter's provider, kept so that [`flush`] can export what is buffered at shutdown.
+static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
+    std::sync::OnceLock::new();
+
+fn otlp_tracer(service: &'static str) -> Option<opentelemetry_sdk::trace::Tracer> {
+    use opentelemetry::trace::TracerProvider as _;
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())?;
+    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and _PROTOCOL, _HEADERS, _TIMEOUT) itself.
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("{service}: OTLP export to {endpoint} disabled: {e}");
+            return None;
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer(service);
+    let _ = PROVIDER.set(provider);
+    Some(tracer)
+}
+
+/// Exports the spans still buffered (called once the service has drained).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
+    }
 }
 
 /// The default human format, prefixed by `service=<name>`.

@@ -98,6 +98,16 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Serves `router` on a free loopback port for the rest of the test; returns its base URL.
+pub async fn serve_router(router: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,14 +123,4 @@ mod tests {
             "postgres://u:p@h/x?sslmode=disable"
         );
     }
-}
-
-/// Serves `router` on a free loopback port for the rest of the test; returns its base URL.
-pub async fn serve_router(router: axum::Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Ok(base)
 }

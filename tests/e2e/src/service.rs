@@ -48,6 +48,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "MAX_WAIT_MS",
     "CTR_THRESHOLD_MINOR",
     "STRUCTURING_WINDOW_SECS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_BSP_SCHEDULE_DELAY",
 ];
 
 /// Everything needed to (re)start one service process.
