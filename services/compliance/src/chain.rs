@@ -234,6 +234,8 @@ mod tests {
                 email: "alice@example.com".into(),
             },
             occurred_at: at("2024-01-01T12:34:56.123456789Z"),
+            channel: None,
+            reference: None,
         }
     }
 

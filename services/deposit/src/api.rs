@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SubsecRound, Utc};
-use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted, Money};
+use eventbank_events::{
+    AccountId, AccountSnapshot, Channel, Currency, DepositCompleted, MAX_REFERENCE_CHARS, Money,
+};
 use eventbank_runtime::http::ApiJson;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -174,12 +176,20 @@ pub struct CreateDeposit {
     /// A decimal string ("100.00"), never a JSON number: numbers invite floating point.
     pub amount: String,
     pub currency: String,
+    /// Optional (event version 2): `branch`, `atm` or `online`.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Optional (event version 2): the customer's payment reference, at most 140 characters.
+    #[serde(default)]
+    pub reference: Option<String>,
 }
 
 /// A deposit request that passed every check that needs no database.
 struct ValidDeposit {
     account_id: AccountId,
     money: Money,
+    channel: Option<Channel>,
+    reference: Option<String>,
 }
 
 impl ValidDeposit {
@@ -187,8 +197,12 @@ impl ValidDeposit {
     /// `"100.0"` and `"100.00"` are the same deposit.
     fn fingerprint(&self) -> String {
         format!(
-            "{}|{}|{}",
-            self.account_id, self.money.minor, self.money.currency
+            "{}|{}|{}|{}|{}",
+            self.account_id,
+            self.money.minor,
+            self.money.currency,
+            self.channel.map_or("", |c| c.as_str()),
+            self.reference.as_deref().unwrap_or("")
         )
     }
 }
@@ -238,10 +252,36 @@ fn validate_deposit(body: &CreateDeposit, config: &Config) -> Result<ValidDeposi
             }),
         }
     }
+    let channel = match body.channel.as_deref() {
+        None => None,
+        Some(raw) => match serde_json::from_value::<Channel>(Value::String(raw.to_owned())) {
+            Ok(channel) => Some(channel),
+            Err(_) => {
+                errors.push(FieldError {
+                    field: "channel",
+                    message: "one of branch, atm, online".into(),
+                });
+                None
+            }
+        },
+    };
+    let reference = body.reference.clone();
+    if reference
+        .as_deref()
+        .is_some_and(|r| r.chars().count() > MAX_REFERENCE_CHARS || r.chars().any(char::is_control))
+    {
+        errors.push(FieldError {
+            field: "reference",
+            message: format!("at most {MAX_REFERENCE_CHARS} characters, no control characters"),
+        });
+    }
     match (account_id, money) {
-        (Some(account_id), Some(money)) if errors.is_empty() => {
-            Ok(ValidDeposit { account_id, money })
-        }
+        (Some(account_id), Some(money)) if errors.is_empty() => Ok(ValidDeposit {
+            account_id,
+            money,
+            channel,
+            reference,
+        }),
         _ => Err(ApiError::Validation(errors)),
     }
 }
@@ -327,6 +367,8 @@ async fn accept_deposit(
             email: account.email.clone(),
         },
         occurred_at: now,
+        channel: valid.channel,
+        reference: valid.reference.clone(),
     };
     let row = DepositRow {
         deposit_id: event.deposit_id,

@@ -10,8 +10,9 @@ pub mod ids;
 pub mod money;
 
 pub use deposit::{
-    AccountSnapshot, CONTENT_TYPE, DecodeError, DepositCompleted, DepositCompletedV1, EVENT_SOURCE,
-    EVENT_TYPE, Envelope, ROUTING_KEY, SUPPORTED_VERSIONS, decode,
+    AccountSnapshot, CONTENT_TYPE, Channel, DecodeError, DepositCompleted, DepositCompletedV1,
+    DepositCompletedV2, EVENT_SOURCE, EVENT_TYPE, Envelope, MAX_REFERENCE_CHARS, ROUTING_KEY,
+    SUPPORTED_VERSIONS, decode,
 };
 pub use ids::{AccountId, IdError};
 pub use money::{Currency, Money, MoneyError};

@@ -277,6 +277,8 @@ fn sample_message(ns: &str) -> Result<eventbank_runtime::publisher::Outgoing> {
             email: "bench234@example.com".into(),
         },
         occurred_at: now,
+        channel: None,
+        reference: None,
     };
     Ok(eventbank_runtime::publisher::deposit_message(
         &format!("{ns}.bank.events"),

@@ -54,6 +54,8 @@ pub fn event_at(
             email: "t@example.com".into(),
         },
         occurred_at,
+        channel: None,
+        reference: None,
     }
 }
 

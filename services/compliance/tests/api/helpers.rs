@@ -56,6 +56,8 @@ pub fn usd(account: &str, amount_minor: i64, occurred_at: DateTime<Utc>) -> Depo
             email: "holder@example.com".into(),
         },
         occurred_at,
+        channel: None,
+        reference: None,
     }
 }
 

@@ -233,3 +233,36 @@ async fn writes_without_the_api_key_are_refused_and_store_nothing() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn channel_and_reference_travel_in_a_version_2_event() {
+    let app = TestApp::spawn().await;
+    let body = json!({"account_id": "ACC-0001", "amount": "9.99", "currency": "USD", "channel": "atm", "reference": "Rent March"}).to_string();
+    let (status, created, _) = app.post("/deposits", &body, &[]).await;
+    assert_eq!(status, 201, "{created}");
+    let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1")
+        .bind(uuid::Uuid::parse_str(created["event_id"].as_str().unwrap()).unwrap())
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let wire: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(wire["dataschemaversion"], 2);
+    assert_eq!(wire["data"]["channel"], "atm");
+    assert_eq!(wire["data"]["reference"], "Rent March");
+    let event = eventbank_events::decode(&payload).unwrap();
+    assert_eq!(event.channel, Some(eventbank_events::Channel::Atm));
+
+    for (field, value) in [
+        ("channel", json!("pigeon")),
+        ("reference", json!("x".repeat(141))),
+        ("reference", json!("a\u{7}b")),
+    ] {
+        let mut bad = json!({"account_id": "ACC-0001", "amount": "1.00", "currency": "USD"});
+        bad[field] = value;
+        let (status, problem, _) = app.post("/deposits", &bad.to_string(), &[]).await;
+        assert_eq!(status, 422, "{field}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field);
+    }
+    assert_eq!(app.count("deposits").await, 1);
+    app.cleanup().await;
+}

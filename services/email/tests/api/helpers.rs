@@ -58,6 +58,8 @@ pub fn event(
             .with_ymd_and_hms(2025, 3, 14, 9, 26, 53)
             .single()
             .expect("date"),
+        channel: None,
+        reference: None,
     }
 }
 

@@ -51,6 +51,8 @@ pub fn deposit(
             email: "holder@example.com".into(),
         },
         occurred_at: at(occurred_at),
+        channel: None,
+        reference: None,
     }
 }
 

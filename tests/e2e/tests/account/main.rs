@@ -34,6 +34,8 @@ pub fn deposit_event(account: &str, sequence: i64, amount_minor: i64) -> Deposit
             email: "e2e@example.com".into(),
         },
         occurred_at: Utc::now(),
+        channel: None,
+        reference: None,
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn schema() -> jsonschema::Validator {
-    let text = include_str!("../../../../shared/schemas/deposit-completed.v1.schema.json");
+    let text = include_str!("../../../../shared/schemas/deposit-completed.v2.schema.json");
     let value: Value = serde_json::from_str(text).expect("schema is JSON");
     jsonschema::validator_for(&value).expect("schema compiles")
 }

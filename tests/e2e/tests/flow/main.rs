@@ -3,6 +3,7 @@
 
 mod broker_outage;
 mod consumer_crash;
+mod contract;
 mod duplicates;
 mod happy_path;
 mod poison;
