@@ -2,9 +2,11 @@
 //!
 //! - [`invariants`]: DESIGN §6 checked across the five databases.
 //! - [`dlq`]: list and redrive dead-lettered messages.
+//! - [`tail`]: watch events as they are published.
 
 pub mod dlq;
 pub mod invariants;
+pub mod tail;
 
 use anyhow::Context;
 use sqlx::PgPool;

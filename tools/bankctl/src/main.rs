@@ -4,7 +4,7 @@
 //! audit chain broken, nothing matched a redrive); 2 bad usage or an unreachable system.
 
 use anyhow::Context;
-use bankctl::{DatabaseUrls, Pools, dlq, invariants};
+use bankctl::{DatabaseUrls, Pools, dlq, invariants, tail};
 use clap::{Parser, Subcommand};
 use eventbank_runtime::amqp::Names;
 use std::process::ExitCode;
@@ -73,10 +73,63 @@ struct Connections {
     /// Broker namespace (prefix of every name), as the services were started with.
     #[arg(long, env = "AMQP_NAMESPACE", default_value = "")]
     namespace: String,
+    /// The deposit service.
+    #[arg(long, env = "DEPOSIT_URL", default_value = "http://127.0.0.1:8081")]
+    deposit_url: String,
+    /// The account service.
+    #[arg(long, env = "ACCOUNT_URL", default_value = "http://127.0.0.1:8082")]
+    account_url: String,
+    /// The deposit service's API key (write endpoints).
+    #[arg(
+        long,
+        env = "API_KEY",
+        hide_env_values = true,
+        default_value = "eventbank-demo-key"
+    )]
+    api_key: String,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open an account in the deposit service's directory.
+    Open {
+        #[arg(long)]
+        holder: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        currency: String,
+    },
+    /// Deposit an amount (a decimal string such as 100.00) into an account.
+    Deposit {
+        account_id: String,
+        amount: String,
+        currency: String,
+        /// Makes a retry safe: the same key and body answer the first response again.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show an account's balance of record (exit 1 if --wait-for is not reached in time).
+    Show {
+        account_id: String,
+        /// Wait (up to --wait) until this sequence is applied: read-your-writes.
+        #[arg(long)]
+        wait_for: Option<i64>,
+        #[arg(long, default_value = "5s")]
+        wait: String,
+    },
+    /// Print events as they are published (a private, temporary queue on the events exchange).
+    Tail {
+        /// Stop after this many events (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Rebuild the account projections from the event store (runs `account rebuild`).
+    Rebuild {
+        /// Compare only; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check the system's invariants across all five databases (exit 1 on a violation).
     Check,
     /// Walk the compliance audit chain (exit 1 if a link is broken).
@@ -131,8 +184,86 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends a request and prints the JSON answer; success is a 2xx status.
+async fn http(cli: &Cli, request: reqwest::RequestBuilder) -> anyhow::Result<bool> {
+    let response = request.send().await.context("the service did not answer")?;
+    let ok = response.status().is_success();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if cli.json {
+        println!("{body}");
+    } else {
+        print_json(&body)?;
+    }
+    Ok(ok)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let client = reqwest::Client::new();
     match &cli.command {
+        Command::Open {
+            holder,
+            email,
+            currency,
+        } => {
+            let body =
+                serde_json::json!({"holder_name": holder, "email": email, "currency": currency});
+            let request = client
+                .post(format!("{}/accounts", cli.conn.deposit_url))
+                .header("x-api-key", &cli.conn.api_key)
+                .json(&body);
+            http(&cli, request).await
+        }
+        Command::Deposit {
+            account_id,
+            amount,
+            currency,
+            idempotency_key,
+        } => {
+            let body = serde_json::json!({"account_id": account_id, "amount": amount, "currency": currency});
+            let mut request = client
+                .post(format!("{}/deposits", cli.conn.deposit_url))
+                .header("x-api-key", &cli.conn.api_key)
+                .json(&body);
+            if let Some(key) = idempotency_key {
+                request = request.header("idempotency-key", key);
+            }
+            http(&cli, request).await
+        }
+        Command::Show {
+            account_id,
+            wait_for,
+            wait,
+        } => {
+            let mut url = format!("{}/accounts/{account_id}", cli.conn.account_url);
+            if let Some(sequence) = wait_for {
+                url.push_str(&format!("?min_sequence={sequence}&wait={wait}"));
+            }
+            http(&cli, client.get(url)).await
+        }
+        Command::Tail { count } => {
+            let connection = cli.conn.broker().await?;
+            let outcome = tail::run(&connection, &Names::new(&cli.conn.namespace), *count).await;
+            let _ = connection.close(200, "bye".into()).await;
+            outcome.map(|()| true)
+        }
+        Command::Rebuild { check } => {
+            let exe = std::env::current_exe().context("locating bankctl")?;
+            let account = exe.with_file_name("account");
+            let mut command = std::process::Command::new(&account);
+            command
+                .arg("rebuild")
+                .env("DATABASE_URL", &cli.conn.account_db);
+            if *check {
+                command.arg("--check");
+            }
+            let status = command.status().with_context(|| {
+                format!(
+                    "running {} (build it with cargo build --bins)",
+                    account.display()
+                )
+            })?;
+            Ok(status.success())
+        }
         Command::Check => {
             let pools = Pools::connect(&cli.conn.urls()).await?;
             let report = invariants::check(&pools).await;

@@ -24,11 +24,17 @@ fn event(account: &str, sequence: i64, amount_minor: i64) -> (String, Vec<u8>) {
     (id, body.to_string().into_bytes())
 }
 
-/// Runs bankctl against the world; returns (exit code, stdout).
-async fn bankctl(world: &TestWorld, args: &[&str]) -> (i32, String) {
+/// bankctl configured for the world (databases, broker namespace, service URLs, API key).
+pub(crate) fn bankctl_command(world: &TestWorld) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(service_binary("bankctl").unwrap());
+    if let Some(deposit) = world.service(Svc::Deposit) {
+        command.env("DEPOSIT_URL", deposit.base_url());
+    }
+    if let Some(account) = world.service(Svc::Account) {
+        command.env("ACCOUNT_URL", account.base_url());
+    }
     command
-        .args(args)
+        .env("API_KEY", eventbank_e2e::API_KEY)
         .env("DEPOSIT_DATABASE_URL", world.db_url(Svc::Deposit))
         .env("ACCOUNT_DATABASE_URL", world.db_url(Svc::Account))
         .env("EMAIL_DATABASE_URL", world.db_url(Svc::Email))
@@ -36,7 +42,12 @@ async fn bankctl(world: &TestWorld, args: &[&str]) -> (i32, String) {
         .env("COMPLIANCE_DATABASE_URL", world.db_url(Svc::Compliance))
         .env("AMQP_URL", world.amqp_url())
         .env("AMQP_NAMESPACE", world.ns());
-    let output = command.output().await.unwrap();
+    command
+}
+
+/// Runs bankctl against the world; returns (exit code, stdout).
+pub(crate) async fn bankctl(world: &TestWorld, args: &[&str]) -> (i32, String) {
+    let output = bankctl_command(world).args(args).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.is_empty() || output.status.code() != Some(0),

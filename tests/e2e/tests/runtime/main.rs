@@ -1,6 +1,7 @@
 //! The shared runtime and the relay against the real broker and real processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod dlq;
 
 use eventbank_e2e::{ServiceHandle, Svc, TestWorld, eventually, get_text, post_json};
