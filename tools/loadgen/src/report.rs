@@ -121,6 +121,12 @@ pub struct Phase {
     pub machine_cpu_s_per_1000: Option<f64>,
     /// Busy share of the machine's cores during the phase (1.0 = every core busy).
     pub machine_busy: Option<f64>,
+    /// CPU milliseconds per deposit: each service, postgres, rabbitmq, loadgen, and `other`
+    /// (the rest of the machine's busy time: the kernel, other users).
+    pub cpu_ms_per_deposit: BTreeMap<String, f64>,
+    /// Deposits/s the machine's cores would allow if the stack (services, Postgres, RabbitMQ;
+    /// not the load generator, not other users) had them all, at this phase's CPU per deposit.
+    pub stack_cpu_bound_deposits_per_s: f64,
     pub rss_peak_mb: BTreeMap<String, f64>,
     pub outbox_backlog_max: f64,
     pub outbox_backlog_at_end: f64,
@@ -171,6 +177,30 @@ impl Phase {
             }
         };
         let services_cpu: f64 = SERVICES.iter().filter_map(|s| i.cpu_used.get(*s)).sum();
+        let deposits = i.load.accepted.max(1) as f64;
+        let mut cpu_ms_per_deposit: BTreeMap<String, f64> = i
+            .cpu_used
+            .iter()
+            .map(|(k, v)| (k.clone(), round3(v * 1000.0 / deposits)))
+            .collect();
+        if let Some((busy, _)) = i.machine_busy {
+            let ours: f64 = i.cpu_used.values().sum();
+            cpu_ms_per_deposit.insert(
+                "other".into(),
+                round3((busy - ours).max(0.0) * 1000.0 / deposits),
+            );
+        }
+        let stack_ms: f64 = cpu_ms_per_deposit
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "loadgen" | "other"))
+            .map(|(_, v)| v)
+            .sum();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let stack_cpu_bound_deposits_per_s = if stack_ms > 0.0 {
+            round1(cores * 1000.0 / stack_ms)
+        } else {
+            0.0
+        };
         Self {
             name: i.spec.name(),
             mode,
@@ -199,6 +229,8 @@ impl Phase {
             machine_busy: i
                 .machine_busy
                 .map(|(busy, total)| round3(busy / total.max(1e-9))),
+            cpu_ms_per_deposit,
+            stack_cpu_bound_deposits_per_s,
             rss_peak_mb: i
                 .rss_peak
                 .iter()
@@ -443,6 +475,18 @@ pub fn table(r: &Result) -> String {
                 )
             })
             .collect();
+        let cpu: Vec<String> = p
+            .cpu_ms_per_deposit
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}: CPU ms per deposit: {}; the stack's CPU alone allows {:.0} deposits/s",
+            p.name,
+            cpu.join(", "),
+            p.stack_cpu_bound_deposits_per_s
+        );
         let _ = writeln!(
             out,
             "{}: commits per 1,000 deposits (statement ms per deposit): {}",
