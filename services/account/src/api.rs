@@ -13,16 +13,16 @@
 
 use crate::changes::{self, Changes};
 use crate::domain::{AccountEvent, AccountState};
-use crate::store::{self, Balance, Bound, RecordedEvent};
+use crate::store::{self, Balance, Bound, RecordedEvent, Txn};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use eventbank_events::{Currency, Money};
 use eventbank_runtime::http::Problem;
 use futures_util::Stream;
+use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -31,6 +31,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -42,14 +45,106 @@ pub struct AppState {
     pub stop: CancellationToken,
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/accounts/{account_id}", get(get_account))
-        .route("/accounts/{account_id}/transactions", get(get_transactions))
-        .route("/accounts/{account_id}/balance", get(get_balance_as_of))
-        .route("/accounts/{account_id}/stream", get(stream_changes))
+const TAG: &str = "accounts";
+
+/// The spec's header; the paths come from the routes registered in [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eventbank account",
+        description = "The balance of record, event-sourced: balances with read-your-writes, \
+                       transactions, the balance at any instant, and a change stream (SSE). \
+                       Errors are RFC 9457 problems."
+    ),
+    tags((name = TAG, description = "Balances, transactions and changes per account"))
+)]
+pub struct ApiDoc;
+
+/// The service's own routes with their OpenAPI paths, state applied. `run` adds the ops routes,
+/// the docs and the fallback ([`eventbank_runtime::http::service_router`]).
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(get_account))
+        .routes(routes!(get_transactions))
+        .routes(routes!(get_balance_as_of))
+        .routes(routes!(stream_changes))
         .with_state(state)
 }
+
+/// [`router`] without the spec.
+pub fn app(state: AppState) -> Router {
+    router(state).split_for_parts().0
+}
+
+// The bodies below are serialised through `serde_json::Value`, whose objects keep their members
+// in alphabetical order (as the `json!` bodies before them did), so the JSON is byte for byte
+// what it was; the fields are declared in that order too.
+
+/// The balance projection of an account.
+#[derive(Serialize, ToSchema)]
+struct BalanceBody {
+    #[schema(example = "ACC-0001")]
+    account_id: String,
+    /// Decimal string in the currency's precision.
+    #[schema(example = "260.00")]
+    balance: String,
+    #[schema(example = 26000)]
+    balance_minor: i64,
+    #[schema(example = "USD")]
+    currency: String,
+    deposit_count: i64,
+    /// Highest deposit sequence applied (deposits apply strictly in sequence order).
+    last_sequence: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// A page of the transactions projection.
+#[derive(Serialize, ToSchema)]
+struct TransactionsBody {
+    #[schema(example = "ACC-0001")]
+    account_id: String,
+    items: Vec<Txn>,
+    /// Pass as `after_sequence` for the next page; null on the last page.
+    next_after_sequence: Option<i64>,
+    /// Deposits parked until an earlier sequence arrives.
+    parked_events: i64,
+}
+
+/// How a point-in-time balance was computed from the event store.
+#[derive(Serialize, ToSchema)]
+struct ComputedFrom {
+    /// Events replayed on top of the snapshot.
+    replayed_events: i64,
+    /// The snapshot used (0: none, replayed from the start).
+    snapshot_version: i64,
+}
+
+/// The balance at an instant, computed from the event store.
+#[derive(Serialize, ToSchema)]
+struct BalanceAsOfBody {
+    #[schema(example = "ACC-0001")]
+    account_id: String,
+    /// The instant asked for (now by default), RFC 3339 with microseconds.
+    #[schema(example = "2026-11-27T07:31:02.118731Z")]
+    as_of: String,
+    #[schema(example = "260.00")]
+    balance: String,
+    balance_minor: i64,
+    computed_from: ComputedFrom,
+    #[schema(example = "USD")]
+    currency: Option<&'static str>,
+    deposit_count: i64,
+    last_sequence: i64,
+    /// Events in the stream at that instant.
+    version: i64,
+}
+
+/// Serialises a body as the `Value` the handlers answer (members in alphabetical order).
+fn to_json(body: impl Serialize) -> Result<Json<Value>, Problem> {
+    serde_json::to_value(body).map(Json).map_err(internal)
+}
+
+const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
 
 fn internal(e: impl Into<anyhow::Error>) -> Problem {
     Problem::internal(&e.into())
@@ -101,22 +196,45 @@ fn decimal(minor: i64, currency: Option<Currency>) -> String {
         .unwrap_or_default()
 }
 
-fn balance_json(b: &Balance) -> Value {
-    json!({
-        "account_id": b.account_id,
-        "currency": b.currency,
-        "balance": decimal(b.balance_minor, Currency::parse(&b.currency).ok()),
-        "balance_minor": b.balance_minor,
-        "last_sequence": b.last_sequence,
-        "deposit_count": b.deposit_count,
-        "updated_at": b.updated_at,
-    })
+fn balance_body(b: Balance) -> BalanceBody {
+    BalanceBody {
+        balance: decimal(b.balance_minor, Currency::parse(&b.currency).ok()),
+        account_id: b.account_id,
+        currency: b.currency,
+        balance_minor: b.balance_minor,
+        last_sequence: b.last_sequence,
+        deposit_count: b.deposit_count,
+        updated_at: b.updated_at,
+    }
 }
 
 /// How long a waiter sleeps without a notification before it looks again anyway (the
 /// listener may be reconnecting).
 const FALLBACK_POLL: Duration = Duration::from_millis(500);
 
+/// The balance projection. With `min_sequence` it is read-your-writes: waits (up to `wait`)
+/// until the deposit with that sequence is applied, woken by change notifications.
+#[utoipa::path(
+    get,
+    path = "/accounts/{account_id}",
+    tag = TAG,
+    params(
+        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        ("min_sequence" = Option<i64>, Query, minimum = 0,
+            description = "Answer only once this deposit sequence (from the deposit's response) is applied"),
+        ("wait" = Option<String>, Query, example = "2s",
+            description = "How long to wait for `min_sequence`: `2s`, `500ms` or milliseconds (default 2s, at most the service's MAX_WAIT)"),
+    ),
+    responses(
+        (status = 200, description = "The balance", body = BalanceBody),
+        (status = 400, description = "A malformed `min_sequence` or `wait`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No deposit of this account is applied", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The query could not be answered", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "`min_sequence` did not arrive within `wait` (`current_sequence` and `min_sequence` say where it stands); `Retry-After: 1`",
+            body = Problem, content_type = PROBLEM,
+            headers(("Retry-After" = u64, description = "Seconds before asking again"))),
+    ),
+)]
 async fn get_account(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
@@ -136,7 +254,7 @@ async fn get_account(
         let current = balance.as_ref().map_or(0, |b| b.last_sequence);
         if current >= min_sequence {
             if let Some(b) = balance {
-                return Ok(Json(balance_json(&b)));
+                return to_json(balance_body(b));
             }
             return Err(Problem::not_found(format!(
                 "account {account_id} has no applied deposits"
@@ -165,6 +283,23 @@ async fn get_account(
     }
 }
 
+/// The transactions projection, paged by sequence.
+#[utoipa::path(
+    get,
+    path = "/accounts/{account_id}/transactions",
+    tag = TAG,
+    params(
+        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        ("after_sequence" = Option<i64>, Query, minimum = 0, description = "Deposits after this sequence (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of transactions", body = TransactionsBody),
+        (status = 400, description = "A malformed `after_sequence` or `limit`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No deposit of this account is applied", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The query could not be answered", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn get_transactions(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
@@ -193,18 +328,36 @@ async fn get_transactions(
     } else {
         None
     };
-    Ok(Json(json!({
-        "account_id": account_id,
-        "items": items,
-        "next_after_sequence": next,
-        "parked_events": pending,
-    })))
+    to_json(TransactionsBody {
+        account_id,
+        items,
+        next_after_sequence: next,
+        parked_events: pending,
+    })
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The balance at an instant, computed from the event store (the latest snapshot at or before
+/// it, then the events that followed), not from the projection.
+#[utoipa::path(
+    get,
+    path = "/accounts/{account_id}/balance",
+    tag = TAG,
+    params(
+        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        ("as_of" = Option<DateTime<Utc>>, Query, description = "An RFC 3339 instant (default: now)",
+            example = "2026-11-27T07:30:00Z"),
+    ),
+    responses(
+        (status = 200, description = "The balance at that instant", body = BalanceAsOfBody),
+        (status = 400, description = "`as_of` is not an RFC 3339 instant", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No deposit of this account was applied at or before that instant", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The query could not be answered", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn get_balance_as_of(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
@@ -231,20 +384,20 @@ async fn get_balance_as_of(
             ))
         })?;
     let s = &loaded.state;
-    Ok(Json(json!({
-        "account_id": account_id,
-        "as_of": rfc3339(as_of),
-        "currency": s.currency.map(|c| c.code()),
-        "balance": decimal(s.balance_minor, s.currency),
-        "balance_minor": s.balance_minor,
-        "deposit_count": s.deposit_count,
-        "last_sequence": s.last_sequence,
-        "version": s.version,
-        "computed_from": {
-            "snapshot_version": loaded.snapshot_version,
-            "replayed_events": loaded.replayed,
+    to_json(BalanceAsOfBody {
+        account_id,
+        as_of: rfc3339(as_of),
+        currency: s.currency.map(|c| c.code()),
+        balance: decimal(s.balance_minor, s.currency),
+        balance_minor: s.balance_minor,
+        deposit_count: s.deposit_count,
+        last_sequence: s.last_sequence,
+        version: s.version,
+        computed_from: ComputedFrom {
+            snapshot_version: loaded.snapshot_version,
+            replayed_events: loaded.replayed,
         },
-    })))
+    })
 }
 
 fn state_json(account_id: &str, s: &AccountState) -> Value {
@@ -299,6 +452,27 @@ fn change_event(recorded: &RecordedEvent, after: &AccountState) -> Event {
 /// reconnecting); cheap: one indexed query that usually returns nothing.
 const SSE_FALLBACK_POLL: Duration = Duration::from_secs(5);
 
+/// Every applied change as Server-Sent Events, whichever replica applied it: first `state`
+/// (the current state, unless resuming), then `opened` / `deposited`, one per event. Each
+/// event's `id` is the stream version; reconnecting with `Last-Event-ID` sends exactly what was
+/// missed.
+#[utoipa::path(
+    get,
+    path = "/accounts/{account_id}/stream",
+    tag = TAG,
+    params(
+        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0,
+            description = "Resume after this stream version (the `id` of the last event received)"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "The stream: events `state`, `opened`, `deposited`, each `data` one JSON object \
+                           (account_id, version, balance, balance_minor, currency, ...), and keep-alive comments"),
+        (status = 400, description = "`Last-Event-ID` is not a stream version", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The stream could not be read", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn stream_changes(
     State(state): State<AppState>,
     Path(account_id): Path<String>,

@@ -74,7 +74,7 @@ pub async fn run(
     shutdown.spawn(
         gaps::GapMonitor::new(pool.clone(), config.gap_alert, gaps_gauge).run(shutdown.token()),
     );
-    let api = api::app(api::AppState {
+    let api = api::router(api::AppState {
         pool: pool.clone(),
         max_wait: config.max_wait,
         changes,
@@ -99,9 +99,7 @@ pub async fn run(
         broker_required: false,
         registry: Arc::new(registry),
     };
-    let router = api
-        .merge(http::ops_router(ops))
-        .fallback(http::not_found_fallback);
+    let (router, _) = http::service_router(api, ops);
     tracing::info!(addr = %config.common.http_addr, "listening (query only: CONSUME_EVENTS=false)");
     let served = http::serve(listener, router, shutdown.clone()).await;
     shutdown.trigger();

@@ -562,13 +562,17 @@ pub async fn unpark(conn: &mut PgConnection, keys: &[(String, i64)]) -> sqlx::Re
 // ---- read model queries ------------------------------------------------------------------
 
 /// One deposit as the `transactions` projection shows it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Txn {
     pub event_id: Uuid,
+    #[schema(example = "ACC-0001")]
     pub account_id: String,
+    /// The deposit's per-account sequence number.
     pub sequence: i64,
     pub deposit_id: Uuid,
+    #[schema(example = 25000)]
     pub amount_minor: i64,
+    #[schema(example = "USD")]
     pub currency: String,
     pub occurred_at: DateTime<Utc>,
 }

@@ -93,7 +93,7 @@ pub struct StoredEntry {
 }
 
 /// Why verification stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokenReason {
     /// A position is missing (a row was deleted, or the chain does not start at 1).

@@ -80,7 +80,7 @@ pub async fn run(
     let mut registry = eventbank_runtime::metrics::new_registry("compliance");
     let handler =
         ComplianceHandler::new(rules, metrics::ComplianceMetrics::register(&mut registry));
-    let api = app(AppState { pool: pool.clone() });
+    let api = api::router(AppState { pool: pool.clone() });
     ConsumerService {
         config: config.common,
         pool,

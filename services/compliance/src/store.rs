@@ -318,16 +318,24 @@ pub async fn audit_page(
 }
 
 /// One stored alert.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AlertRow {
+    /// Pass as `after` to page.
     pub id: i64,
+    /// `ctr` (one large deposit) or `structuring` (several below the threshold in a window).
+    #[schema(example = "ctr")]
     pub kind: String,
+    #[schema(example = "ACC-0001")]
     pub account_id: String,
+    /// The deposit event that raised it.
     pub event_id: Uuid,
+    /// The amount the rule looked at (the deposit, or the window's sum).
     pub amount_minor: i64,
+    #[schema(example = "USD")]
     pub currency: String,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
+    /// The rule's own facts (threshold, deposits counted, ...).
     pub details: serde_json::Value,
     pub created_at: DateTime<Utc>,
     /// When a late deposit made this alert no longer the one time order gives (see

@@ -1,24 +1,27 @@
 //! HTTP API: the account directory and deposits.
 
 use crate::error::{ApiError, FieldError};
+use crate::openapi::{ACCOUNTS_TAG, ApiDoc, DEPOSITS_TAG, DepositAccepted};
 use crate::store::{self, AccountRow, DepositRow};
 use crate::{Config, DepositMetrics};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SubsecRound, Utc};
 use eventbank_events::{
     AccountId, AccountSnapshot, Channel, Currency, DepositCompleted, MAX_REFERENCE_CHARS, Money,
 };
-use eventbank_runtime::http::ApiJson;
+use eventbank_runtime::http::{ApiJson, Problem};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tracing::Instrument;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -33,21 +36,30 @@ pub struct AppState {
 /// Request bodies here are a few hundred bytes; anything near this limit is not a deposit.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-pub fn app(state: AppState) -> Router {
-    let writes = Router::new()
-        .route("/accounts", post(open_account))
-        .route("/deposits", post(create_deposit))
+/// The service's routes with their OpenAPI paths (see [`crate::openapi`]), state applied. `run`
+/// adds the ops routes, the docs and the fallback ([`eventbank_runtime::http::service_router`]).
+pub fn router(state: AppState) -> OpenApiRouter {
+    let writes = OpenApiRouter::new()
+        .routes(routes!(open_account))
+        .routes(routes!(create_deposit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ));
-    Router::new()
-        .route("/accounts/{account_id}", get(get_account))
-        .route("/deposits/{deposit_id}", get(get_deposit))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(get_account))
+        .routes(routes!(get_deposit))
         .merge(writes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }
+
+/// [`router`] without the spec.
+pub fn app(state: AppState) -> Router {
+    router(state).split_for_parts().0
+}
+
+const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
 
 /// Write endpoints need `x-api-key`. Compared in constant time so the answer's timing does not
 /// reveal how much of a guess was right.
@@ -80,13 +92,37 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct OpenAccount {
+    /// 1 to 200 characters, no control characters.
+    #[schema(example = "Alice Example")]
     pub holder_name: String,
+    #[schema(example = "alice@example.com")]
     pub email: String,
+    /// ISO 4217 code.
+    #[schema(example = "USD")]
     pub currency: String,
 }
 
+/// Opens an account in the directory; its id is assigned (`ACC-1000`, `ACC-1001`, ...).
+#[utoipa::path(
+    post,
+    path = "/accounts",
+    tag = ACCOUNTS_TAG,
+    security(("api_key" = [])),
+    request_body = OpenAccount,
+    responses(
+        (status = 201, description = "Opened", body = AccountRow,
+            headers(("Location" = String, description = "/accounts/{account_id}"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Missing or wrong `x-api-key`", body = Problem, content_type = PROBLEM,
+            headers(("WWW-Authenticate" = String, description = "ApiKey header=\"x-api-key\""))),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body not sent as application/json", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields (listed in `errors`) or a body of the wrong shape", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The account could not be stored", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn open_account(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<OpenAccount>,
@@ -146,6 +182,18 @@ fn valid_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// One account of the directory.
+#[utoipa::path(
+    get,
+    path = "/accounts/{account_id}",
+    tag = ACCOUNTS_TAG,
+    params(("account_id" = String, Path, description = "The account", example = "ACC-0001")),
+    responses(
+        (status = 200, description = "The account", body = AccountRow),
+        (status = 404, description = "No such account", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The query could not be answered", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn get_account(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
@@ -157,6 +205,19 @@ async fn get_account(
         .ok_or_else(|| ApiError::NotFound(format!("no account {account_id}")))
 }
 
+/// One stored deposit.
+#[utoipa::path(
+    get,
+    path = "/deposits/{deposit_id}",
+    tag = DEPOSITS_TAG,
+    params(("deposit_id" = Uuid, Path, description = "The deposit's id (from `POST /deposits`)")),
+    responses(
+        (status = 200, description = "The deposit", body = DepositRow),
+        (status = 404, description = "No such deposit", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The query could not be answered", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn get_deposit(
     State(state): State<AppState>,
     Path(deposit_id): Path<String>,
@@ -170,14 +231,19 @@ async fn get_deposit(
         .ok_or_else(|| ApiError::NotFound(format!("no deposit {deposit_id}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateDeposit {
+    #[schema(example = "ACC-0001")]
     pub account_id: String,
     /// A decimal string ("100.00"), never a JSON number: numbers invite floating point.
+    #[schema(example = "250.00")]
     pub amount: String,
+    /// ISO 4217 code; must be the account's.
+    #[schema(example = "USD")]
     pub currency: String,
     /// Optional (event version 2): `branch`, `atm` or `online`.
     #[serde(default)]
+    #[schema(example = "online")]
     pub channel: Option<String>,
     /// Optional (event version 2): the customer's payment reference, at most 140 characters.
     #[serde(default)]
@@ -300,6 +366,38 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// POST /deposits: validate, then in ONE transaction take the account's next sequence, store the
 /// deposit and its outbox row (and the Idempotency-Key's response). Nothing is half-written.
+#[utoipa::path(
+    post,
+    path = "/deposits",
+    tag = DEPOSITS_TAG,
+    security(("api_key" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 200 visible ASCII characters. The same key with the same body answers \
+                           the first response again (with `idempotent-replayed: true`) and deposits \
+                           nothing more; with another body it is a 422"),
+        ("traceparent" = Option<String>, Header,
+            description = "W3C trace context: the deposit, its event and every consumer join this trace"),
+    ),
+    request_body = CreateDeposit,
+    responses(
+        (status = 201, description = "Accepted: stored, and published through the outbox", body = DepositAccepted,
+            headers(
+                ("Location" = String, description = "/deposits/{deposit_id}"),
+                ("idempotent-replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"),
+            )),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Missing or wrong `x-api-key`", body = Problem, content_type = PROBLEM,
+            headers(("WWW-Authenticate" = String, description = "ApiKey header=\"x-api-key\""))),
+        (status = 409, description = "The account is closed", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body not sent as application/json", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields (listed in `errors`), an unknown account, a currency that is not the account's, \
+                                      an Idempotency-Key reused with another body, or a body of the wrong shape",
+            body = Problem, content_type = PROBLEM),
+        (status = 500, description = "The deposit could not be stored", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn create_deposit(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod error;
+pub mod openapi;
 pub mod relay;
 pub mod store;
 pub mod wakeup;
@@ -166,7 +167,7 @@ pub async fn run(
         metrics: deposit_metrics,
         outbox,
     };
-    let router = api::app(state).merge(http::ops_router(ops));
+    let (router, _) = http::service_router(api::router(state), ops);
     http::serve_then_drain(
         listener,
         router,

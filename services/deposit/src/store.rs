@@ -4,13 +4,22 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+/// An account of the directory.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct AccountRow {
+    #[schema(example = "ACC-1000")]
     pub account_id: String,
+    #[schema(example = "Alice Example")]
     pub holder_name: String,
+    #[schema(example = "alice@example.com")]
     pub email: String,
+    /// ISO 4217 code.
+    #[schema(example = "USD")]
     pub currency: String,
+    /// `open` or `closed` (a closed account accepts no deposits).
+    #[schema(example = "open")]
     pub status: String,
+    /// The sequence number of the account's latest deposit (0: none yet).
     pub last_sequence: i64,
     pub created_at: DateTime<Utc>,
 }
@@ -78,13 +87,20 @@ pub async fn next_sequence(
     .await
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+/// A stored deposit.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct DepositRow {
     pub deposit_id: Uuid,
+    /// The id of the `DepositCompleted` event it published.
     pub event_id: Uuid,
+    #[schema(example = "ACC-0001")]
     pub account_id: String,
+    /// Per-account sequence number: 1, 2, 3, ... in the order deposits were accepted.
     pub sequence: i64,
+    /// The amount in integer minor units of the currency.
+    #[schema(example = 25000)]
     pub amount_minor: i64,
+    #[schema(example = "USD")]
     pub currency: String,
     pub created_at: DateTime<Utc>,
 }

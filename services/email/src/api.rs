@@ -7,11 +7,14 @@ use crate::error::ApiError;
 use crate::store::{self, EmailDetail, EmailStatus, EmailSummary};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use eventbank_events::AccountId;
+use eventbank_runtime::http::Problem;
 use serde::Deserialize;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// Rows returned by the list at most; the API is for looking, not for export.
@@ -22,12 +25,32 @@ pub struct AppState {
     pub pool: PgPool,
 }
 
-/// The service's own routes, state applied. `run` adds the ops routes and the fallback.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/emails", get(list_emails))
-        .route("/emails/{event_id}", get(get_email))
+const TAG: &str = "emails";
+
+/// The spec's header; the paths come from the routes registered in [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eventbank email",
+        description = "Confirmation emails rendered from DepositCompleted events: read-only views \
+                       for support staff and tests. Errors are RFC 9457 problems."
+    ),
+    tags((name = TAG, description = "The confirmation emails and their delivery state"))
+)]
+pub struct ApiDoc;
+
+/// The service's own routes with their OpenAPI paths, state applied. `run` adds the ops routes,
+/// the docs and the fallback ([`eventbank_runtime::http::service_router`]).
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_emails))
+        .routes(routes!(get_email))
         .with_state(state)
+}
+
+/// [`router`] without the spec.
+pub fn app(state: AppState) -> Router {
+    router(state).split_for_parts().0
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +59,23 @@ pub struct ListParams {
     pub status: Option<String>,
 }
 
+/// The confirmation emails, newest first, at most 100.
+#[utoipa::path(
+    get,
+    path = "/emails",
+    tag = TAG,
+    params(
+        ("account_id" = Option<String>, Query, description = "Only this account's emails", example = "ACC-0001"),
+        ("status" = Option<EmailStatus>, Query, description = "Only emails in this state"),
+    ),
+    responses(
+        (status = 200, description = "Newest first, at most 100", body = Vec<EmailSummary>),
+        (status = 400, description = "A malformed query, account id or status", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "The query could not be answered", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+)]
 async fn list_emails(
     State(state): State<AppState>,
     // Taken as a Result so that a malformed query string becomes a problem response, not
@@ -76,6 +116,22 @@ async fn list_emails(
     Ok(Json(rows))
 }
 
+/// One email, with its text and HTML bodies.
+#[utoipa::path(
+    get,
+    path = "/emails/{event_id}",
+    tag = TAG,
+    params(("event_id" = Uuid, Path, description = "The DepositCompleted event the email confirms")),
+    responses(
+        (status = 200, description = "The email", body = EmailDetail),
+        (status = 400, description = "The id is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No email for that event", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "The query could not be answered", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+)]
 async fn get_email(
     State(state): State<AppState>,
     // A String, parsed here, and the rejection taken as a Result, so that an invalid id is a

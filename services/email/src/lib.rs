@@ -121,7 +121,7 @@ pub async fn run(
         config: config.common,
         pool: pool.clone(),
         handler: Arc::new(EmailHandler::new(metrics, wake)),
-        api: app(AppState { pool }),
+        api: api::router(AppState { pool }),
         registry,
     }
     .run(listener, shutdown)

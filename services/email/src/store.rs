@@ -13,7 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Where an email is in its life. Stored as text (`CHECK` in the migration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
@@ -37,16 +37,23 @@ impl EmailStatus {
 }
 
 /// One email as listed by the API.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EmailSummary {
+    /// The `DepositCompleted` event the email confirms (one email per event).
     pub event_id: Uuid,
     pub deposit_id: Uuid,
+    #[schema(example = "ACC-0001")]
     pub account_id: String,
+    /// The recipient's address.
     #[serde(rename = "to")]
+    #[schema(example = "alice@example.com")]
     pub to_address: String,
+    #[schema(example = "Deposit of 250.00 USD received")]
     pub subject: String,
     pub status: EmailStatus,
+    /// Delivery attempts made so far.
     pub attempts: i32,
+    /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -56,14 +63,18 @@ const SUMMARY_COLUMNS: &str = "event_id, deposit_id, account_id, to_address, sub
      attempts, last_error, created_at, sent_at";
 
 /// One email with everything stored about it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EmailDetail {
     #[serde(flatten)]
     #[sqlx(flatten)]
     pub summary: EmailSummary,
+    /// The deposit's per-account sequence number.
     pub sequence: i64,
+    #[schema(example = "Alice Example")]
     pub to_name: String,
+    /// The `Message-ID` header the email is sent with.
     pub message_id: String,
+    /// When the sender tries next (while `queued`).
     pub next_attempt_at: DateTime<Utc>,
     pub body_text: String,
     pub body_html: String,

@@ -9,7 +9,6 @@ use crate::accrual::{self, ExactInterest};
 use crate::store::{self, AccountSummary};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use eventbank_events::{AccountId, Currency, Money};
@@ -17,6 +16,9 @@ use eventbank_runtime::http::{ApiQuery, Problem};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The longest range of days one request may cover; longer ranges are answered with a 400 so
 /// that one request cannot make the service compute (and serialise) decades of days.
@@ -27,11 +29,32 @@ pub struct AppState {
     pub pool: PgPool,
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/interest/accounts/{account_id}", get(get_accrual))
-        .route("/interest/accounts/{account_id}/balance", get(get_balance))
+const TAG: &str = "interest";
+
+/// The spec's header; the paths come from the routes registered in [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eventbank interest",
+        description = "Daily closing balances copied from DepositCompleted events and the interest \
+                       accrued on them (Actual/365, half-even). Errors are RFC 9457 problems."
+    ),
+    tags((name = TAG, description = "Daily balances and accrued interest per account"))
+)]
+pub struct ApiDoc;
+
+/// The service's own routes with their OpenAPI paths, state applied. `run` adds the ops routes,
+/// the docs and the fallback ([`eventbank_runtime::http::service_router`]).
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(get_accrual))
+        .routes(routes!(get_balance))
         .with_state(state)
+}
+
+/// [`router`] without the spec.
+pub fn app(state: AppState) -> Router {
+    router(state).split_for_parts().0
 }
 
 fn internal(e: impl Into<anyhow::Error>) -> Problem {
@@ -75,16 +98,38 @@ fn decimal(minor: i128, currency: &str) -> Option<String> {
     Some(Money { minor, currency }.to_decimal_string())
 }
 
-#[derive(Serialize)]
+/// The current balance as the interest service knows it.
+#[derive(Serialize, ToSchema)]
 struct BalanceBody {
+    #[schema(example = "ACC-0001")]
     account_id: String,
+    #[schema(example = "USD")]
     currency: String,
+    #[schema(example = 26000)]
     balance_minor: i64,
+    /// Decimal string in the currency's precision (absent if the currency is unknown here).
+    #[schema(example = "260.00")]
     balance: Option<String>,
     /// The business day of the latest closing balance; the balance holds from then on.
     as_of_day: NaiveDate,
 }
 
+/// The current balance: the latest daily closing balance.
+#[utoipa::path(
+    get,
+    path = "/interest/accounts/{account_id}/balance",
+    tag = TAG,
+    params(("account_id" = String, Path, description = "The account", example = "ACC-0001")),
+    responses(
+        (status = 200, description = "The latest closing balance", body = BalanceBody),
+        (status = 400, description = "Not an account id", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No deposit of this account has reached the service", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "The query could not be answered", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+)]
 async fn get_balance(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -100,19 +145,24 @@ async fn get_balance(
     }))
 }
 
-#[derive(Serialize)]
+/// One business day.
+#[derive(Serialize, ToSchema)]
 struct DayBody {
     day: NaiveDate,
     closing_balance_minor: i64,
     /// Annual rate in percent, exact decimal string ("2.50").
+    #[schema(example = "2.50")]
     rate: String,
     /// The day's interest in millionths of a minor unit, rounded half-even.
     accrued_micro: i64,
 }
 
-#[derive(Serialize)]
+/// Daily balances, rates and accrued interest over a range of days, and the totals.
+#[derive(Serialize, ToSchema)]
 struct AccrualBody {
+    #[schema(example = "ACC-0001")]
     account_id: String,
+    #[schema(example = "USD")]
     currency: String,
     /// The range actually reported: the request's, clipped to the account's first business day
     /// and to today (UTC); absent when nothing of the range is reported.
@@ -121,7 +171,9 @@ struct AccrualBody {
     /// The last day whose accrual is stored; later days are projected from the latest closing
     /// balance and current rates with the same engine, and stored by the accrual job later.
     accrued_through: Option<NaiveDate>,
+    #[schema(example = "Actual/365")]
     day_count: &'static str,
+    #[schema(example = "half-even")]
     rounding: &'static str,
     days: Vec<DayBody>,
     /// Exact sum of the days, rounded half-even once (not the sum of the rounded days).
@@ -131,6 +183,29 @@ struct AccrualBody {
     total_accrued: Option<String>,
 }
 
+/// The daily closing balances, rates and accrued interest of each day in a range, and the
+/// totals. Days after the stored accruals are projected with the same engine.
+#[utoipa::path(
+    get,
+    path = "/interest/accounts/{account_id}",
+    tag = TAG,
+    params(
+        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        ("from" = Option<NaiveDate>, Query,
+            description = "First day (default: the account's first business day)", example = "2026-11-01"),
+        ("to" = Option<NaiveDate>, Query, description = "Last day (default and at most: today, UTC)",
+            example = "2026-11-30"),
+    ),
+    responses(
+        (status = 200, description = "The days of the range and the totals", body = AccrualBody),
+        (status = 400, description = "A malformed account id or date, from after to, or a range over 3660 days",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No deposit of this account has reached the service", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "The query could not be answered", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+)]
 async fn get_accrual(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -72,7 +72,7 @@ pub async fn run(
         interval: config.eod_interval,
     };
     shutdown.spawn(end_of_day.run(shutdown.clone()));
-    let api = app(AppState { pool: pool.clone() });
+    let api = api::router(AppState { pool: pool.clone() });
     ConsumerService {
         config: config.common,
         pool,

@@ -1,19 +1,29 @@
 //! HTTP pieces every service shares: health and metrics routes, RFC 9457 problem responses, a
-//! JSON extractor whose rejections are problems too, and serving with graceful shutdown.
+//! JSON extractor whose rejections are problems too, the OpenAPI document and Swagger UI
+//! (`/openapi.json`, `/docs`), and serving with graceful shutdown.
+//!
+//! Every route is registered through [`OpenApiRouter`] with `utoipa_axum::routes!`, so a route
+//! cannot exist without its `#[utoipa::path]` in the spec; [`service_router`] assembles a
+//! service's routes, the ops routes and the docs into the one router it serves.
 
 use crate::Shutdown;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
+use std::borrow::Cow;
 use std::sync::Arc;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{KnownFormat, OpenApi, RefOr};
+use utoipa::{OpenApi as _, PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -96,6 +106,57 @@ impl Problem {
             body.insert(k.clone(), v.clone());
         }
         Value::Object(body)
+    }
+}
+
+/// The `Problem` schema of every spec: the four standard members, and whatever extensions the
+/// problem carries (`errors`, `account_id`, `current_sequence`, ...).
+impl PartialSchema for Problem {
+    fn schema() -> RefOr<Schema> {
+        let string = |description: &str, example: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+                .examples([example])
+        };
+        ObjectBuilder::new()
+            .description(Some(
+                "An RFC 9457 problem (media type application/problem+json). Members beside the \
+                 four standard ones are extensions that say more about this kind of problem.",
+            ))
+            .property(
+                "type",
+                string(
+                    "A URN naming the kind of problem",
+                    "urn:eventbank:problem:not-found",
+                )
+                .format(Some(SchemaFormat::Custom("uri".into()))),
+            )
+            .required("type")
+            .property("title", string("Short summary of the kind", "Not found"))
+            .required("title")
+            .property(
+                "status",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+                    .description(Some("The HTTP status code"))
+                    .examples([404]),
+            )
+            .required("status")
+            .property(
+                "detail",
+                string("What happened in this occurrence", "no account ACC-9999"),
+            )
+            .required("detail")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
+            .into()
+    }
+}
+
+impl ToSchema for Problem {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Problem")
     }
 }
 
@@ -221,20 +282,68 @@ pub struct OpsState {
 
 /// `/healthz` (the process answers), `/readyz` (database and broker reachable), `/metrics`.
 pub fn ops_router(state: OpsState) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    ops_api(state).split_for_parts().0
+}
+
+/// The ops routes with their OpenAPI paths; [`service_router`] merges them into every spec.
+pub fn ops_api(state: OpsState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(OpsDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .with_state(state)
 }
 
+/// The tag of the ops routes in every spec.
+pub const OPS_TAG: &str = "ops";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(tags((
+    name = OPS_TAG,
+    description = "Liveness, readiness and Prometheus metrics: the same on every service"
+)))]
+struct OpsDoc;
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = OPS_TAG,
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// What `/readyz` found. Members in alphabetical order: the JSON is the same as it always was.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// The broker connection works.
+    broker: bool,
+    /// A database query answered.
+    database: bool,
+}
+
+/// Readiness: the database answers and, where the service needs it, the broker is connected.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = OPS_TAG,
+    responses(
+        (status = 200, description = "Ready to take traffic", body = Readiness),
+        (status = 503, description = "Not ready: the database, or a required broker, is unreachable", body = Readiness),
+    ),
+)]
 async fn readyz(State(state): State<OpsState>) -> Response {
     let database = crate::db::ping(&state.pool).await;
     let broker = state.broker_connected.get() == 1;
-    let body = serde_json::json!({ "database": database, "broker": broker });
+    let body = Readiness { database, broker };
     if database && (broker || !state.broker_required) {
         (StatusCode::OK, Json(body)).into_response()
     } else {
@@ -242,6 +351,18 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = OPS_TAG,
+    responses(
+        (status = 200, description = "Every metric of the service", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 500, description = "The metrics could not be encoded", body = Problem,
+            content_type = PROBLEM_CONTENT_TYPE),
+    ),
+)]
 async fn metrics(State(state): State<OpsState>) -> Response {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
@@ -257,9 +378,35 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
+/// Where the spec and Swagger UI are served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const DOCS_PATH: &str = "/docs";
+
+/// `/openapi.json` (the spec) and Swagger UI at `/docs`. Swagger UI's files are compiled into
+/// the binary (utoipa-swagger-ui's `vendored` feature): nothing is fetched at build or run time.
+pub fn docs_router(openapi: OpenApi) -> Router {
+    utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH)
+        .url(OPENAPI_PATH, openapi)
+        .into()
+}
+
+/// A service's whole HTTP surface: its own routes, the ops routes and the docs, with the
+/// fallback problem for unknown routes. Also returns the spec (what `/openapi.json` serves), so
+/// tests can compare it with the routes.
+pub fn service_router(api: OpenApiRouter, ops: OpsState) -> (Router, OpenApi) {
+    let (router, openapi) = api.merge(ops_api(ops)).split_for_parts();
+    let router = router
+        .merge(docs_router(openapi.clone()))
+        .fallback(not_found_fallback);
+    (router, openapi)
+}
+
+/// The `detail` of the fallback's 404 (a route that exists answers its own 404s otherwise).
+pub const NO_SUCH_ROUTE: &str = "no such route";
+
 /// Fallback for unknown routes: a problem, not an empty 404.
 pub async fn not_found_fallback() -> Problem {
-    Problem::not_found("no such route")
+    Problem::not_found(NO_SUCH_ROUTE)
 }
 
 /// Serves `router` until shutdown, then stops every other loop, drains them (up to

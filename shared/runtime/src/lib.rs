@@ -7,7 +7,8 @@
 //! - [`amqp`]: connection, topology (DESIGN §4) and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, serving.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
+//!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
 
 pub mod amqp;

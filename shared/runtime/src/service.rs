@@ -6,17 +6,18 @@ use crate::config::CommonConfig;
 use crate::consumer::{Consumer, Handler};
 use crate::http::{self, OpsState};
 use crate::metrics::{self, ConsumerMetrics};
-use axum::Router;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
 pub struct ConsumerService<H> {
     pub config: CommonConfig,
     pub pool: PgPool,
     pub handler: Arc<H>,
-    /// The service's own routes (state already applied).
-    pub api: Router,
+    /// The service's own routes (state already applied), each with its OpenAPI path: served
+    /// with the ops routes, `/openapi.json` and `/docs` (see [`http::service_router`]).
+    pub api: OpenApiRouter,
     /// The registry from [`metrics::new_registry`], with the service's own metrics registered.
     pub registry: Registry,
 }
@@ -46,7 +47,7 @@ impl<H: Handler> ConsumerService<H> {
             broker_connected,
         };
         shutdown.spawn(consumer.run(shutdown.clone()));
-        let router = self.api.merge(http::ops_router(ops));
+        let (router, _) = http::service_router(self.api, ops);
         http::serve_then_drain(
             listener,
             router,

@@ -5,6 +5,7 @@
 
 mod concurrency;
 mod gaps;
+mod openapi;
 mod ordering;
 mod point_in_time;
 mod properties;

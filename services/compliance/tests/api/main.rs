@@ -7,4 +7,5 @@ mod alerts;
 mod audit;
 mod helpers;
 mod http;
+mod openapi;
 mod reorder;

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deposits;
+mod openapi;
 
 use deposit::{Config, DepositMetrics, api};
 use eventbank_runtime::testing::TestDatabase;

@@ -10,6 +10,7 @@ mod api;
 mod claims;
 mod handler;
 mod helpers;
+mod openapi;
 mod render;
 mod sender_file;
 mod sender_smtp;

@@ -9,4 +9,5 @@ mod cases;
 mod eod;
 mod helpers;
 mod http;
+mod openapi;
 mod reorder;
