@@ -383,10 +383,15 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 pub const DOCS_PATH: &str = "/docs";
 
 /// `/openapi.json` (the spec) and Swagger UI at `/docs`. Swagger UI's files are compiled into
-/// the binary (utoipa-swagger-ui's `vendored` feature): nothing is fetched at build or run time.
+/// the binary (utoipa-swagger-ui's `vendored` feature): nothing is fetched at build or run time,
+/// and the page's validator badge (which would ask validator.swagger.io) is off.
 pub fn docs_router(openapi: OpenApi) -> Router {
+    let config = utoipa_swagger_ui::Config::default()
+        .validator_url("none")
+        .persist_authorization(true);
     utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH)
         .url(OPENAPI_PATH, openapi)
+        .config(config)
         .into()
 }
 
