@@ -370,6 +370,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     post,
     path = "/deposits",
     tag = DEPOSITS_TAG,
+    summary = "Accepts a deposit",
+    description = "Validates it, then in one transaction takes the account's next sequence number and \
+                   stores the deposit, its outbox row (published as DepositCompleted) and the \
+                   Idempotency-Key's response: nothing is half-written.",
     security(("api_key" = [])),
     params(
         ("Idempotency-Key" = Option<String>, Header,
