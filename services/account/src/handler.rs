@@ -34,12 +34,16 @@ pub const DEFAULT_SNAPSHOT_EVERY: i64 = 50;
 pub struct AccountHandler {
     /// A snapshot is written whenever a stream's version crosses a multiple of this.
     pub snapshot_every: i64,
+    /// Milliseconds from an event's creation at the producer to its commit here (the newest
+    /// event of the last batch): how far the read model trails the writes.
+    pub projection_lag_ms: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for AccountHandler {
     fn default() -> Self {
         Self {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            projection_lag_ms: Default::default(),
         }
     }
 }
@@ -48,6 +52,7 @@ impl AccountHandler {
     pub fn new(snapshot_every: i64) -> Self {
         Self {
             snapshot_every: snapshot_every.max(1),
+            projection_lag_ms: Default::default(),
         }
     }
 }
@@ -60,6 +65,15 @@ impl Handler for AccountHandler {
     ) -> Result<(), HandlerError> {
         let deposits: Vec<Deposit> = events.iter().map(Deposit::from_event).collect();
         apply_batch(tx, &deposits, self.snapshot_every).await
+    }
+
+    fn committed(&self, events: &[DepositCompleted]) {
+        if let Some(newest) = events.iter().map(|e| e.time).max() {
+            let lag = chrono::Utc::now()
+                .signed_duration_since(newest)
+                .num_milliseconds();
+            self.projection_lag_ms.set(lag.max(0));
+        }
     }
 }
 

@@ -81,10 +81,16 @@ pub async fn run(
         stop: shutdown.token(),
     });
     if config.consume {
+        let handler = handler::AccountHandler::new(config.snapshot_every);
+        registry.register(
+            "projection_lag_milliseconds",
+            "From a deposit's creation at the producer to its commit in the account projections (newest event of the last batch)",
+            handler.projection_lag_ms.clone(),
+        );
         return ConsumerService {
             config: config.common,
             pool,
-            handler: Arc::new(handler::AccountHandler::new(config.snapshot_every)),
+            handler: Arc::new(handler),
             api,
             registry,
         }

@@ -147,6 +147,30 @@ async fn health_readiness_and_metrics_answer_on_every_service() {
             metrics.contains(&format!("eventbank_{svc}_broker_connected 1")),
             "{svc}: {metrics}"
         );
+        let own: &[&str] = match svc {
+            Svc::Deposit => &[
+                "outbox_backlog",
+                "outbox_oldest_unpublished_age_seconds",
+                "relay_leader",
+            ],
+            Svc::Account => &[
+                "projection_lag_milliseconds",
+                "sequence_gaps_open",
+                "messages_consumed_total",
+            ],
+            _ => &[
+                "messages_consumed_total",
+                "duplicates_skipped_total",
+                "dead_lettered_total",
+                "handler_batch_seconds_bucket",
+            ],
+        };
+        for name in own {
+            assert!(
+                metrics.contains(&format!("eventbank_{svc}_{name}")),
+                "{svc} lacks {name}"
+            );
+        }
         let missing = get_json(&handle.url("/no-such-route")).await.unwrap();
         assert_eq!(missing.status, 404);
         assert_eq!(missing.content_type, "application/problem+json");
