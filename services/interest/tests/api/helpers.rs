@@ -141,20 +141,7 @@ impl TestApp {
     }
 }
 
-/// A deterministic shuffle (Fisher-Yates driven by a 64-bit LCG), so a failing order can be
-/// reproduced from its seed.
-pub fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
-    let mut out = items.to_vec();
-    let mut state = seed;
-    for i in (1..out.len()).rev() {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let j = usize::try_from(state >> 33).unwrap() % (i + 1);
-        out.swap(i, j);
-    }
-    out
-}
+pub use eventbank_runtime::testing::shuffled;
 
 /// Everything the interest service keeps, without the columns that only say when a row was
 /// written: accounts, deposits, closing balances, accruals.
