@@ -3,9 +3,24 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, release it).
+///
+/// The port is free when chosen but nothing holds it until the service binds it, so the kernel
+/// may hand the same port out again in between (seen: two services of one world given one
+/// port). Every port handed out by this process is remembered and never handed out twice.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .map_err(|_| anyhow!("port registry poisoned"))?;
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(anyhow!("no unused free port found"))
 }
 
 /// The directory holding the service binaries: `EVENTBANK_BIN_DIR` if set, else the profile
