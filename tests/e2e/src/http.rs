@@ -153,3 +153,97 @@ async fn read(response: reqwest::Response) -> Result<JsonResponse> {
         text,
     })
 }
+
+/// `POST url` over a plain TCP connection, reading the answer while the body is still being
+/// written. A server that refuses an oversized body answers 413 after reading only the head and
+/// then closes; an HTTP client that treats the resulting broken pipe on its body write as the
+/// outcome (as hyper's does) loses that answer now and then. This helper keeps reading, so the test
+/// asserts what the server said rather than how fast the kernel noticed the close.
+/// `headers` are sent as given (plus `Host`, `Content-Length` and `Connection: close`).
+pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<JsonResponse> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("parsing {url}"))?;
+    let host = parsed.host_str().context("url without host")?.to_owned();
+    let port = parsed.port_or_known_default().context("url without port")?;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        parsed.path(),
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    writer.write_all(head.as_bytes()).await.context("writing the request head")?;
+    // The body write may fail once the server has answered and closed: that is expected here.
+    // No half-close after it: hyper's server drops a connection whose reader sees EOF before the
+    // answer is written.
+    let write = tokio::spawn(async move {
+        let _ = writer.write_all(&body).await;
+        writer
+    });
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                // A reset after the answer arrived still leaves the answer in `raw`.
+                Err(_) if !raw.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    write.abort();
+    read.with_context(|| format!("no answer to POST {url} within {REQUEST_TIMEOUT:?}"))?
+        .with_context(|| format!("reading the answer to POST {url}"))?;
+    parse_raw_response(&raw).with_context(|| format!("the answer to POST {url}"))
+}
+
+/// Parses an HTTP/1.1 answer read whole from a `Connection: close` exchange.
+fn parse_raw_response(raw: &[u8]) -> Result<JsonResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no complete response head in {} bytes: {text:?}", raw.len()))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(value.trim()),
+            )
+        {
+            headers.append(name, value);
+        }
+    }
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = body.to_owned();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+    Ok(JsonResponse {
+        status,
+        body,
+        content_type,
+        headers,
+        text,
+    })
+}

@@ -32,7 +32,9 @@ pub use amqp::{
     FetchedMessage, get_message, header_str, headers, publish_event, publish_raw, publish_to_queue,
     publish_with, queue_exists, queue_message_count,
 };
-pub use http::{API_KEY, JsonResponse, get_json, get_text, http_client, post_json, request_json};
+pub use http::{
+    API_KEY, JsonResponse, get_json, get_text, http_client, post_json, post_raw, request_json,
+};
 pub use poll::{POLL_INTERVAL, eventually};
 pub use proxy::TcpProxy;
 pub use service::{CliOutput, ServiceHandle};

@@ -32,7 +32,7 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
     let app = TestApp::spawn().await;
     let big = format!(
         "{{\"account_id\":\"ACC-0001\",\"amount\":\"1.00\",\"currency\":\"USD\",\"pad\":\"{}\"}}",
-        "x".repeat(64 * 1024)
+        "x".repeat(20 * 1024)
     );
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("malformed JSON", "{\"account_id\": ".into(), 400, "malformed-json"),
