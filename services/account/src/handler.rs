@@ -19,6 +19,7 @@
 //! last line: an append at a version someone else wrote fails the transaction (a conflict), and
 //! the runtime retries the events, which then read the other writer's result.
 
+use crate::cache::StateCache;
 use crate::domain::{self, AccountEvent, AccountState, Decision, Deposit, Rejection};
 use crate::projection::{self, BalanceRow, TxnRow};
 use crate::store::{self, NewEvent, StoreError};
@@ -34,6 +35,8 @@ pub const DEFAULT_SNAPSHOT_EVERY: i64 = 50;
 pub struct AccountHandler {
     /// A snapshot is written whenever a stream's version crosses a multiple of this.
     pub snapshot_every: i64,
+    /// The latest states this process saw, shared by its partitions (see [`StateCache`]).
+    pub cache: StateCache,
     /// Milliseconds from an event's creation at the producer to its commit here (the newest
     /// event of the last batch): how far the read model trails the writes.
     pub projection_lag_ms: prometheus_client::metrics::gauge::Gauge,
@@ -43,6 +46,7 @@ impl Default for AccountHandler {
     fn default() -> Self {
         Self {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            cache: StateCache::default(),
             projection_lag_ms: Default::default(),
         }
     }
@@ -52,6 +56,7 @@ impl AccountHandler {
     pub fn new(snapshot_every: i64) -> Self {
         Self {
             snapshot_every: snapshot_every.max(1),
+            cache: StateCache::default(),
             projection_lag_ms: Default::default(),
         }
     }
@@ -64,7 +69,7 @@ impl Handler for AccountHandler {
         events: &[DepositCompleted],
     ) -> Result<(), HandlerError> {
         let deposits: Vec<Deposit> = events.iter().map(Deposit::from_event).collect();
-        apply_batch(tx, &deposits, self.snapshot_every).await
+        apply_batch(tx, &deposits, self.snapshot_every, &self.cache).await
     }
 
     fn committed(&self, events: &[DepositCompleted]) {
@@ -90,15 +95,36 @@ pub async fn apply_batch(
     tx: &mut PgConnection,
     deposits: &[Deposit],
     snapshot_every: i64,
+    cache: &StateCache,
 ) -> Result<(), HandlerError> {
     let mut accounts: Vec<String> = deposits.iter().map(|d| d.account_id.clone()).collect();
     accounts.sort();
     accounts.dedup();
     store::lock_accounts(tx, &accounts).await?;
-    let loaded = store::load_streams(tx, &accounts)
-        .await
-        .map_err(store_error)?;
-    let states = loaded.into_iter().map(|(a, l)| (a, l.state)).collect();
+    // Streams whose newest event this process cached are not read again; the rest are loaded
+    // (snapshot + tail) and cached at the head they were read at.
+    let (heads, txid) = store::stream_heads(tx, &accounts).await?;
+    let mut states: HashMap<String, AccountState> = HashMap::with_capacity(accounts.len());
+    let mut misses = Vec::new();
+    for account_id in &accounts {
+        match heads.get(account_id).and_then(|h| cache.get(account_id, *h)) {
+            Some(state) => {
+                states.insert(account_id.clone(), state);
+            }
+            None => misses.push(account_id.clone()),
+        }
+    }
+    if !misses.is_empty() {
+        let loaded = store::load_streams(tx, &misses)
+            .await
+            .map_err(store_error)?;
+        for (account_id, l) in loaded {
+            if let Some(head) = heads.get(&account_id).filter(|h| h.version == l.state.version) {
+                cache.put(head.txid, [(account_id.as_str(), &l.state)]);
+            }
+            states.insert(account_id, l.state);
+        }
+    }
     let parked = store::load_parked(tx, &accounts).await?;
     let plan = plan(states, parked, deposits).map_err(|unplannable| {
         let (d, rejection) = *unplannable;
@@ -138,6 +164,14 @@ pub async fn apply_batch(
         store::write_snapshots(tx, &snapshots)
             .await
             .map_err(store_error)?;
+        // This transaction appended these versions: entries tagged with its id match only if
+        // it commits.
+        cache.put(
+            txid,
+            plan.changed
+                .iter()
+                .map(|c| (c.account_id.as_str(), &c.state)),
+        );
     }
     let to_park: Vec<&Deposit> = plan.park.iter().collect();
     store::park(tx, &to_park).await?;

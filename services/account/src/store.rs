@@ -2,6 +2,7 @@
 //! loading = snapshot + tail, the gap-safe global reader), snapshots, parked events, and the
 //! read-model queries. Projection writes live in [`crate::projection`].
 
+use crate::cache::Head;
 use crate::codec::{self, CodecError};
 use crate::domain::{self, AccountEvent, AccountState, Deposit};
 use chrono::{DateTime, Utc};
@@ -142,6 +143,42 @@ pub struct Loaded {
     pub snapshot_version: i64,
     /// Events replayed on top of the snapshot.
     pub replayed: i64,
+}
+
+/// The newest event of each stream (absent: the stream does not exist yet) and the current
+/// transaction's id, to check [`crate::cache::StateCache`] entries against. One index probe
+/// per account. Run it after [`lock_accounts`], in its own statement, so that it sees what the
+/// lock's previous holder committed.
+pub async fn stream_heads(
+    conn: &mut PgConnection,
+    account_ids: &[String],
+) -> sqlx::Result<(HashMap<String, Head>, i64)> {
+    let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT f.a, h.version, h.txid::text::bigint, pg_current_xact_id()::text::bigint
+           FROM unnest($1::text[]) AS f(a)
+           LEFT JOIN LATERAL (SELECT version, txid FROM events
+                               WHERE account_id = f.a ORDER BY version DESC LIMIT 1) h ON true",
+    )
+    .bind(account_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut current = None;
+    let mut heads = HashMap::with_capacity(rows.len());
+    for (account_id, version, txid, now) in rows {
+        current = Some(now);
+        if let (Some(version), Some(txid)) = (version, txid) {
+            heads.insert(account_id, Head { version, txid });
+        }
+    }
+    let current = match current {
+        Some(txid) => txid,
+        None => {
+            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    Ok((heads, current))
 }
 
 /// Loads many streams at once (latest usable snapshot + tail), in three statements whatever

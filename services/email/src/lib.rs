@@ -73,8 +73,12 @@ impl Config {
             max_attempts: env_parse("EMAIL_MAX_ATTEMPTS", 20)?,
             retry_base: Duration::from_millis(env_parse("EMAIL_RETRY_BASE_MS", 1_000)?),
             retry_cap: Duration::from_secs(env_parse("EMAIL_RETRY_CAP_SECS", 300)?),
+            concurrency: env_parse("EMAIL_SEND_CONCURRENCY", SenderSettings::default().concurrency)?,
             ..SenderSettings::default()
         };
+        if sender.concurrency == 0 || sender.concurrency > 256 {
+            bail!("EMAIL_SEND_CONCURRENCY must be between 1 and 256");
+        }
         if sender.max_attempts == 0 {
             bail!("EMAIL_MAX_ATTEMPTS must be at least 1");
         }

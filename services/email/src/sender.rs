@@ -14,6 +14,8 @@
 use crate::metrics::EmailMetrics;
 use crate::store::{self, EmailStatus, Outgoing};
 use crate::transport::{DeliveryError, Mailer, build_message};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use eventbank_runtime::Shutdown;
 use eventbank_runtime::consumer::Backoff;
 use lettre::message::Mailbox;
@@ -28,6 +30,11 @@ use tracing::Instrument as _;
 pub struct SenderSettings {
     /// Emails claimed per round.
     pub batch_size: i64,
+    /// Deliveries under way at once (`EMAIL_SEND_CONCURRENCY`). Each records its own outcome
+    /// as soon as it is known, so concurrency does not widen the resend window after a crash.
+    /// One at a time, a file or SMTP delivery (a flush to disk, or a few round trips) is slower
+    /// than deposits arrive: the benchmark measured about 50 emails/s with 1.
+    pub concurrency: usize,
     /// Attempts before an email is marked failed (`EMAIL_MAX_ATTEMPTS`).
     pub max_attempts: u32,
     /// How often the sender looks for due retries when nothing wakes it.
@@ -46,7 +53,8 @@ pub struct SenderSettings {
 impl Default for SenderSettings {
     fn default() -> Self {
         Self {
-            batch_size: 20,
+            batch_size: 40,
+            concurrency: 8,
             max_attempts: 20,
             poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_secs(1),
@@ -73,6 +81,9 @@ impl SenderSettings {
     }
 }
 
+/// How often the sender refreshes the queue-depth gauge at most.
+const DEPTH_REFRESH: Duration = Duration::from_secs(1);
+
 pub struct Sender {
     pub pool: PgPool,
     pub mailer: Mailer,
@@ -90,6 +101,7 @@ impl Sender {
     pub async fn run(self, shutdown: Shutdown) {
         tracing::info!(transport = ?self.mailer, "email sender started");
         let mut backoff = Backoff::new();
+        let mut last_depth = None;
         while !shutdown.is_triggered() {
             let full_batch = match self.send_due(&shutdown).await {
                 Ok(claimed) => {
@@ -106,7 +118,12 @@ impl Sender {
                     continue;
                 }
             };
-            self.refresh_queue_depth().await;
+            // The gauge costs a count over the queue: at most once a second, not every round,
+            // so a long queue (an SMTP outage) does not make every round pay for it.
+            if last_depth.is_none_or(|at: tokio::time::Instant| at.elapsed() >= DEPTH_REFRESH) {
+                self.refresh_queue_depth().await;
+                last_depth = Some(tokio::time::Instant::now());
+            }
             // A full batch means more may be due already: go again without waiting.
             if full_batch {
                 continue;
@@ -120,34 +137,56 @@ impl Sender {
         tracing::info!("email sender stopped");
     }
 
-    /// One round: claims due emails, delivers them, records each outcome. Returns how many
-    /// were claimed. Hands the unattempted rest back early on shutdown, and when half the lease
-    /// has gone (slow or hanging sends): the claim must never expire while this sender still
-    /// works through it, or another replica would send the same emails.
+    /// One round: claims due emails, delivers them (up to `concurrency` at a time), records
+    /// each outcome as soon as it is known. Returns how many were claimed. Hands the unstarted
+    /// rest back early on shutdown, and when half the lease has gone (slow or hanging sends):
+    /// the claim must never expire while this sender still works through it, or another
+    /// replica would send the same emails.
     pub async fn send_due(&self, shutdown: &Shutdown) -> anyhow::Result<usize> {
         let claimed = {
             let mut conn = self.pool.acquire().await?;
             store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
         };
         let stop_by = tokio::time::Instant::now() + self.settings.lease / 2;
-        for (i, email) in claimed.iter().enumerate() {
-            if shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by {
-                self.release(&claimed[i..]).await?;
-                break;
+        let concurrency = self.settings.concurrency.max(1);
+        let mut queue = claimed.iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut unstarted: Vec<&Outgoing> = Vec::new();
+        let mut failure = None;
+        loop {
+            // Start sends while there is room, unless a stop condition says hand the rest back.
+            while in_flight.len() < concurrency && unstarted.is_empty() && failure.is_none() {
+                let Some(email) = queue.next() else { break };
+                if shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by {
+                    unstarted.push(email);
+                    unstarted.extend(queue.by_ref());
+                    break;
+                }
+                let span = tracing::info_span!("send_email", event_id = %email.event_id);
+                in_flight.push(self.send_one(email).instrument(span));
             }
-            let span = tracing::info_span!("send_email", event_id = %email.event_id);
-            if let Err(e) = self.send_one(email).instrument(span).await {
-                // Most likely the database is away and this fails too; then the lease brings
-                // the rest back later.
-                let _ = self.release(&claimed[i + 1..]).await;
-                return Err(e);
+            match in_flight.next().await {
+                None => break,
+                Some(Ok(())) => {}
+                // Most likely the database is away: stop starting sends, let the ones under
+                // way finish, and hand the rest back (if that fails too, the lease does it).
+                Some(Err(e)) => {
+                    if failure.is_none() {
+                        unstarted.extend(queue.by_ref());
+                        failure = Some(e);
+                    }
+                }
             }
         }
-        Ok(claimed.len())
+        let released = self.release(&unstarted).await;
+        match failure {
+            Some(e) => Err(e),
+            None => released.map(|()| claimed.len()),
+        }
     }
 
     /// Makes claimed, unattempted emails due again at once instead of when the lease ends.
-    async fn release(&self, emails: &[Outgoing]) -> anyhow::Result<()> {
+    async fn release(&self, emails: &[&Outgoing]) -> anyhow::Result<()> {
         if emails.is_empty() {
             return Ok(());
         }

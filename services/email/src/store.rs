@@ -149,11 +149,12 @@ pub async fn insert_queued(
     Ok(done.rows_affected())
 }
 
-/// Claims up to `limit` due emails, oldest first, for `lease`: their `next_attempt_at` moves
+/// Claims up to `limit` due emails, longest due first, for `lease`: their `next_attempt_at` moves
 /// to `now() + lease`, so no other sender picks them up meanwhile, and a sender that dies
 /// mid-send hands them back when the lease runs out. `SKIP LOCKED` lets replicas claim
 /// disjoint batches without waiting for each other. The claim commits at once, so no
-/// transaction stays open across network I/O.
+/// transaction stays open across network I/O. The order is that of the partial index
+/// `emails_queued_due`, so a claim reads only the rows it takes (migration 0002).
 pub async fn claim_due(
     conn: &mut PgConnection,
     limit: i64,
@@ -164,7 +165,7 @@ pub async fn claim_due(
             SET next_attempt_at = now() + $2::bigint * interval '1 millisecond'
            FROM (SELECT event_id FROM emails
                   WHERE status = 'queued' AND next_attempt_at <= now()
-                  ORDER BY created_at, event_id
+                  ORDER BY next_attempt_at, event_id
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED) due
           WHERE e.event_id = due.event_id
@@ -245,7 +246,8 @@ pub async fn release(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Resul
     Ok(())
 }
 
-/// Emails waiting to be delivered (due or not), for the queue-depth gauge.
+/// Emails waiting to be delivered (due or not), for the queue-depth gauge: a count over the
+/// partial index, which holds exactly the queued rows.
 pub async fn queued_count(conn: &mut PgConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'queued'")
         .fetch_one(conn)

@@ -316,16 +316,23 @@ struct Progress {
     published: f64,
     /// Per consumer, in `Svc::CONSUMERS` order.
     consumed: [f64; 4],
+    /// Confirmation emails the email service's sender has delivered: the last step of a
+    /// deposit, after the email consumer's commit queued it.
+    emails_sent: f64,
 }
 
 impl Progress {
+    /// What every consumer has committed and, for email, also sent.
     fn min_consumed(&self) -> f64 {
-        self.consumed.iter().copied().fold(f64::INFINITY, f64::min)
+        self.consumed
+            .iter()
+            .copied()
+            .fold(self.emails_sent, f64::min)
     }
     fn outbox_backlog(&self) -> f64 {
         (self.accepted - self.published).max(0.0)
     }
-    /// Accepted but not yet committed by every consumer.
+    /// Accepted but not yet committed by every consumer (and its email not yet sent).
     fn pipeline_lag(&self) -> f64 {
         (self.accepted - self.min_consumed()).max(0.0)
     }
@@ -360,12 +367,20 @@ impl Readers {
             accepted: d[0],
             published: d[1],
             consumed: [0.0; 4],
+            emails_sent: 0.0,
         };
-        for (i, reader) in self.consumers.iter_mut().enumerate() {
+        for ((i, reader), svc) in self.consumers.iter_mut().enumerate().zip(Svc::CONSUMERS) {
             let c = reader
-                .read(&["_messages_consumed_total", "_duplicates_skipped_total"])
+                .read(&[
+                    "_messages_consumed_total",
+                    "_duplicates_skipped_total",
+                    "_emails_sent_total",
+                ])
                 .await?;
             p.consumed[i] = c[0] - c[1];
+            if svc == Svc::Email {
+                p.emails_sent = c[2];
+            }
         }
         Ok(p)
     }
@@ -485,7 +500,8 @@ async fn run_phase(
     };
     let at_end = at_end?;
 
-    // Wait until every consumer has committed every deposit of this phase.
+    // Wait until every consumer has committed every deposit of this phase, and every email of
+    // it has been sent.
     let drain_started = Instant::now();
     let spinner = bar_spinner("waiting for every consumer to commit every deposit")?;
     let target = at_start.accepted + load.accepted as f64;
@@ -493,7 +509,7 @@ async fn run_phase(
     loop {
         last = readers.read().await.unwrap_or(last);
         spinner.set_message(format!(
-            "waiting for every consumer: {:.0} of {} still in flight",
+            "waiting for every consumer and email: {:.0} of {} still in flight",
             (target - last.min_consumed()).max(0.0),
             load.accepted
         ));

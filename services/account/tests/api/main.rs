@@ -3,6 +3,7 @@
 //! in time, read-your-writes, SSE and the gap monitor.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod concurrency;
 mod gaps;
 mod openapi;
