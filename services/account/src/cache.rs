@@ -53,7 +53,11 @@ impl StateCache {
     }
 
     /// Remembers states appended by transaction `txid` (not yet committed: see the module).
-    pub fn put<'a>(&self, txid: i64, states: impl IntoIterator<Item = (&'a str, &'a AccountState)>) {
+    pub fn put<'a>(
+        &self,
+        txid: i64,
+        states: impl IntoIterator<Item = (&'a str, &'a AccountState)>,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for (account_id, state) in states {
             if entries.len() >= CAPACITY && !entries.contains_key(account_id) {
@@ -103,13 +107,46 @@ mod tests {
         let cache = StateCache::default();
         cache.put(7, [("ACC-0001", &state(3))]);
         assert_eq!(
-            cache.get("ACC-0001", Head { version: 3, txid: 7 }),
+            cache.get(
+                "ACC-0001",
+                Head {
+                    version: 3,
+                    txid: 7
+                }
+            ),
             Some(state(3))
         );
         // Someone appended since, or the same version came from another transaction.
-        assert_eq!(cache.get("ACC-0001", Head { version: 4, txid: 9 }), None);
-        assert_eq!(cache.get("ACC-0001", Head { version: 3, txid: 8 }), None);
-        assert_eq!(cache.get("ACC-0002", Head { version: 3, txid: 7 }), None);
+        assert_eq!(
+            cache.get(
+                "ACC-0001",
+                Head {
+                    version: 4,
+                    txid: 9
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            cache.get(
+                "ACC-0001",
+                Head {
+                    version: 3,
+                    txid: 8
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            cache.get(
+                "ACC-0002",
+                Head {
+                    version: 3,
+                    txid: 7
+                }
+            ),
+            None
+        );
     }
 
     #[test]

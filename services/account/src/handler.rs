@@ -107,7 +107,10 @@ pub async fn apply_batch(
     let mut states: HashMap<String, AccountState> = HashMap::with_capacity(accounts.len());
     let mut misses = Vec::new();
     for account_id in &accounts {
-        match heads.get(account_id).and_then(|h| cache.get(account_id, *h)) {
+        match heads
+            .get(account_id)
+            .and_then(|h| cache.get(account_id, *h))
+        {
             Some(state) => {
                 states.insert(account_id.clone(), state);
             }
@@ -119,7 +122,10 @@ pub async fn apply_batch(
             .await
             .map_err(store_error)?;
         for (account_id, l) in loaded {
-            if let Some(head) = heads.get(&account_id).filter(|h| h.version == l.state.version) {
+            if let Some(head) = heads
+                .get(&account_id)
+                .filter(|h| h.version == l.state.version)
+            {
                 cache.put(head.txid, [(account_id.as_str(), &l.state)]);
             }
             states.insert(account_id, l.state);

@@ -73,7 +73,10 @@ impl Config {
             max_attempts: env_parse("EMAIL_MAX_ATTEMPTS", 20)?,
             retry_base: Duration::from_millis(env_parse("EMAIL_RETRY_BASE_MS", 1_000)?),
             retry_cap: Duration::from_secs(env_parse("EMAIL_RETRY_CAP_SECS", 300)?),
-            concurrency: env_parse("EMAIL_SEND_CONCURRENCY", SenderSettings::default().concurrency)?,
+            concurrency: env_parse(
+                "EMAIL_SEND_CONCURRENCY",
+                SenderSettings::default().concurrency,
+            )?,
             ..SenderSettings::default()
         };
         if sender.concurrency == 0 || sender.concurrency > 256 {

@@ -1,11 +1,12 @@
 //! The sender: delivers queued emails, retrying failures with backoff, until shutdown.
 //!
 //! Each round claims a batch of due emails (a short transaction with `FOR UPDATE SKIP LOCKED`,
-//! see [`store::claim_due`]), delivers them one by one, and records each outcome as soon as it
-//! is known: `sent`, rescheduled with exponential backoff and jitter, or `failed` (a permanent
-//! error, or `max_attempts` reached). It wakes when the consumer commits new emails (a shared
-//! `Notify`) or on a poll timer (for retries that fall due), and on shutdown it finishes the
-//! send in progress and hands the rest of its batch back.
+//! see [`store::claim_due`]), delivers them a few at a time, and records each outcome as soon as
+//! it is known (deliveries that finished together, in one statement): `sent`, rescheduled with
+//! exponential backoff and jitter, or `failed` (a permanent error, or `max_attempts` reached).
+//! It wakes when the consumer commits new emails (a shared `Notify`) or on a poll timer (for
+//! retries that fall due), and on shutdown it finishes the sends in progress and hands the rest
+//! of its batch back.
 //!
 //! Delivery is at least once: a crash between the transport accepting a message and the row
 //! being marked `sent` sends it again when the claim's lease runs out. The retried message has
@@ -14,10 +15,10 @@
 use crate::metrics::EmailMetrics;
 use crate::store::{self, EmailStatus, Outgoing};
 use crate::transport::{DeliveryError, Mailer, build_message};
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use eventbank_runtime::Shutdown;
 use eventbank_runtime::consumer::Backoff;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lettre::message::Mailbox;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -30,8 +31,9 @@ use tracing::Instrument as _;
 pub struct SenderSettings {
     /// Emails claimed per round.
     pub batch_size: i64,
-    /// Deliveries under way at once (`EMAIL_SEND_CONCURRENCY`). Each records its own outcome
-    /// as soon as it is known, so concurrency does not widen the resend window after a crash.
+    /// Deliveries under way at once (`EMAIL_SEND_CONCURRENCY`). Each is recorded as soon as it
+    /// is known (those finished together, in one statement), so concurrency does not widen the
+    /// resend window after a crash beyond the sends under way.
     /// One at a time, a file or SMTP delivery (a flush to disk, or a few round trips) is slower
     /// than deposits arrive: the benchmark measured about 50 emails/s with 1.
     pub concurrency: usize,
@@ -165,17 +167,37 @@ impl Sender {
                 let span = tracing::info_span!("send_email", event_id = %email.event_id);
                 in_flight.push(self.send_one(email).instrument(span));
             }
-            match in_flight.next().await {
-                None => break,
-                Some(Ok(())) => {}
-                // Most likely the database is away: stop starting sends, let the ones under
-                // way finish, and hand the rest back (if that fails too, the lease does it).
-                Some(Err(e)) => {
-                    if failure.is_none() {
-                        unstarted.extend(queue.by_ref());
-                        failure = Some(e);
+            let Some(first) = in_flight.next().await else {
+                break;
+            };
+            // Every send that has finished by now is recorded with this one: deliveries are
+            // marked sent together, in one statement and one commit (a group commit), as soon
+            // as they are known, while the other sends go on.
+            let mut done = vec![first];
+            while let Some(Some(more)) = in_flight.next().now_or_never() {
+                done.push(more);
+            }
+            let mut delivered = Vec::new();
+            for result in done {
+                match result {
+                    Ok(Some(email)) => delivered.push(email),
+                    Ok(None) => {}
+                    // Most likely the database is away: stop starting sends, let the ones
+                    // under way finish, and hand the rest back (if that fails too, the lease
+                    // does it).
+                    Err(e) => {
+                        if failure.is_none() {
+                            unstarted.extend(queue.by_ref());
+                            failure = Some(e);
+                        }
                     }
                 }
+            }
+            if let Err(e) = self.record_sent(&delivered).await
+                && failure.is_none()
+            {
+                unstarted.extend(queue.by_ref());
+                failure = Some(e);
             }
         }
         let released = self.release(&unstarted).await;
@@ -196,33 +218,51 @@ impl Sender {
         Ok(())
     }
 
-    /// Delivers one claimed email and records the outcome. An error here is a database error:
-    /// the outcome could not be recorded, and the lease will bring the email back.
-    async fn send_one(&self, email: &Outgoing) -> anyhow::Result<()> {
+    /// Records deliveries in one statement. On failure the messages are out but not recorded:
+    /// the lease brings them back and they are sent again (same Message-IDs).
+    async fn record_sent(&self, delivered: &[&Outgoing]) -> anyhow::Result<()> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = delivered.iter().map(|e| e.event_id).collect();
+        let recorded = match self.pool.acquire().await {
+            Ok(mut conn) => store::mark_sent(&mut conn, &ids).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, count = ids.len(), "emails delivered but not marked sent; they will be resent");
+            return Err(e.into());
+        }
+        for email in delivered {
+            let _span = tracing::info_span!("send_email", event_id = %email.event_id).entered();
+            let attempt = email.attempts.saturating_add(1);
+            self.metrics.sent.inc();
+            tracing::info!(attempt, message_id = %email.message_id, "confirmation email sent");
+        }
+        Ok(())
+    }
+
+    /// Delivers one claimed email. Answers the email when it was delivered (the caller records
+    /// it with others, [`Self::record_sent`]); records a failure itself. An error here is a
+    /// database error: the outcome could not be recorded, and the lease brings the email back.
+    async fn send_one<'a>(&self, email: &'a Outgoing) -> anyhow::Result<Option<&'a Outgoing>> {
         let attempt = u32::try_from(email.attempts).unwrap_or(0).saturating_add(1);
         let outcome = match build_message(&self.from, email) {
             Ok(message) => self.mailer.deliver(email.event_id, &message).await,
             Err(e) => Err(e),
         };
+        let error = match outcome {
+            Ok(()) => return Ok(Some(email)),
+            Err(error) => error,
+        };
         let mut conn = self.pool.acquire().await?;
-        match outcome {
-            Ok(()) => {
-                store::mark_sent(&mut conn, email.event_id)
-                    .await
-                    .map_err(|e| {
-                        // The message is out but not recorded: it will be sent again.
-                        tracing::error!(error = %e, "email delivered but not marked sent; it will be resent");
-                        e
-                    })?;
-                self.metrics.sent.inc();
-                tracing::info!(attempt, message_id = %email.message_id, "confirmation email sent");
-            }
-            Err(DeliveryError::Permanent(reason)) => {
+        match error {
+            DeliveryError::Permanent(reason) => {
                 store::mark_failed(&mut conn, email.event_id, &reason).await?;
                 self.metrics.failed.inc();
                 tracing::error!(attempt, reason, "email cannot be delivered: marked failed");
             }
-            Err(DeliveryError::Transient(reason)) => {
+            DeliveryError::Transient(reason) => {
                 let retry_in = self.settings.retry_delay(attempt);
                 let recorded = store::mark_retry(
                     &mut conn,
@@ -248,7 +288,7 @@ impl Sender {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn refresh_queue_depth(&self) {

@@ -181,13 +181,14 @@ pub async fn claim_due(
     Ok(rows)
 }
 
-/// Records a delivery. Only a queued row changes: a row already given up stays as it is.
-pub async fn mark_sent(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Result<()> {
+/// Records deliveries, in one statement. Only a queued row changes: a row already given up
+/// stays as it is.
+pub async fn mark_sent(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE emails SET status = 'sent', sent_at = now(), attempts = attempts + 1
-          WHERE event_id = $1 AND status = 'queued'",
+          WHERE event_id = ANY($1::uuid[]) AND status = 'queued'",
     )
-    .bind(event_id)
+    .bind(event_ids)
     .execute(conn)
     .await?;
     Ok(())

@@ -179,7 +179,10 @@ pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Res
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    writer.write_all(head.as_bytes()).await.context("writing the request head")?;
+    writer
+        .write_all(head.as_bytes())
+        .await
+        .context("writing the request head")?;
     // The body write may fail once the server has answered and closed: that is expected here.
     // No half-close after it: hyper's server drops a connection whose reader sees EOF before the
     // answer is written.

@@ -234,3 +234,50 @@ async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
     sink.stop();
     db.drop_db().await.expect("drop");
 }
+
+#[tokio::test]
+async fn concurrent_sends_over_pooled_connections_deliver_each_email_once() {
+    let db = database().await;
+    let sink = SmtpSink::start().await;
+    let events: Vec<_> = (1..=60).map(|i| alice(100 * i)).collect();
+    handle(&db.pool, &events).await;
+
+    let settings = SenderSettings {
+        concurrency: 8,
+        batch_size: 25,
+        ..fast_settings()
+    };
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    for e in &events {
+        wait_for(
+            "every email to be marked sent",
+            Duration::from_secs(30),
+            || async {
+                row(&db.pool, e.event_id)
+                    .await
+                    .filter(|r| r.summary.status == EmailStatus::Sent)
+            },
+        )
+        .await;
+    }
+    let metrics = sender.metrics.clone();
+    sender.stop().await;
+    let sent = metrics.sent.get();
+
+    let mut ids: Vec<String> = sink
+        .received()
+        .iter()
+        .filter_map(|m| header(&m.data, "Message-ID"))
+        .collect();
+    assert_eq!(ids.len(), events.len(), "one message per email");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "no email delivered twice");
+    assert_eq!(sent, 60);
+    for e in &events {
+        let r = row(&db.pool, e.event_id).await.unwrap();
+        assert_eq!(r.summary.attempts, 1);
+    }
+    sink.stop();
+    db.drop_db().await.unwrap();
+}
