@@ -53,6 +53,12 @@ impl Changes {
         self.tx.subscribe()
     }
 
+    /// Receivers subscribed right now: read-your-writes queries and SSE streams waiting for a
+    /// change (tests use it to know that a query is waiting).
+    pub fn waiting(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Sends a signal to every receiver (the listener's job; tests use it too).
     pub fn publish(&self, signal: Signal) {
         // No receiver is not an error: nobody is waiting.

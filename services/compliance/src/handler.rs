@@ -1,9 +1,13 @@
 //! Applies `DepositCompleted` events: one hash-chained audit entry per event, then the reporting
 //! rules (CTR and structuring), all in the consumer runtime's transaction.
 //!
-//! The chain is global, so the handler first locks the chain head: batches of all partitions
-//! append one after the other. That lock also serialises the rules, which therefore always see
-//! every earlier deposit and alert.
+//! The rules look at one account at a time, so the handler first takes a transaction-scoped
+//! advisory lock per account of the batch (sorted, so batches cannot deadlock): batches of one
+//! account apply one after the other, and each sees every earlier deposit and alert of it,
+//! whatever the partitioning. The chain is global, so its head is locked too, but last, just to
+//! link and append the batch's entries: the partitions' batches run their rules side by side and
+//! queue only for the append. (Locking the head first serialised whole batches; the benchmark
+//! showed compliance as the stage that capped the pipeline, see BENCHMARKS.md.)
 
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
@@ -43,7 +47,10 @@ impl Handler for ComplianceHandler {
             return Ok(());
         }
 
-        let (head_position, head_hash) = store::lock_head(tx).await?;
+        let mut accounts: Vec<String> = events.iter().map(|e| e.account_id.to_string()).collect();
+        accounts.sort();
+        accounts.dedup();
+        store::lock_accounts(tx, &accounts).await?;
         // An event that already has an entry (applied by a path that bypassed the runtime's
         // dedup, such as a restore) is skipped: one entry per event, ever.
         let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
@@ -61,28 +68,6 @@ impl Handler for ComplianceHandler {
         if fresh.is_empty() {
             return Ok(());
         }
-
-        // The chain: positions head+1, head+2, ... each linked to the one before.
-        let recorded_at = store::transaction_time(tx).await?;
-        let mut prev = head_hash;
-        let mut position = head_position;
-        let mut entries = Vec::with_capacity(fresh.len());
-        for e in &fresh {
-            position += 1;
-            let entry = CanonicalEntry::new(position, e, recorded_at).to_text();
-            let hash = chain::link_hash(&prev, &entry).to_vec();
-            entries.push(StoredEntry {
-                position,
-                event_id: e.event_id,
-                account_id: e.account_id.to_string(),
-                entry,
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-                recorded_at,
-            });
-        }
-        store::append_entries(tx, &entries).await?;
-        store::set_head(tx, position, &prev).await?;
 
         // Deposits first: the structuring walk reads them back with the precision Postgres
         // keeps, together with the earlier ones.
@@ -106,6 +91,30 @@ impl Handler for ComplianceHandler {
         store::supersede_alerts(tx, &superseded_ids).await?;
         alerts.extend(structuring);
         store::insert_alerts(tx, &alerts).await?;
+
+        // The chain, last: positions head+1, head+2, ... each linked to the one before. From
+        // here to the commit every other batch of the service waits, so this part is three
+        // statements and a few hashes.
+        let (head_position, head_hash, recorded_at) = store::lock_head(tx).await?;
+        let mut prev = head_hash;
+        let mut position = head_position;
+        let mut entries = Vec::with_capacity(fresh.len());
+        for e in &fresh {
+            position += 1;
+            let entry = CanonicalEntry::new(position, e, recorded_at).to_text();
+            let hash = chain::link_hash(&prev, &entry).to_vec();
+            entries.push(StoredEntry {
+                position,
+                event_id: e.event_id,
+                account_id: e.account_id.to_string(),
+                entry,
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+                recorded_at,
+            });
+        }
+        store::append_entries(tx, &entries).await?;
+        store::set_head(tx, position, &prev).await?;
 
         for old in &superseded {
             self.metrics.superseded_alerts.inc();

@@ -13,11 +13,31 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// The end of the chain, locked for the rest of the transaction: every append in the service
-/// waits here, which keeps positions gap-free and each entry linked to the one before it.
-pub async fn lock_head(conn: &mut PgConnection) -> sqlx::Result<(i64, Vec<u8>)> {
-    sqlx::query_as("SELECT position, hash FROM chain_head WHERE id = 1 FOR UPDATE")
+/// waits here, which keeps positions gap-free and each entry linked to the one before it. Also
+/// answers the transaction's timestamp (`now()`, the same for the whole batch, as Postgres
+/// stores it), the `recorded_at` of the entries.
+pub async fn lock_head(conn: &mut PgConnection) -> sqlx::Result<(i64, Vec<u8>, DateTime<Utc>)> {
+    sqlx::query_as("SELECT position, hash, now() FROM chain_head WHERE id = 1 FOR UPDATE")
         .fetch_one(conn)
         .await
+}
+
+/// Advisory lock class of the per-account locks (the other key is `hashtext(account_id)`).
+pub const ACCOUNT_LOCK_CLASS: i32 = 0x434f_0001;
+
+/// Locks the accounts of a batch until the transaction ends, in a fixed order (so two batches
+/// cannot deadlock): the rules of one account never run concurrently.
+pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[String]) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock($2, k)) FROM (
+             SELECT DISTINCT hashtext(a) AS k FROM unnest($1::text[]) AS a ORDER BY k
+         ) AS keys",
+    )
+    .bind(account_ids)
+    .bind(ACCOUNT_LOCK_CLASS)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {
@@ -27,11 +47,6 @@ pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sq
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// The transaction's timestamp (the same for the whole batch), as Postgres stores it.
-pub async fn transaction_time(conn: &mut PgConnection) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
 }
 
 /// Which of these events already have an audit entry.

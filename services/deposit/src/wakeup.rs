@@ -72,7 +72,12 @@ impl OutboxSignal {
             {
                 // The leader's 1 s poll still finds the deposit; try again at the next commit.
                 tracing::warn!(error = %e, "could not notify the relay leader");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A short pause so a database outage does not turn every commit into a failed
+                // NOTIFY; shutdown does not wait for it.
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
         }
     }

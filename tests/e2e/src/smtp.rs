@@ -176,6 +176,12 @@ impl SmtpSink {
             .clone()
     }
 
+    /// Removes and answers the messages accepted so far (a long run, such as the benchmark,
+    /// takes them as they come so that the sink's memory stays flat).
+    pub fn take_messages(&self) -> Vec<ReceivedMail> {
+        std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The Message-IDs of [`messages`](SmtpSink::messages), in order of arrival.
     pub fn message_ids(&self) -> Vec<String> {
         self.messages()

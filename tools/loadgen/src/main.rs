@@ -61,6 +61,11 @@ pub struct Args {
     /// Extra environment for every service, KEY=VALUE (e.g. BATCH_SIZE=100); repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// How the email service delivers: `smtp` (to an SMTP server inside loadgen that counts
+    /// every Message-ID, as production delivers to a relay) or `file` (one `.eml` per email in
+    /// one folder, the local default).
+    #[arg(long, value_enum, default_value_t = EmailTransport::Smtp)]
+    email_transport: EmailTransport,
     /// Where the service binaries are (default: EVENTBANK_BIN_DIR, else next to loadgen).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -76,6 +81,12 @@ pub struct Args {
     /// The size of the event store that rebuild benchmark replayed.
     #[arg(long)]
     rebuild_events: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EmailTransport {
+    Smtp,
+    File,
 }
 
 /// Partition queues per consumer service (the services' default `PARTITIONS`).
@@ -178,7 +189,23 @@ async fn bench(
         Some(measure_ceilings(world, ceiling_secs).await?)
     };
 
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The SMTP server the email service delivers to, unless told otherwise; what it receives
+    // is counted as it arrives (and not kept), so every deposit's email can be checked.
+    let sink = match args.email_transport {
+        EmailTransport::Smtp => Some(MailCounter::start().await?),
+        EmailTransport::File => None,
+    };
+    let mut all_env: Vec<(String, String)> = Vec::new();
+    if let Some(sink) = &sink {
+        all_env.push(("EMAIL_TRANSPORT".into(), "smtp".into()));
+        all_env.push(("SMTP_HOST".into(), "127.0.0.1".into()));
+        all_env.push(("SMTP_PORT".into(), sink.port.to_string()));
+    }
+    all_env.extend(env.iter().cloned());
+    let env_refs: Vec<(&str, &str)> = all_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     eprintln!("loadgen: starting the five services");
     let services = world.start_all(&env_refs).await?;
     let deposit_addr: SocketAddr = format!("127.0.0.1:{}", services.deposit.port()).parse()?;
@@ -208,6 +235,25 @@ async fn bench(
     if !invariants.ok() {
         bail!("invariants violated after the load: {invariants:?}");
     }
+    let emails = match sink {
+        Some(sink) => {
+            let tally = sink.finish().await;
+            let deposits: u64 = phases.iter().map(|p| p.accepted).sum();
+            let overridden = env
+                .iter()
+                .any(|(k, _)| k == "EMAIL_TRANSPORT" || k == "SMTP_PORT");
+            // Every phase drained only once the email service had marked every email sent, so
+            // each deposit's email must have reached the server by now.
+            if !overridden && tally.distinct != deposits {
+                bail!(
+                    "the SMTP server received {} distinct emails for {deposits} deposits",
+                    tally.distinct
+                );
+            }
+            Some(tally)
+        }
+        None => None,
+    };
     Ok(report::Result::new(report::Inputs {
         quick: args.quick,
         started_at,
@@ -219,7 +265,59 @@ async fn bench(
         phases,
         rebuild_events_per_s: args.rebuild_events_per_s,
         rebuild_events: args.rebuild_events,
+        emails,
     }))
+}
+
+/// An SMTP server that counts what it receives: messages and distinct Message-IDs.
+struct MailCounter {
+    port: u16,
+    collector: tokio::task::JoinHandle<report::EmailTally>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl MailCounter {
+    async fn start() -> Result<Self> {
+        let sink = eventbank_e2e::SmtpSink::start().await?;
+        let port = sink.port();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let collector = tokio::spawn(async move {
+            let mut ids = std::collections::HashSet::new();
+            let mut received = 0_u64;
+            let mut last = false;
+            loop {
+                for mail in sink.take_messages() {
+                    received += 1;
+                    if let Some(id) = mail.message_id() {
+                        ids.insert(id);
+                    }
+                }
+                if last {
+                    break;
+                }
+                // Told to finish (or the counter was dropped): one more take, then done.
+                last = tokio::select! {
+                    changed = stopped.changed() => changed.is_err() || *stopped.borrow(),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+                };
+            }
+            report::EmailTally {
+                transport: "smtp".into(),
+                received,
+                distinct: ids.len() as u64,
+            }
+        });
+        Ok(Self {
+            port,
+            collector,
+            stop,
+        })
+    }
+
+    async fn finish(self) -> report::EmailTally {
+        let _ = self.stop.send(true);
+        self.collector.await.unwrap_or_default()
+    }
 }
 
 async fn measure_ceilings(world: &TestWorld, secs: f64) -> Result<report::Ceilings> {

@@ -288,6 +288,19 @@ pub struct Result {
     pub machine: Machine,
     pub ceilings: Option<Ceilings>,
     pub phases: Vec<Phase>,
+    /// What the SMTP server inside loadgen received (absent with `--email-transport file`).
+    pub emails: Option<EmailTally>,
+}
+
+/// Emails received by the benchmark's SMTP server over the whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EmailTally {
+    pub transport: String,
+    /// Messages received.
+    pub received: u64,
+    /// Distinct Message-IDs among them (one per deposit; more received than distinct means
+    /// an email was delivered twice).
+    pub distinct: u64,
 }
 
 pub struct Inputs {
@@ -301,6 +314,7 @@ pub struct Inputs {
     pub phases: Vec<Phase>,
     pub rebuild_events_per_s: Option<f64>,
     pub rebuild_events: Option<u64>,
+    pub emails: Option<EmailTally>,
 }
 
 impl Result {
@@ -346,6 +360,7 @@ impl Result {
             throughput_phase: best.map(|p| p.name.clone()).unwrap_or_default(),
             rebuild_events_per_s: i.rebuild_events_per_s,
             rebuild_events: i.rebuild_events,
+            emails: i.emails,
             quick: i.quick,
             started_at: i.started_at,
             command: i.command,
@@ -509,6 +524,13 @@ pub fn table(r: &Result) -> String {
             out,
             "account rebuild: {rebuild:.0} events/s ({} events)",
             r.rebuild_events.map_or("?".into(), |n| n.to_string())
+        );
+    }
+    if let Some(e) = &r.emails {
+        let _ = writeln!(
+            out,
+            "emails received over {}: {} ({} distinct Message-IDs)",
+            e.transport, e.received, e.distinct
         );
     }
     out

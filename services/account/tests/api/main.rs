@@ -94,6 +94,7 @@ pub async fn state(db: &TestDatabase, account: &str) -> (i64, i64, Vec<i64>) {
 pub struct Served {
     pub base: String,
     pub stop: CancellationToken,
+    pub changes: Changes,
 }
 
 impl Drop for Served {
@@ -115,7 +116,7 @@ pub async fn serve(db: &TestDatabase) -> Served {
     let state = account::api::AppState {
         pool: db.pool.clone(),
         max_wait: Duration::from_secs(5),
-        changes,
+        changes: changes.clone(),
         stop: stop.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -126,7 +127,11 @@ pub async fn serve(db: &TestDatabase) -> Served {
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
     });
-    Served { base, stop }
+    Served {
+        base,
+        stop,
+        changes,
+    }
 }
 
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {

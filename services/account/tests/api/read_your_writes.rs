@@ -18,8 +18,17 @@ async fn read_your_writes_waits_for_the_sequence_or_answers_a_problem() {
     let waiting = client
         .get(format!("{base}/accounts/ACC-0001?min_sequence=2&wait=5s"))
         .send();
+    let before = served.changes.waiting();
     let apply_later = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the query waits for a change notification, apply sequence 2.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while served.changes.waiting() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the query never waited for a change"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         handle(&db, &[event("ACC-0001", 2, 250)]).await;
     };
     let (res, ()) = tokio::join!(waiting, apply_later);
