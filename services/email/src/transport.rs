@@ -7,9 +7,12 @@
 
 use crate::store::Outgoing;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, Message};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 /// Where confirmations go, as configured (`EMAIL_TRANSPORT`).
@@ -37,7 +40,7 @@ pub enum DeliveryError {
 #[derive(Clone)]
 pub enum Mailer {
     File { dir: PathBuf },
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Arc<SmtpClient>),
 }
 
 impl std::fmt::Debug for Mailer {
@@ -55,13 +58,14 @@ impl Mailer {
     pub fn new(transport: &Transport, timeout: Duration) -> Self {
         match transport {
             Transport::File { dir } => Mailer::File { dir: dir.clone() },
-            // builder_dangerous: no TLS, no authentication, as configured (see `Transport`).
-            Transport::Smtp { host, port } => Mailer::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
-                    .port(*port)
-                    .timeout(Some(timeout))
-                    .build(),
-            ),
+            // No TLS, no authentication, as configured (see `Transport`).
+            Transport::Smtp { host, port } => Mailer::Smtp(Arc::new(SmtpClient {
+                host: host.clone(),
+                port: *port,
+                timeout,
+                hello: ClientId::default(),
+                idle: Mutex::new(Vec::new()),
+            })),
         }
     }
 
@@ -74,15 +78,108 @@ impl Mailer {
                 .map_err(|e| {
                     DeliveryError::Transient(format!("writing to {}: {e}", dir.display()))
                 }),
-            Mailer::Smtp(smtp) => match smtp.send(message.clone()).await {
-                Ok(_) => Ok(()),
-                // 5xx: the server refuses this message for good.
-                Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(format!(
-                    "SMTP server rejected the message: {}",
-                    chain(&e)
-                ))),
-                Err(e) => Err(DeliveryError::Transient(format!("SMTP: {}", chain(&e)))),
-            },
+            Mailer::Smtp(smtp) => smtp.send(message).await,
+        }
+    }
+}
+
+/// Delivers over SMTP on connections it keeps open between messages (one per concurrent send,
+/// at most [`MAX_IDLE`] kept).
+///
+/// Why not lettre's own pooled transport: its connections leave Nagle's algorithm on, and it
+/// writes a message's body and the closing `.` in two writes before waiting for the reply. The
+/// second write then waits for the server's delayed ACK, about 40 ms on Linux, so one
+/// connection sent at most ~25 messages/s: the benchmark measured 173 emails/s with 8 at once
+/// while deposits arrived at 600/s. These connections set `TCP_NODELAY`.
+pub struct SmtpClient {
+    host: String,
+    port: u16,
+    /// Bounds connecting, the greeting and EHLO, and each message's conversation.
+    timeout: Duration,
+    hello: ClientId,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+/// Idle connections kept for reuse.
+const MAX_IDLE: usize = 32;
+/// An idle connection older than this is closed rather than reused: servers drop idle clients
+/// after a few minutes (RFC 5321 asks for at least 5), and a reused dead connection costs the
+/// email an attempt.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+impl SmtpClient {
+    async fn send(&self, message: &Message) -> Result<(), DeliveryError> {
+        let mut conn = match self.checkout() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let bytes = message.formatted();
+        // A message is a few commands (MAIL, RCPT, DATA, the body): each is bounded by
+        // `timeout`, so the whole is bounded by a few of them.
+        let sent = tokio::time::timeout(
+            self.timeout.saturating_mul(4),
+            conn.send(message.envelope(), &bytes),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.checkin(conn);
+                Ok(())
+            }
+            // 5xx: the server refuses this message for good.
+            Ok(Err(e)) if e.is_permanent() => Err(DeliveryError::Permanent(format!(
+                "SMTP server rejected the message: {}",
+                chain(&e)
+            ))),
+            Ok(Err(e)) => Err(DeliveryError::Transient(format!("SMTP: {}", chain(&e)))),
+            Err(_) => Err(DeliveryError::Transient(format!(
+                "SMTP: no answer within {:?}",
+                self.timeout.saturating_mul(4)
+            ))),
+        }
+    }
+
+    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR && !conn.has_broken() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+        let target = format!("{}:{}", self.host, self.port);
+        let connected = tokio::time::timeout(self.timeout, async {
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| format!("connecting to {target}: {e}"))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                .await
+                .map_err(|e| format!("greeting {target}: {}", chain(&e)))
+        })
+        .await;
+        match connected {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(reason)) => Err(DeliveryError::Transient(format!("SMTP: {reason}"))),
+            Err(_) => Err(DeliveryError::Transient(format!(
+                "SMTP: {target} did not answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 }

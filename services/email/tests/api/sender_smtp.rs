@@ -236,7 +236,7 @@ async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
 }
 
 #[tokio::test]
-async fn concurrent_sends_over_pooled_connections_deliver_each_email_once() {
+async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
     let db = database().await;
     let sink = SmtpSink::start().await;
     let events: Vec<_> = (1..=60).map(|i| alice(100 * i)).collect();
@@ -274,6 +274,12 @@ async fn concurrent_sends_over_pooled_connections_deliver_each_email_once() {
     ids.dedup();
     assert_eq!(ids.len(), events.len(), "no email delivered twice");
     assert_eq!(sent, 60);
+    // Connections are kept between messages: at most one per concurrent send.
+    assert!(
+        sink.connections() <= 8,
+        "{} connections for 60 emails",
+        sink.connections()
+    );
     for e in &events {
         let r = row(&db.pool, e.event_id).await.unwrap();
         assert_eq!(r.summary.attempts, 1);
