@@ -17,10 +17,12 @@ use crate::store::{self, EmailStatus, Outgoing};
 use crate::transport::{DeliveryError, Mailer, build_message};
 use eventbank_runtime::Shutdown;
 use eventbank_runtime::consumer::Backoff;
+use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt as _};
 use lettre::message::Mailbox;
 use sqlx::PgPool;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -156,6 +158,13 @@ impl Sender {
         let mut in_flight = FuturesUnordered::new();
         let mut unstarted: Vec<&Outgoing> = Vec::new();
         let mut failure = None;
+        // Deliveries are recorded while the other sends go on: one statement at a time, for
+        // every delivery finished since the previous one began (a group commit). A delivery is
+        // thus recorded as soon as a statement is free, and the sends never wait for the
+        // database.
+        let mut delivered: Vec<&Outgoing> = Vec::new();
+        let mut recording: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> =
+            None;
         loop {
             // Start sends while there is room, unless a stop condition says hand the rest back.
             while in_flight.len() < concurrency && unstarted.is_empty() && failure.is_none() {
@@ -168,19 +177,14 @@ impl Sender {
                 let span = tracing::info_span!("send_email", event_id = %email.event_id);
                 in_flight.push(self.send_one(email).instrument(span));
             }
-            let Some(first) = in_flight.next().await else {
-                break;
-            };
-            // Every send that has finished by now is recorded with this one: deliveries are
-            // marked sent together, in one statement and one commit (a group commit), as soon
-            // as they are known, while the other sends go on.
-            let mut done = vec![first];
-            while let Some(Some(more)) = in_flight.next().now_or_never() {
-                done.push(more);
+            if recording.is_none() && !delivered.is_empty() {
+                recording = Some(Box::pin(self.record_sent(std::mem::take(&mut delivered))));
             }
-            let mut delivered = Vec::new();
-            for result in done {
-                match result {
+            if in_flight.is_empty() && recording.is_none() {
+                break;
+            }
+            tokio::select! {
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => match result {
                     Ok(Some(email)) => delivered.push(email),
                     Ok(None) => {}
                     // Most likely the database is away: stop starting sends, let the ones
@@ -192,13 +196,21 @@ impl Sender {
                             failure = Some(e);
                         }
                     }
+                },
+                recorded = async {
+                    match recording.as_mut() {
+                        Some(statement) => statement.await,
+                        None => std::future::pending().await,
+                    }
+                }, if recording.is_some() => {
+                    recording = None;
+                    if let Err(e) = recorded
+                        && failure.is_none()
+                    {
+                        unstarted.extend(queue.by_ref());
+                        failure = Some(e);
+                    }
                 }
-            }
-            if let Err(e) = self.record_sent(&delivered).await
-                && failure.is_none()
-            {
-                unstarted.extend(queue.by_ref());
-                failure = Some(e);
             }
         }
         let released = self.release(&unstarted).await;
@@ -221,7 +233,7 @@ impl Sender {
 
     /// Records deliveries in one statement. On failure the messages are out but not recorded:
     /// the lease brings them back and they are sent again (same Message-IDs).
-    async fn record_sent(&self, delivered: &[&Outgoing]) -> anyhow::Result<()> {
+    async fn record_sent(&self, delivered: Vec<&Outgoing>) -> anyhow::Result<()> {
         if delivered.is_empty() {
             return Ok(());
         }

@@ -430,6 +430,20 @@ impl Progress {
     fn outbox_backlog(&self) -> f64 {
         (self.accepted - self.published).max(0.0)
     }
+    /// Per stage, what is accepted but not yet through it.
+    fn lag_by_stage(&self) -> BTreeMap<String, f64> {
+        let mut lag = BTreeMap::new();
+        lag.insert("outbox".to_owned(), self.outbox_backlog());
+        for (svc, consumed) in Svc::CONSUMERS.iter().zip(self.consumed) {
+            lag.insert(svc.name().to_owned(), (self.accepted - consumed).max(0.0));
+        }
+        lag.insert(
+            "email sent".to_owned(),
+            (self.accepted - self.emails_sent).max(0.0),
+        );
+        lag
+    }
+
     /// Accepted but not yet committed by every consumer (and its email not yet sent).
     fn pipeline_lag(&self) -> f64 {
         (self.accepted - self.min_consumed()).max(0.0)
@@ -667,6 +681,7 @@ async fn run_phase(
         pipeline_lag_max: samples.pipeline_lag_max,
         outbox_backlog_at_end: at_end.outbox_backlog(),
         pipeline_lag_at_end: at_end.pipeline_lag(),
+        lag_at_end_by_stage: at_end.lag_by_stage(),
         db,
     }))
 }

@@ -134,6 +134,10 @@ pub struct Phase {
     /// stopped. A lag at the end above a quarter second of load means the pipeline fell behind.
     pub pipeline_lag_max: f64,
     pub pipeline_lag_at_end: f64,
+    /// When the load stopped, per stage: accepted but not yet in the outbox's publishes, not
+    /// yet committed by each consumer, not yet sent by the email sender. Shows which stage
+    /// fell behind.
+    pub lag_at_end_by_stage: BTreeMap<String, f64>,
     pub backlog_growing: bool,
     /// Per service database during the phase: commits, statement time, rows (pg_stat_database).
     pub db: BTreeMap<String, DbStats>,
@@ -157,6 +161,7 @@ pub struct PhaseInputs {
     pub pipeline_lag_max: f64,
     pub outbox_backlog_at_end: f64,
     pub pipeline_lag_at_end: f64,
+    pub lag_at_end_by_stage: BTreeMap<String, f64>,
 }
 
 const SERVICES: [&str; 5] = ["deposit", "account", "email", "interest", "compliance"];
@@ -240,6 +245,7 @@ impl Phase {
             outbox_backlog_at_end: i.outbox_backlog_at_end,
             pipeline_lag_max: i.pipeline_lag_max,
             pipeline_lag_at_end: i.pipeline_lag_at_end,
+            lag_at_end_by_stage: i.lag_at_end_by_stage,
             backlog_growing: i.pipeline_lag_at_end > (accepted_per_s / 4.0).max(100.0),
             db_commits_per_1000: i
                 .db
@@ -479,6 +485,17 @@ pub fn table(r: &Result) -> String {
             p.machine_busy
                 .map_or("?".into(), |b| format!("{:.0}%", b * 100.0)),
             p.errors
+        );
+        let lag: Vec<String> = p
+            .lag_at_end_by_stage
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}: behind when the load stopped: {}",
+            p.name,
+            lag.join(", ")
         );
         let db: Vec<String> = p
             .db_commits_per_1000
