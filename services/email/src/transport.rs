@@ -100,8 +100,9 @@ pub struct SmtpClient {
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
-/// Idle connections kept for reuse.
-const MAX_IDLE: usize = 32;
+/// Idle connections kept for reuse: as many as sends can be under way at once
+/// (`EMAIL_SEND_CONCURRENCY` is at most 256), so a busy sender never reconnects.
+const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: servers drop idle clients
 /// after a few minutes (RFC 5321 asks for at least 5), and a reused dead connection costs the
 /// email an attempt.
