@@ -488,16 +488,7 @@ struct GlobalRow {
 /// until commit: transaction-scoped advisory locks, taken in one sorted order so that two
 /// batches sharing accounts cannot deadlock.
 pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[String]) -> sqlx::Result<()> {
-    sqlx::query(
-        "SELECT count(pg_advisory_xact_lock($2, k)) FROM (
-             SELECT DISTINCT hashtext(a) AS k FROM unnest($1::text[]) AS a ORDER BY k
-         ) AS keys",
-    )
-    .bind(account_ids)
-    .bind(ACCOUNT_LOCK_CLASS)
-    .execute(conn)
-    .await?;
-    Ok(())
+    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, account_ids).await
 }
 
 /// Advisory lock class of the per-account handling locks (the other key is hashtext(account)).

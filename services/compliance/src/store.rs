@@ -28,16 +28,7 @@ pub const ACCOUNT_LOCK_CLASS: i32 = 0x434f_0001;
 /// Locks the accounts of a batch until the transaction ends, in a fixed order (so two batches
 /// cannot deadlock): the rules of one account never run concurrently.
 pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[String]) -> sqlx::Result<()> {
-    sqlx::query(
-        "SELECT count(pg_advisory_xact_lock($2, k)) FROM (
-             SELECT DISTINCT hashtext(a) AS k FROM unnest($1::text[]) AS a ORDER BY k
-         ) AS keys",
-    )
-    .bind(account_ids)
-    .bind(ACCOUNT_LOCK_CLASS)
-    .execute(conn)
-    .await?;
-    Ok(())
+    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, account_ids).await
 }
 
 pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {

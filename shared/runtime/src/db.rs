@@ -3,9 +3,9 @@
 
 use crate::config::CommonConfig;
 use anyhow::Context;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -76,4 +76,21 @@ pub async fn ping(pool: &PgPool) -> bool {
     )
     .await
     .is_ok_and(|r| r.is_ok())
+}
+
+/// Takes a transaction-scoped advisory lock of `class` on the `hashtext` of each key, in one
+/// statement and one sorted order, so that two transactions locking overlapping sets cannot
+/// deadlock. Held until the transaction ends. Services use it to serialise the handling of one
+/// account across partitions and replicas.
+pub async fn lock_keys(conn: &mut PgConnection, class: i32, keys: &[String]) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock($2, k)) FROM (
+             SELECT DISTINCT hashtext(a) AS k FROM unnest($1::text[]) AS a ORDER BY k
+         ) AS keys",
+    )
+    .bind(keys)
+    .bind(class)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -134,11 +134,7 @@ pub async fn get_text(url: &str) -> Result<(u16, String)> {
 async fn read(response: reqwest::Response) -> Result<JsonResponse> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let content_type = headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = content_type_of(&headers);
     let text = response.text().await?;
     let body = if text.trim().is_empty() {
         Value::Null
@@ -235,11 +231,7 @@ fn parse_raw_response(raw: &[u8]) -> Result<JsonResponse> {
             headers.append(name, value);
         }
     }
-    let content_type = headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = content_type_of(&headers);
     let text = body.to_owned();
     let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
     Ok(JsonResponse {
@@ -249,4 +241,13 @@ fn parse_raw_response(raw: &[u8]) -> Result<JsonResponse> {
         headers,
         text,
     })
+}
+
+/// The `Content-Type` header, empty if absent.
+fn content_type_of(headers: &HeaderMap) -> String {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
