@@ -53,8 +53,9 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// `timeout` bounds every SMTP command, so a server that accepts the connection and then
-    /// hangs cannot stall the sender (and the drain on shutdown) indefinitely.
+    /// `timeout` bounds connecting and the greeting, and four times it one message's
+    /// conversation, so a server that accepts the connection and then hangs cannot stall the
+    /// sender (and the drain on shutdown) indefinitely.
     pub fn new(transport: &Transport, timeout: Duration) -> Self {
         match transport {
             Transport::File { dir } => Mailer::File { dir: dir.clone() },

@@ -287,3 +287,40 @@ async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
     sink.stop();
     db.drop_db().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_a_transient_failure_within_the_timeout() {
+    // Accepts connections and holds them without a greeting.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mailer = Mailer::new(
+        &Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_millis(300),
+    );
+    let message = lettre::Message::builder()
+        .from("eventbank <no-reply@eventbank.example>".parse().unwrap())
+        .to("alice@example.com".parse().unwrap())
+        .subject("test")
+        .body(String::from("body"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = mailer.deliver(uuid::Uuid::now_v7(), &message).await;
+    let waited = started.elapsed();
+    holder.abort();
+    match outcome {
+        Err(email::transport::DeliveryError::Transient(reason)) => {
+            assert!(reason.contains("did not answer"), "{reason}")
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}
