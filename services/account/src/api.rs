@@ -20,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use eventbank_events::{Currency, Money};
-use eventbank_runtime::http::Problem;
+use eventbank_runtime::http::{Problem, int_param};
 use futures_util::Stream;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -150,25 +150,6 @@ fn internal(e: impl Into<anyhow::Error>) -> Problem {
     Problem::internal(&e.into())
 }
 
-fn parse_i64(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, Problem> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| {
-                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
-            }),
-    }
-}
-
 /// `wait` accepts `2s`, `500ms` or a bare number of milliseconds.
 fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> {
     let Some(raw) = raw else {
@@ -240,7 +221,7 @@ async fn get_account(
     Path(account_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
-    let min_sequence = parse_i64(&params, "min_sequence", 0, 0, i64::MAX)?;
+    let min_sequence = int_param(&params, "min_sequence", 0, 0, i64::MAX)?;
     let wait = parse_wait(params.get("wait"), state.max_wait)?;
     let deadline = Instant::now() + wait;
     // Subscribed before the first read, so a change committed in between still wakes us.
@@ -305,8 +286,8 @@ async fn get_transactions(
     Path(account_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
-    let after = parse_i64(&params, "after_sequence", 0, 0, i64::MAX)?;
-    let limit = parse_i64(&params, "limit", 100, 1, 1000)?;
+    let after = int_param(&params, "after_sequence", 0, 0, i64::MAX)?;
+    let limit = int_param(&params, "limit", 100, 1, 1000)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
     if store::balance(&mut conn, &account_id)
         .await

@@ -2,7 +2,7 @@
 //! short delays, polling with a deadline, and a minimal SMTP sink.
 
 use chrono::{TimeZone, Utc};
-use email::store::{self, EmailDetail};
+use email::store::{self, EmailDetail, EmailStatus};
 use email::{EmailHandler, EmailMetrics, Mailer, Sender, SenderSettings};
 use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
 use eventbank_runtime::Shutdown;
@@ -158,6 +158,22 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the email of each of `events` is marked sent, or panics after `timeout`.
+pub async fn wait_all_sent(pool: &PgPool, events: &[DepositCompleted], timeout: Duration) {
+    for e in events {
+        wait_for(
+            &format!("the email of event {} to be marked sent", e.event_id),
+            timeout,
+            || async {
+                row(pool, e.event_id)
+                    .await
+                    .filter(|r| r.summary.status == EmailStatus::Sent)
+            },
+        )
+        .await;
     }
 }
 

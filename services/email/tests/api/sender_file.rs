@@ -1,7 +1,8 @@
 //! The sender with the file transport: one `.eml` per event, then the row is `sent`.
 
 use crate::helpers::{
-    TempDir, alice, database, event, fast_settings, handle, header, row, start_sender, wait_for,
+    TempDir, alice, database, event, fast_settings, handle, header, row, start_sender,
+    wait_all_sent, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, Transport};
@@ -32,18 +33,7 @@ async fn the_file_transport_writes_one_eml_per_event_and_marks_rows_sent() {
     handle(&db.pool, &events).await;
 
     let sender = start_sender(&db.pool, file_mailer(&dir), fast_settings());
-    for e in &events {
-        wait_for(
-            "the email to be marked sent",
-            Duration::from_secs(20),
-            || async {
-                row(&db.pool, e.event_id)
-                    .await
-                    .filter(|r| r.summary.status == EmailStatus::Sent)
-            },
-        )
-        .await;
-    }
+    wait_all_sent(&db.pool, &events, Duration::from_secs(20)).await;
     sender.stop().await;
 
     let mut names: Vec<String> = std::fs::read_dir(&dir.0)
@@ -138,14 +128,10 @@ async fn an_invalid_address_fails_at_once_and_does_not_hold_up_the_others() {
         },
     )
     .await;
-    wait_for(
-        "the good email to be sent",
+    wait_all_sent(
+        &db.pool,
+        std::slice::from_ref(&good),
         Duration::from_secs(20),
-        || async {
-            row(&db.pool, good.event_id)
-                .await
-                .filter(|r| r.summary.status == EmailStatus::Sent)
-        },
     )
     .await;
     sender.stop().await;

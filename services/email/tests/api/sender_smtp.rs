@@ -2,7 +2,7 @@
 
 use crate::helpers::{
     SmtpSink, alice, closed_port, database, fast_settings, handle, header, row, start_sender,
-    text_part, wait_for,
+    text_part, wait_all_sent, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, SenderSettings, Transport};
@@ -26,16 +26,7 @@ async fn the_smtp_transport_delivers_the_message_to_the_server() {
     handle(&db.pool, std::slice::from_ref(&e)).await;
 
     let sender = start_sender(&db.pool, smtp_mailer(sink.port), fast_settings());
-    wait_for(
-        "the email to be marked sent",
-        Duration::from_secs(20),
-        || async {
-            row(&db.pool, e.event_id)
-                .await
-                .filter(|r| r.summary.status == EmailStatus::Sent)
-        },
-    )
-    .await;
+    wait_all_sent(&db.pool, std::slice::from_ref(&e), Duration::from_secs(20)).await;
     sender.stop().await;
 
     let received = sink.received();
@@ -125,18 +116,7 @@ async fn while_the_server_is_down_emails_wait_and_are_sent_once_when_it_returns(
     assert!(sender.metrics.retried.get() >= 2);
 
     let sink = SmtpSink::start_on(port).await;
-    for e in &events {
-        wait_for(
-            "the email to be sent after the outage",
-            Duration::from_secs(30),
-            || async {
-                row(&db.pool, e.event_id)
-                    .await
-                    .filter(|r| r.summary.status == EmailStatus::Sent)
-            },
-        )
-        .await;
-    }
+    wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
     sender.stop().await;
 
     let received = sink.received();
@@ -248,18 +228,7 @@ async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
         ..fast_settings()
     };
     let sender = start_sender(&db.pool, smtp_mailer(sink.port), settings);
-    for e in &events {
-        wait_for(
-            "every email to be marked sent",
-            Duration::from_secs(30),
-            || async {
-                row(&db.pool, e.event_id)
-                    .await
-                    .filter(|r| r.summary.status == EmailStatus::Sent)
-            },
-        )
-        .await;
-    }
+    wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
     let metrics = sender.metrics.clone();
     sender.stop().await;
     let sent = metrics.sent.get();
