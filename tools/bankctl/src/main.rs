@@ -130,8 +130,14 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Check the system's invariants across all five databases (exit 1 on a violation).
-    Check,
+    /// Check the system's invariants across all five databases and the dead-letter queues
+    /// (exit 1 on a violation).
+    Check {
+        /// compliance's reporting threshold, as the compliance service runs with it: a deposit
+        /// at or over it must have a CTR alert.
+        #[arg(long, env = "CTR_THRESHOLD_MINOR", default_value_t = 1_000_000)]
+        ctr_threshold_minor: i64,
+    },
     /// Walk the compliance audit chain (exit 1 if a link is broken).
     Verify,
     /// Dead-letter queues.
@@ -264,9 +270,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })?;
             Ok(status.success())
         }
-        Command::Check => {
+        Command::Check {
+            ctr_threshold_minor,
+        } => {
+            let options = invariants::Options {
+                ctr_threshold_minor: *ctr_threshold_minor,
+                allow_queued_emails: false,
+            };
             let pools = Pools::connect(&cli.conn.urls()).await?;
-            let report = invariants::check(&pools).await;
+            let report = match cli.conn.broker().await {
+                Ok(connection) => {
+                    let names = Names::new(&cli.conn.namespace);
+                    let report =
+                        invariants::check_system(&pools, &connection, &names, &options).await;
+                    let _ = connection.close(200, "bye".into()).await;
+                    report
+                }
+                Err(e) => Err(e),
+            };
             pools.close().await;
             let report = report?;
             if cli.json {
