@@ -319,9 +319,7 @@ fn balances(
             None => findings.push(
                 Kind::BalanceMismatch,
                 service,
-                format!(
-                    "{account}: no {what}, expected {want} (the sum of its accepted deposits)"
-                ),
+                format!("{account}: no {what}, expected {want} (the sum of its accepted deposits)"),
             ),
         }
     }
@@ -449,9 +447,7 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
                 findings.push(
                     Kind::UnknownEventProcessed,
                     service,
-                    format!(
-                        "processed_events has event {event_id}, which no accepted deposit has"
-                    ),
+                    format!("processed_events has event {event_id}, which no accepted deposit has"),
                 );
             }
         }
@@ -582,7 +578,9 @@ pub async fn check_dead_letters(
             )
             .await
             .with_context(|| {
-                format!("queue {queue} does not exist (has {service} ever started in this namespace?)")
+                format!(
+                    "queue {queue} does not exist (has {service} ever started in this namespace?)"
+                )
             })?;
         let _ = channel.close(200, "checked".into()).await;
         let count = declared.message_count();
@@ -624,7 +622,10 @@ mod tests {
         findings.push(Kind::DepositMissing, "account", "missing a".into());
         let listed = findings.finish();
         assert_eq!(listed.len(), MAX_LISTED + 2);
-        assert_eq!(listed[MAX_LISTED - 1].message, format!("missing {}", MAX_LISTED - 1));
+        assert_eq!(
+            listed[MAX_LISTED - 1].message,
+            format!("missing {}", MAX_LISTED - 1)
+        );
         assert_eq!(listed[MAX_LISTED].message, "missing a");
         assert_eq!(
             listed[MAX_LISTED + 1],

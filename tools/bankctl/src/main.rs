@@ -135,7 +135,12 @@ enum Command {
     Check {
         /// compliance's reporting threshold, as the compliance service runs with it: a deposit
         /// at or over it must have a CTR alert.
-        #[arg(long, env = "CTR_THRESHOLD_MINOR", default_value_t = 1_000_000)]
+        #[arg(
+            long,
+            env = "CTR_THRESHOLD_MINOR",
+            default_value_t = 1_000_000,
+            value_parser = clap::value_parser!(i64).range(1..)
+        )]
         ctr_threshold_minor: i64,
     },
     /// Walk the compliance audit chain (exit 1 if a link is broken).

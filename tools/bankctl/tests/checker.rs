@@ -133,8 +133,7 @@ impl Healthy {
     }
 
     async fn try_check(&self) -> anyhow::Result<Report> {
-        invariants::check_system(&self.pools, &self.broker, &self.names, &Options::default())
-            .await
+        invariants::check_system(&self.pools, &self.broker, &self.names, &Options::default()).await
     }
 
     async fn check(&self) -> Report {
@@ -337,12 +336,11 @@ async fn checker_reports_a_deposit_missing_from_the_audit_log() {
     .fetch_one(&world.pools.compliance)
     .await
     .expect("the last audit entry");
-    let account: String = sqlx::query_scalar(
-        "SELECT account_id FROM audit_log ORDER BY position DESC LIMIT 1",
-    )
-    .fetch_one(&world.pools.compliance)
-    .await
-    .expect("the last audit entry");
+    let account: String =
+        sqlx::query_scalar("SELECT account_id FROM audit_log ORDER BY position DESC LIMIT 1")
+            .fetch_one(&world.pools.compliance)
+            .await
+            .expect("the last audit entry");
     world
         .tamper_with_audit_log(&[
             "DELETE FROM audit_log WHERE position = (SELECT max(position) FROM audit_log)",
@@ -725,7 +723,10 @@ async fn checker_reports_a_deposit_recorded_with_another_amount() {
         .assert_reports(vec![violation(
             Kind::AmountMismatch,
             "interest",
-            format!("{} has amount_minor 2501 in deposits, accepted 2500", d.label()),
+            format!(
+                "{} has amount_minor 2501 in deposits, accepted 2500",
+                d.label()
+            ),
         )])
         .await;
 }
@@ -787,7 +788,10 @@ async fn bankctl_check_exits_1_and_prints_the_violation_of_a_corrupted_world() {
     let world_ref = &world.world;
     let (code, out) = eventually(Duration::from_secs(10), || async {
         let (code, out, err) = run(bankctl(world_ref, &["check"])).await;
-        anyhow::ensure!(out == expected, "exit {code:?}\nstdout: {out}\nstderr: {err}");
+        anyhow::ensure!(
+            out == expected,
+            "exit {code:?}\nstdout: {out}\nstderr: {err}"
+        );
         Ok((code, out))
     })
     .await
@@ -833,5 +837,12 @@ async fn bankctl_check_exits_1_and_prints_the_violation_of_a_corrupted_world() {
             .any(|v| v["kind"] == "unexpected_ctr_alert"),
         "{out}"
     );
+    // compliance refuses a threshold under 1; so does the checker (a usage error, exit 2).
+    let (code, _, err) = run(bankctl(
+        &world.world,
+        &["check", "--ctr-threshold-minor", "0"],
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{err}");
     world.cleanup().await;
 }
