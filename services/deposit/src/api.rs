@@ -14,6 +14,7 @@ use eventbank_events::{
     AccountId, AccountSnapshot, Channel, Currency, DepositCompleted, MAX_REFERENCE_CHARS, Money,
 };
 use eventbank_runtime::http::{ApiJson, Problem};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -51,7 +52,74 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .routes(routes!(get_deposit))
         .merge(writes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        // Outermost, so it runs before the API key check (which answers without reading).
+        .layer(middleware::from_fn(read_body_first))
         .with_state(state)
+}
+
+/// An oversized body is read to its end and discarded, up to this many bytes, before its 413
+/// is sent; past that the connection is closed under the client.
+pub const DRAIN_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+/// ... and for at most this long.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads every request body before any handler or check sees it, keeping at most
+/// [`BODY_LIMIT_BYTES`]. A larger one is read to its end and thrown away (within
+/// [`DRAIN_LIMIT_BYTES`] and [`DRAIN_TIMEOUT`]) before the 413 is answered: a client that writes
+/// its whole body before reading gets the answer, not a connection reset under its write (the
+/// lingering close nginx does). Every other answer (401 included) comes after the whole body
+/// was read, for the same reason.
+async fn read_body_first(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            total = total.saturating_add(chunk.len());
+            if total <= BODY_LIMIT_BYTES {
+                kept.extend_from_slice(&chunk);
+            } else if total > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        }
+        Ok::<(), axum::Error>(())
+    })
+    .await;
+    match drained {
+        Ok(Ok(())) if total <= BODY_LIMIT_BYTES => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(kept))).await
+        }
+        _ if total > BODY_LIMIT_BYTES => {
+            let mut response = Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("the body is over {BODY_LIMIT_BYTES} bytes"),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        Ok(Err(e)) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            format!("the request body could not be read: {e}"),
+        )
+        .into_response(),
+        // (A complete body within the limit was the first arm.)
+        Err(_) | Ok(Ok(())) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!("the request body did not arrive within {} s", DRAIN_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 /// [`router`] without the spec.
@@ -121,6 +189,8 @@ pub struct OpenAccount {
         (status = 415, description = "Body not sent as application/json", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields (listed in `errors`) or a body of the wrong shape", body = Problem, content_type = PROBLEM),
         (status = 500, description = "The account could not be stored", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The database is briefly unreachable. Retry after `Retry-After` seconds",
+            body = Problem, content_type = PROBLEM),
     ),
 )]
 async fn open_account(
@@ -400,6 +470,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                                       an Idempotency-Key reused with another body, or a body of the wrong shape",
             body = Problem, content_type = PROBLEM),
         (status = 500, description = "The deposit could not be stored", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The database is briefly unreachable. Retry after `Retry-After` seconds with the same \
+            Idempotency-Key (a request that was stored after all is answered again, never stored twice)",
+            body = Problem, content_type = PROBLEM),
     ),
 )]
 async fn create_deposit(

@@ -1,5 +1,7 @@
 //! The deposit service's one error type. Variants are named by what the client sees; each maps
-//! to one RFC 9457 problem. Infrastructure failures are an opaque 500, logged once.
+//! to one RFC 9457 problem. A database that is briefly unreachable is a 503 with `Retry-After`
+//! (the client retries, with the same Idempotency-Key); other failures are an opaque 500 (a bug),
+//! logged once.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -29,15 +31,41 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(e))
+        if is_transient(&e) {
+            ApiError::Unavailable(e)
+        } else {
+            ApiError::Internal(anyhow::Error::new(e))
+        }
     }
 }
+
+/// A failure that says the database cannot be reached right now, not that the request or the
+/// code is wrong: no connection (refused, reset, timed out waiting for one) or the server
+/// shutting down or refusing connections (SQLSTATE class 08, 57P01-57P03, 53300).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Seconds a client is told to wait before retrying while the database is unavailable.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn field(field: &'static str, message: impl Into<String>) -> Self {
@@ -97,6 +125,18 @@ impl IntoResponse for ApiError {
                 "this Idempotency-Key was already used with a different request body",
             ),
             ApiError::NotFound(what) => Problem::not_found(what),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable; answering 503");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "the database cannot be reached right now. Retry after Retry-After seconds \
+                     with the same Idempotency-Key: a request that was stored after all is \
+                     answered again, never stored twice",
+                )
+                .retry_after(RETRY_AFTER_SECS)
+            }
             ApiError::Internal(e) => Problem::internal(&e),
         };
         problem.into_response()

@@ -151,12 +151,33 @@ async fn read(response: reqwest::Response) -> Result<JsonResponse> {
 }
 
 /// `POST url` over a plain TCP connection, reading the answer while the body is still being
-/// written. A server that refuses an oversized body answers 413 after reading only the head and
-/// then closes; an HTTP client that treats the resulting broken pipe on its body write as the
-/// outcome (as hyper's does) loses that answer now and then. This helper keeps reading, so the test
-/// asserts what the server said rather than how fast the kernel noticed the close.
+/// written. A server that refuses an oversized body may answer after reading only the head; an
+/// HTTP client that treats a broken pipe on its body write as the outcome (as hyper's does)
+/// would lose that answer now and then. This helper keeps reading, so the test asserts what the
+/// server said rather than how fast the kernel noticed a close.
 /// `headers` are sent as given (plus `Host`, `Content-Length` and `Connection: close`).
 pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<JsonResponse> {
+    raw_exchange(url, headers, body, false).await
+}
+
+/// `POST url` over a plain TCP connection as the simplest clients do it (Python's `urllib`, for
+/// one): the whole body is written first, and only then is the answer read. Fails if the server
+/// closes the connection under the write, which such a client sees as a broken pipe instead of
+/// the server's answer.
+pub async fn post_write_all_then_read(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<JsonResponse> {
+    raw_exchange(url, headers, body, true).await
+}
+
+async fn raw_exchange(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    write_all_first: bool,
+) -> Result<JsonResponse> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let parsed = reqwest::Url::parse(url).with_context(|| format!("parsing {url}"))?;
@@ -179,13 +200,21 @@ pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Res
         .write_all(head.as_bytes())
         .await
         .context("writing the request head")?;
-    // The body write may fail once the server has answered and closed: that is expected here.
-    // No half-close after it: hyper's server drops a connection whose reader sees EOF before the
-    // answer is written.
-    let write = tokio::spawn(async move {
-        let _ = writer.write_all(&body).await;
-        writer
-    });
+    // No half-close after the body: hyper's server drops a connection whose reader sees EOF
+    // before the answer is written.
+    let write = if write_all_first {
+        tokio::time::timeout(REQUEST_TIMEOUT, writer.write_all(&body))
+            .await
+            .with_context(|| format!("the body of POST {url} not taken within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("writing the {}-byte body of POST {url}", body.len()))?;
+        None
+    } else {
+        // The body write may fail once the server has answered and closed: expected here.
+        Some(tokio::spawn(async move {
+            let _ = writer.write_all(&body).await;
+            writer
+        }))
+    };
     let mut raw = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 8192];
@@ -201,7 +230,9 @@ pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Res
         Ok(())
     })
     .await;
-    write.abort();
+    if let Some(write) = write {
+        write.abort();
+    }
     read.with_context(|| format!("no answer to POST {url} within {REQUEST_TIMEOUT:?}"))?
         .with_context(|| format!("reading the answer to POST {url}"))?;
     parse_raw_response(&raw).with_context(|| format!("the answer to POST {url}"))

@@ -33,7 +33,8 @@ pub use amqp::{
     publish_with, queue_exists, queue_message_count,
 };
 pub use http::{
-    API_KEY, JsonResponse, get_json, get_text, http_client, post_json, post_raw, request_json,
+    API_KEY, JsonResponse, get_json, get_text, http_client, post_json, post_raw,
+    post_write_all_then_read, request_json,
 };
 pub use poll::{POLL_INTERVAL, eventually};
 pub use proxy::TcpProxy;

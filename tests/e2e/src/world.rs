@@ -199,6 +199,18 @@ impl TestWorld {
             .unwrap_or_else(|_| format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name(svc)))
     }
 
+    /// The URL of a service's database with host and port replaced by the proxy's address.
+    pub fn db_url_via(&self, svc: Svc, proxy: &TcpProxy) -> String {
+        with_host_port(&self.db_url(svc), &proxy.addr().to_string())
+            .unwrap_or_else(|_| self.db_url(svc))
+    }
+
+    /// Starts a [`TcpProxy`] in front of PostgreSQL; pass
+    /// `("DATABASE_URL", &world.db_url_via(svc, &proxy))` as extra env to route a service through it.
+    pub async fn db_proxy(&self) -> Result<TcpProxy> {
+        TcpProxy::start(&host_port_of(&self.admin_url, 5432)?).await
+    }
+
     /// A pool (up to 4 connections, admin user) on a service's database, made once and cached.
     pub async fn pool(&self, svc: Svc) -> Result<PgPool> {
         if let Some(pool) = self.lock_pools().get(&svc) {

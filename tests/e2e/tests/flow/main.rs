@@ -4,6 +4,7 @@
 mod broker_outage;
 mod consumer_crash;
 mod contract;
+mod database_outage;
 mod duplicates;
 mod happy_path;
 mod poison;
