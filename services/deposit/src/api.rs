@@ -89,7 +89,8 @@ async fn read_body_first(request: Request, next: Next) -> Response {
     .await;
     match drained {
         Ok(Ok(())) if total <= BODY_LIMIT_BYTES => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(kept))).await
+            next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
+                .await
         }
         _ if total > BODY_LIMIT_BYTES => {
             let mut response = Problem::new(
@@ -116,7 +117,10 @@ async fn read_body_first(request: Request, next: Next) -> Response {
             StatusCode::REQUEST_TIMEOUT,
             "request-timeout",
             "Request timeout",
-            format!("the request body did not arrive within {} s", DRAIN_TIMEOUT.as_secs()),
+            format!(
+                "the request body did not arrive within {} s",
+                DRAIN_TIMEOUT.as_secs()
+            ),
         )
         .into_response(),
     }

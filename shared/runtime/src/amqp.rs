@@ -1,4 +1,4 @@
-//! RabbitMQ connection and topology (DESIGN §4).
+//! RabbitMQ connection and topology.
 //!
 //! ```text
 //! <ns>.bank.events (topic) --deposit.completed--> <ns>.<svc>.deposits (x-consistent-hash on header account_id)

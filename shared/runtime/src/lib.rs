@@ -4,7 +4,7 @@
 //! - [`telemetry`]: structured logs that always carry the service name.
 //! - [`shutdown`]: one cancellation signal and a task tracker with a drain deadline.
 //! - [`db`]: Postgres pool with start-up retry and embedded migrations.
-//! - [`amqp`]: connection, topology (DESIGN §4) and its names under a namespace.
+//! - [`amqp`]: connection, topology and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI

@@ -205,7 +205,9 @@ async fn raw_exchange(
     let write = if write_all_first {
         tokio::time::timeout(REQUEST_TIMEOUT, writer.write_all(&body))
             .await
-            .with_context(|| format!("the body of POST {url} not taken within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| {
+                format!("the body of POST {url} not taken within {REQUEST_TIMEOUT:?}")
+            })?
             .with_context(|| format!("writing the {}-byte body of POST {url}", body.len()))?;
         None
     } else {

@@ -400,6 +400,22 @@ impl TestWorld {
         })
     }
 
+    /// The most recently started instance of each of the five services (started one by one,
+    /// e.g. with their own environment); an error names the first one not started.
+    pub fn started(&self) -> Result<Services> {
+        let get = |svc: Svc| {
+            self.service(svc)
+                .ok_or_else(|| anyhow!("{} was not started in this world", svc.name()))
+        };
+        Ok(Services {
+            deposit: get(Svc::Deposit)?,
+            account: get(Svc::Account)?,
+            email: get(Svc::Email)?,
+            interest: get(Svc::Interest)?,
+            compliance: get(Svc::Compliance)?,
+        })
+    }
+
     /// The most recently started instance of a service.
     pub fn service(&self, svc: Svc) -> Option<ServiceHandle> {
         self.lock_services()

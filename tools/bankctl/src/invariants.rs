@@ -1,4 +1,4 @@
-//! The system's invariants (DESIGN §6), checked from each service's own database and the broker.
+//! The system's invariants, checked from each service's own database and the broker.
 //!
 //! The deposit service's `deposits` table is the truth every other store is compared with:
 //! - **outbox**: every outbox row is published;

@@ -1,6 +1,6 @@
 //! bankctl's library: what an operator (and the tests) run against a live system.
 //!
-//! - [`invariants`]: DESIGN §6 checked across the five databases and the dead-letter queues.
+//! - [`invariants`]: the system's invariants checked across the five databases and the dead-letter queues.
 //! - [`dlq`]: list and redrive dead-lettered messages.
 //! - [`tail`]: watch events as they are published.
 

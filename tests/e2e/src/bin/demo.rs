@@ -216,13 +216,7 @@ async fn run(name: &str, world: &TestWorld) -> Result<()> {
             let dep = world
                 .start(Svc::Deposit, &[("AMQP_URL", via.as_str())])
                 .await?;
-            let s = Services {
-                deposit: dep.clone(),
-                account: world.service(Svc::Account).context("account")?,
-                email: world.service(Svc::Email).context("email")?,
-                interest: world.service(Svc::Interest).context("interest")?,
-                compliance: world.service(Svc::Compliance).context("compliance")?,
-            };
+            let s = world.started()?;
             say("cut the deposit service off the broker, then POST 3 deposits");
             proxy.cut().await;
             for i in 1..=3 {

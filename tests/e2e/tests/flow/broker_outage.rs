@@ -16,14 +16,8 @@ async fn deposits_are_accepted_while_the_broker_is_away_and_published_after() {
         .start(Svc::Deposit, &[("AMQP_URL", via_proxy.as_str())])
         .await
         .unwrap();
-    let services_deposit = world.service(Svc::Deposit).unwrap();
-    let services = eventbank_e2e::Services {
-        deposit: services_deposit.clone(),
-        account: world.service(Svc::Account).unwrap(),
-        email: world.service(Svc::Email).unwrap(),
-        interest: world.service(Svc::Interest).unwrap(),
-        compliance: world.service(Svc::Compliance).unwrap(),
-    };
+    let services = world.started().unwrap();
+    let services_deposit = services.deposit.clone();
     let account = open_account(&services, "Otto Outage", "USD").await.unwrap();
     deposit(&services, &account, "1.00", "USD").await.unwrap();
     settle(&world, 1).await.unwrap();

@@ -19,14 +19,10 @@ async fn a_deposit_during_a_database_outage_gets_503_and_its_retry_is_stored_onc
         .start(Svc::Deposit, &[("DATABASE_URL", via_proxy.as_str())])
         .await
         .unwrap();
-    let services = eventbank_e2e::Services {
-        deposit: world.service(Svc::Deposit).unwrap(),
-        account: world.service(Svc::Account).unwrap(),
-        email: world.service(Svc::Email).unwrap(),
-        interest: world.service(Svc::Interest).unwrap(),
-        compliance: world.service(Svc::Compliance).unwrap(),
-    };
-    let account = open_account(&services, "Dora Downtime", "USD").await.unwrap();
+    let services = world.started().unwrap();
+    let account = open_account(&services, "Dora Downtime", "USD")
+        .await
+        .unwrap();
     deposit(&services, &account, "1.00", "USD").await.unwrap();
 
     proxy.cut().await;

@@ -231,17 +231,27 @@ async fn an_oversized_body_written_whole_before_reading_gets_its_413() {
         "{{\"account_id\":\"ACC-0001\",\"amount\":\"1.00\",\"currency\":\"USD\",\"x\":\"{}\"}}",
         "a".repeat(4 * 1024 * 1024)
     );
-    let with_key = [("content-type", "application/json"), ("x-api-key", eventbank_e2e::API_KEY)];
+    let with_key = [
+        ("content-type", "application/json"),
+        ("x-api-key", eventbank_e2e::API_KEY),
+    ];
     let without_key = [("content-type", "application/json")];
     for attempt in 0..6 {
-        let headers: &[(&str, &str)] = if attempt % 2 == 0 { &with_key } else { &without_key };
+        let headers: &[(&str, &str)] = if attempt % 2 == 0 {
+            &with_key
+        } else {
+            &without_key
+        };
         let response =
             eventbank_e2e::post_write_all_then_read(&url, headers, huge.clone().into_bytes())
                 .await
                 .unwrap_or_else(|e| panic!("attempt {attempt}: {e:#}"));
         assert_eq!(response.status, 413, "attempt {attempt}: {}", response.text);
         assert_eq!(response.content_type, "application/problem+json");
-        assert_eq!(response.body["type"], "urn:eventbank:problem:body-too-large");
+        assert_eq!(
+            response.body["type"],
+            "urn:eventbank:problem:body-too-large"
+        );
     }
     assert!(deposit.is_running().await);
     world.cleanup().await.unwrap();
