@@ -49,7 +49,8 @@ pub struct Config {
     pub from: Mailbox,
     /// Sender tuning: `EMAIL_MAX_ATTEMPTS` (default 20) sets `max_attempts`,
     /// `EMAIL_RETRY_BASE_MS` (default 1,000) the delay after the first failed attempt, which
-    /// doubles per attempt up to `EMAIL_RETRY_CAP_SECS` (default 300).
+    /// doubles per attempt up to `EMAIL_RETRY_CAP_SECS` (default 300); `EMAIL_LEASE_SECS`
+    /// (default 300) how long a crashed sender's claimed emails wait before another sends them.
     pub sender: SenderSettings,
 }
 
@@ -77,10 +78,18 @@ impl Config {
                 "EMAIL_SEND_CONCURRENCY",
                 SenderSettings::default().concurrency,
             )?,
+            lease: Duration::from_secs(env_parse(
+                "EMAIL_LEASE_SECS",
+                SenderSettings::default().lease.as_secs(),
+            )?),
             ..SenderSettings::default()
         };
         if sender.concurrency == 0 || sender.concurrency > 256 {
             bail!("EMAIL_SEND_CONCURRENCY must be between 1 and 256");
+        }
+        // A round stops at half the lease; below a few seconds one slow SMTP send outlives it.
+        if sender.lease < Duration::from_secs(4) {
+            bail!("EMAIL_LEASE_SECS must be at least 4");
         }
         if sender.max_attempts == 0 {
             bail!("EMAIL_MAX_ATTEMPTS must be at least 1");

@@ -20,6 +20,7 @@ pub mod amqp;
 pub mod flows;
 pub mod http;
 pub mod invariants;
+pub mod nemesis;
 mod poll;
 mod proxy;
 mod service;

@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +18,7 @@ pub struct TcpProxy {
     target: String,
     state: Arc<watch::Sender<State>>,
     active: watch::Receiver<usize>,
+    forwarded: Arc<AtomicU64>,
     accept_task: JoinHandle<()>,
 }
 
@@ -42,17 +44,20 @@ impl TcpProxy {
         let state = Arc::new(state);
         let (active_tx, active) = watch::channel(0usize);
         let active_tx = Arc::new(active_tx);
+        let forwarded = Arc::new(AtomicU64::new(0));
         let accept_task = tokio::spawn(accept_loop(
             listener,
             target.to_string(),
             Arc::clone(&state),
             active_tx,
+            Arc::clone(&forwarded),
         ));
         Ok(TcpProxy {
             addr,
             target: target.to_string(),
             state,
             active,
+            forwarded,
             accept_task,
         })
     }
@@ -94,6 +99,28 @@ impl TcpProxy {
     pub fn active_connections(&self) -> usize {
         *self.active.borrow()
     }
+
+    /// How many connections reached the target since the proxy started (a client that
+    /// reconnects after a cut or a broker restart adds one; an attempt the target refused
+    /// does not).
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` until at least `n` connections are being forwarded.
+    pub async fn wait_for_active(&self, n: usize, timeout: std::time::Duration) -> Result<()> {
+        let mut active = self.active.clone();
+        tokio::time::timeout(timeout, active.wait_for(|a| *a >= n))
+            .await
+            .with_context(|| {
+                format!(
+                    "{} of {n} connections through the proxy after {timeout:?}",
+                    self.active_connections()
+                )
+            })?
+            .context("the proxy stopped")?;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for TcpProxy {
@@ -122,6 +149,7 @@ async fn accept_loop(
     target: String,
     state: Arc<watch::Sender<State>>,
     active: Arc<watch::Sender<usize>>,
+    forwarded: Arc<AtomicU64>,
 ) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
@@ -138,9 +166,10 @@ async fn accept_loop(
         active.send_modify(|n| *n += 1);
         let guard = ActiveGuard(Arc::clone(&active));
         let target = target.clone();
+        let forwarded = Arc::clone(&forwarded);
         tokio::spawn(async move {
             let _guard = guard;
-            forward(inbound, &target, rx, current.epoch).await;
+            forward(inbound, &target, rx, current.epoch, &forwarded).await;
         });
     }
 }
@@ -158,6 +187,7 @@ async fn forward(
     target: &str,
     mut state: watch::Receiver<State>,
     epoch: u64,
+    forwarded: &AtomicU64,
 ) {
     let _ = inbound.set_nodelay(true);
     let connect = TcpStream::connect(target);
@@ -172,6 +202,7 @@ async fn forward(
         }
     };
     let _ = outbound.set_nodelay(true);
+    forwarded.fetch_add(1, Ordering::SeqCst);
     let cut = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
         // An error means the proxy was dropped: treat it as a cut too.
