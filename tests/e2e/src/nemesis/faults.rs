@@ -914,3 +914,36 @@ fn postgres_restart_command(admin_url: &str) -> Result<String> {
         "pg_lsclusters lists no cluster on port {port}; set NEMESIS_PG_RESTART to the command that restarts the tests' PostgreSQL"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn a_seed_replays_its_schedule_and_each_round_holds_every_kind_once() {
+        let a = schedule(42, Svc::Email, 100, 3);
+        let b = schedule(42, Svc::Email, 100, 3);
+        let faults = |s: &[Scheduled]| s.iter().map(|x| x.fault.clone()).collect::<Vec<_>>();
+        assert_eq!(faults(&a), faults(&b));
+        assert_ne!(faults(&a), faults(&schedule(43, Svc::Email, 100, 3)));
+        assert_eq!(a.len(), 3 * Fault::KINDS);
+        for round in a.chunks(Fault::KINDS) {
+            let kinds: BTreeSet<&str> = round.iter().map(|s| s.fault.kind()).collect();
+            assert_eq!(kinds.len(), 10, "every kind in every round");
+            let killed: BTreeSet<Svc> = round
+                .iter()
+                .filter_map(|s| match s.fault {
+                    Fault::Kill { svc, .. } => Some(svc),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(killed.len(), 4);
+            assert!(
+                !killed.contains(&Svc::Email),
+                "the offline consumer is spared"
+            );
+        }
+        assert!(a.iter().enumerate().all(|(i, s)| s.at == (i + 1) * 100));
+    }
+}

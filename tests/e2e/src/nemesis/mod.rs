@@ -222,7 +222,7 @@ async fn run_on(
 
     let healing = Instant::now();
     faults.extend(injector.heal(&history).await?);
-    verdict::quiesce(stack, &history, config.quiesce_timeout).await?;
+    verdict::quiesce(stack, config.quiesce_timeout).await?;
     let quiesce_time = healing.elapsed();
     faults.push(injector.duplicates_at_rest(history.len()).await?);
     let verdict = verdict::judge(stack, &history, &faults).await?;

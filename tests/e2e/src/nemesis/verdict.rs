@@ -95,38 +95,40 @@ fn event_of(message_id: &str) -> Option<Uuid> {
         .ok()
 }
 
-/// Waits until the healed system is at rest: the outbox published, every consumer's queues
-/// empty, the invariant checker passing with every email sent, and one email per accepted
-/// deposit at the SMTP sink.
-pub async fn quiesce(stack: &Stack, history: &[HistoryEntry], timeout: Duration) -> Result<()> {
-    let expected = i64::try_from(accepted(history).len())?;
-    let events = accepted_events(history);
+/// Waits until the healed system is at rest, whether or not it is correct (the judge says
+/// that): the outbox published, every consumer's queues empty and its `processed_events`
+/// unchanged for a second, and no email still queued.
+pub async fn quiesce(stack: &Stack, timeout: Duration) -> Result<()> {
     let deposit = stack.pool(Svc::Deposit).await?;
+    let email = stack.pool(Svc::Email).await?;
+    let previous = std::sync::Mutex::new((Vec::<i64>::new(), std::time::Instant::now()));
     eventually(timeout, || async {
         let unpublished: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                 .fetch_one(&deposit)
                 .await?;
         ensure!(unpublished == 0, "{unpublished} outbox rows unpublished");
+        let mut processed = Vec::new();
         for svc in Svc::CONSUMERS {
             let backlog = stack.backlog(svc).await?;
             ensure!(backlog == 0, "{svc}: {backlog} messages queued");
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+                .fetch_one(&stack.pool(svc).await?)
+                .await?;
+            processed.push(n);
         }
-        let mailed: BTreeSet<Uuid> = stack
-            .sink
-            .message_ids()
-            .iter()
-            .filter_map(|m| event_of(m))
-            .collect();
-        let missing = events.difference(&mailed).count();
-        ensure!(missing == 0, "{missing} emails not at the SMTP sink yet");
-        let report = checker(stack).await?;
+        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'queued'")
+            .fetch_one(&email)
+            .await?;
+        ensure!(queued == 0, "{queued} emails queued");
+        let mut previous = previous.lock().unwrap_or_else(|e| e.into_inner());
+        if previous.0 != processed {
+            *previous = (processed, std::time::Instant::now());
+        }
         ensure!(
-            report.deposits == expected,
-            "{} deposits stored, {expected} accepted",
-            report.deposits
+            previous.1.elapsed() >= Duration::from_secs(1),
+            "consumers applied events in the last second"
         );
-        ensure!(report.ok(), "{report}");
         Ok(())
     })
     .await
@@ -241,17 +243,7 @@ pub async fn judge(
     v.check(
         "invariant checker (every service)",
         report.ok() && usize::try_from(report.deposits)? == accepted.len(),
-        report
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-            + &if report.ok() {
-                String::new()
-            } else {
-                format!(": {report}")
-            },
+        report.to_string(),
     );
 
     // One email per accepted deposit at the SMTP sink; resends only after a fault that can

@@ -357,3 +357,31 @@ pub fn write_history(dir: &Path, seed: u64, history: &[HistoryEntry]) -> Result<
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deposit_derives_from_the_seed_and_its_index_alone() {
+        let a: Vec<_> = (0..500).map(|i| Deposit::planned(7, i, 200)).collect();
+        let b: Vec<_> = (0..500)
+            .rev()
+            .map(|i| Deposit::planned(7, i, 200))
+            .collect();
+        for (x, y) in a.iter().zip(b.iter().rev()) {
+            assert_eq!(
+                (x.account, x.amount_minor, x.currency),
+                (y.account, y.amount_minor, y.currency)
+            );
+        }
+        assert!(a.iter().all(|d| d.account < 200 && d.amount_minor > 0));
+        assert!(a.iter().any(|d| d.currency == "EUR"), "some are refused");
+        assert!(
+            a.iter().any(|d| d.amount_minor >= 1_000_000),
+            "some reach the CTR threshold"
+        );
+        let amounts = |seed| (0..20).map(move |i| Deposit::planned(seed, i, 200).amount_minor);
+        assert!(amounts(7).ne(amounts(8)), "another seed, another workload");
+    }
+}
