@@ -180,8 +180,7 @@ pub async fn run(config: Config) -> Result<Outcome> {
     {
         workload::write_history(dir, config.seed, history)?;
     }
-    let (mut outcome, _, faults_log) = result.inspect_err(|_| stack.print_logs())?;
-    outcome.offline = offline;
+    let (outcome, _, faults_log) = result.inspect_err(|_| stack.print_logs())?;
     if let Some(dir) = &config.out_dir {
         std::fs::write(dir.join(format!("faults-{}.log", config.seed)), faults_log)?;
     }

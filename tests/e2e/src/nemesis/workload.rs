@@ -107,7 +107,8 @@ pub struct Workload {
     limit: watch::Sender<usize>,
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<Result<Vec<HistoryEntry>>>>,
-    /// When the clients stop starting deposits (`Config::duration`).
+    /// When the clients stop starting deposits (`Config::duration`): the first time the
+    /// injector waits for the next fault's point after it.
     pub deadline: Option<Instant>,
 }
 
@@ -125,7 +126,6 @@ impl Workload {
                     client,
                     seed: config.seed,
                     total: config.deposits,
-                    deadline,
                     started,
                     stack: Arc::clone(&stack),
                     next: Arc::clone(&next),
@@ -156,6 +156,12 @@ impl Workload {
             if *answered.borrow_and_update() >= n {
                 return true;
             }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                // Time is up: clients stop here, between two faults, so no fault ever strikes
+                // a workload that has already ended.
+                self.stop();
+                return false;
+            }
             if self.is_done(total) || self.clients.iter().all(|c| c.is_finished()) {
                 return false;
             }
@@ -184,15 +190,16 @@ impl Workload {
         self.release();
     }
 
-    /// Whether clients stopped starting deposits: all were made, or the deadline passed.
+    /// Whether clients stopped starting deposits: all were made, or they were stopped.
     pub fn is_done(&self, total: Option<usize>) -> bool {
-        self.stop.load(Ordering::SeqCst)
-            || total.is_some_and(|n| self.answered() >= n)
-            || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.stop.load(Ordering::SeqCst) || total.is_some_and(|n| self.answered() >= n)
     }
 
     /// Waits for every client; the history in deposit order.
     pub async fn finish(self) -> Result<Vec<HistoryEntry>> {
+        if self.deadline.is_some() {
+            self.stop();
+        }
         self.release();
         let mut history = Vec::new();
         let mut first_error = None;
@@ -217,7 +224,6 @@ struct ClientCtx {
     client: usize,
     seed: u64,
     total: Option<usize>,
-    deadline: Option<Instant>,
     started: Instant,
     stack: Arc<Stack>,
     next: Arc<AtomicUsize>,
@@ -230,9 +236,7 @@ impl ClientCtx {
     async fn run(mut self) -> Result<Vec<HistoryEntry>> {
         let mut history = Vec::new();
         loop {
-            if self.stop.load(Ordering::SeqCst)
-                || self.deadline.is_some_and(|d| Instant::now() >= d)
-            {
+            if self.stop.load(Ordering::SeqCst) {
                 break;
             }
             let index = self.next.fetch_add(1, Ordering::SeqCst);
