@@ -14,12 +14,13 @@
 use crate::changes::{self, Changes};
 use crate::domain::{AccountEvent, AccountState};
 use crate::store::{self, Balance, Bound, RecordedEvent, Txn};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use eventbank_events::{Currency, Money};
+use eventbank_events::{AccountId, Currency, Money};
 use eventbank_runtime::http::{Problem, int_param};
 use futures_util::Stream;
 use serde::Serialize;
@@ -171,6 +172,17 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> 
     }
 }
 
+/// The account id of the path. What is not an account id (not even UTF-8, or with a NUL, which
+/// Postgres refuses in text) names no account: a 404 problem, asked of no database.
+fn account_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    match path {
+        Ok(Path(raw)) if AccountId::parse(&raw).is_ok() => Ok(raw),
+        _ => Err(Problem::not_found(
+            "no such account: an account id is 3 to 32 characters of A-Z, 0-9 and '-'",
+        )),
+    }
+}
+
 fn decimal(minor: i64, currency: Option<Currency>) -> String {
     currency
         .map(|currency| Money { minor, currency }.to_decimal_string())
@@ -218,9 +230,10 @@ const FALLBACK_POLL: Duration = Duration::from_millis(500);
 )]
 async fn get_account(
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
+    let account_id = account_of(path)?;
     let min_sequence = int_param(&params, "min_sequence", 0, 0, i64::MAX)?;
     let wait = parse_wait(params.get("wait"), state.max_wait)?;
     let deadline = Instant::now() + wait;
@@ -283,9 +296,10 @@ async fn get_account(
 )]
 async fn get_transactions(
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
+    let account_id = account_of(path)?;
     let after = int_param(&params, "after_sequence", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", 100, 1, 1000)?;
     let mut conn = state.pool.acquire().await.map_err(internal)?;
@@ -341,9 +355,10 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 )]
 async fn get_balance_as_of(
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
+    let account_id = account_of(path)?;
     let as_of = match params.get("as_of") {
         None => Utc::now(),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
@@ -451,14 +466,16 @@ const SSE_FALLBACK_POLL: Duration = Duration::from_secs(5);
             description = "The stream: events `state`, `opened`, `deposited`, each `data` one JSON object \
                            (account_id, version, balance, balance_minor, currency, ...), and keep-alive comments"),
         (status = 400, description = "`Last-Event-ID` is not a stream version", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "The path is not an account id (3 to 32 characters of A-Z, 0-9 and '-')", body = Problem, content_type = PROBLEM),
         (status = 500, description = "The stream could not be read", body = Problem, content_type = PROBLEM),
     ),
 )]
 async fn stream_changes(
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let account_id = account_of(path)?;
     let resume_from = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(

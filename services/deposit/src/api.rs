@@ -4,6 +4,7 @@ use crate::error::{ApiError, FieldError};
 use crate::openapi::{ACCOUNTS_TAG, ApiDoc, DEPOSITS_TAG, DepositAccepted};
 use crate::store::{self, AccountRow, DepositRow};
 use crate::{Config, DepositMetrics};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -270,8 +271,18 @@ fn valid_email(email: &str) -> bool {
 )]
 async fn get_account(
     State(state): State<AppState>,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AccountRow>, ApiError> {
+    // What is not an account id (not even UTF-8, or with a NUL, which Postgres refuses in text)
+    // names no account: a 404, asked of no database.
+    let account_id = match path {
+        Ok(Path(raw)) if AccountId::parse(&raw).is_ok() => raw,
+        _ => {
+            return Err(ApiError::NotFound(
+                "no such account: an account id is 3 to 32 characters of A-Z, 0-9 and '-'".into(),
+            ));
+        }
+    };
     let mut conn = state.pool.acquire().await?;
     store::get_account(&mut conn, &account_id)
         .await?
@@ -294,8 +305,12 @@ async fn get_account(
 )]
 async fn get_deposit(
     State(state): State<AppState>,
-    Path(deposit_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DepositRow>, ApiError> {
+    // Not even UTF-8 is not a UUID either (axum's rejection would be plain text).
+    let Ok(Path(deposit_id)) = path else {
+        return Err(ApiError::field("deposit_id", "must be a UUID"));
+    };
     let id = Uuid::parse_str(&deposit_id)
         .map_err(|_| ApiError::field("deposit_id", "must be a UUID"))?;
     let mut conn = state.pool.acquire().await?;

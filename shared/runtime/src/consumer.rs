@@ -98,6 +98,48 @@ struct Shared<H> {
 /// cost memory and database space downstream.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// What the consumer makes of a delivery's body before any database work: the event, or the
+/// reason it is dead-lettered (the text of the `x-eventbank-reason` header). Pure, no I/O: the
+/// properties and headers of a delivery play no part in it.
+pub fn decode_delivery(data: &[u8]) -> Result<DepositCompleted, String> {
+    if data.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            data.len()
+        ));
+    }
+    decode(data).map_err(|e| e.to_string())
+}
+
+/// The longest dead-letter reason kept in the header, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// The headers of a dead-lettered copy: the original's (`None`: it had none), with the reason
+/// (cut to [`MAX_REASON_CHARS`] characters), the queue and the time of failure set, replacing
+/// whatever the sender put under those names.
+pub fn dead_letter_headers(
+    original: Option<&FieldTable>,
+    reason: &str,
+    queue: &str,
+    failed_at: &str,
+) -> FieldTable {
+    let mut headers: FieldTable = original.cloned().unwrap_or_default();
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    headers.insert(
+        amqp::REASON_HEADER.into(),
+        AMQPValue::LongString(reason.as_str().into()),
+    );
+    headers.insert(
+        amqp::QUEUE_HEADER.into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    headers.insert(
+        amqp::FAILED_AT_HEADER.into(),
+        AMQPValue::LongString(failed_at.into()),
+    );
+    headers
+}
+
 /// Attempts at a non-transient failure of one message before it is dead-lettered.
 const POISON_ATTEMPTS: u32 = 3;
 
@@ -251,15 +293,7 @@ async fn process_batch<H: Handler>(
     let started = Instant::now();
     let mut decoded: Vec<(Delivery, DepositCompleted)> = Vec::with_capacity(batch.len());
     for delivery in batch {
-        let outcome = if delivery.data.len() > MAX_MESSAGE_BYTES {
-            Err(format!(
-                "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
-                delivery.data.len()
-            ))
-        } else {
-            decode(&delivery.data).map_err(|e| e.to_string())
-        };
-        match outcome {
+        match decode_delivery(&delivery.data) {
             Ok(event) => decoded.push((delivery, event)),
             Err(reason) => {
                 tracing::warn!(queue, reason, message_id = ?delivery.properties.message_id(), "undecodable message: dead-lettering");
@@ -475,19 +509,11 @@ async fn dead_letter<H>(
     delivery: &Delivery,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let mut headers: FieldTable = delivery.properties.headers().clone().unwrap_or_default();
-    let reason: String = reason.chars().take(1000).collect();
-    headers.insert(
-        amqp::REASON_HEADER.into(),
-        AMQPValue::LongString(reason.as_str().into()),
-    );
-    headers.insert(
-        amqp::QUEUE_HEADER.into(),
-        AMQPValue::LongString(queue.into()),
-    );
-    headers.insert(
-        amqp::FAILED_AT_HEADER.into(),
-        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().as_str().into()),
+    let headers = dead_letter_headers(
+        delivery.properties.headers().as_ref(),
+        reason,
+        queue,
+        &chrono::Utc::now().to_rfc3339(),
     );
     let properties = delivery.properties.clone().with_headers(headers);
     let confirmation = channel

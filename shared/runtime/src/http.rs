@@ -396,14 +396,43 @@ pub fn docs_router(openapi: OpenApi) -> Router {
 }
 
 /// A service's whole HTTP surface: its own routes, the ops routes and the docs, with the
-/// fallback problem for unknown routes. Also returns the spec (what `/openapi.json` serves), so
-/// tests can compare it with the routes.
+/// fallback problem for unknown routes and the 405 of a known route as a problem. Also returns
+/// the spec (what `/openapi.json` serves), so tests can compare it with the routes.
 pub fn service_router(api: OpenApiRouter, ops: OpsState) -> (Router, OpenApi) {
     let (router, openapi) = api.merge(ops_api(ops)).split_for_parts();
     let router = router
         .merge(docs_router(openapi.clone()))
-        .fallback(not_found_fallback);
+        .fallback(not_found_fallback)
+        .layer(axum::middleware::map_response(method_not_allowed_problem));
     (router, openapi)
+}
+
+/// The router's own 405 (a route that exists, asked with a method it does not have) has an
+/// empty body: answered as a problem instead, its `Allow` header kept. Every other response
+/// passes unchanged.
+async fn method_not_allowed_problem(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let methods = allow
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut problem = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("this route does not answer this method; it answers {methods}"),
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
 }
 
 /// The `detail` of the fallback's 404 (a route that exists answers its own 404s otherwise).

@@ -2,6 +2,10 @@
 //! users that `scripts/setup` creates and the real binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hostile_http;
+mod hostile_props;
+mod raw;
+
 use eventbank_e2e::{Svc, TestWorld, eventually, get_json, get_message, post_json, publish_event};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
