@@ -6,6 +6,7 @@
 //!
 //! Needs the service binaries next to the test binary (`cargo build --bins`, or
 //! `EVENTBANK_BIN_DIR`), Postgres (`TEST_DATABASE_URL`) and RabbitMQ (`TEST_AMQP_URL`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bankctl::invariants::{self, Kind, Options, Report, Violation};
 use eventbank_e2e::flows::{deposit, open_account};

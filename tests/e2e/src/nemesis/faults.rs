@@ -375,7 +375,10 @@ impl Injector {
                 .fetch_one(&mut self.admin().await?)
                 .await?;
         let command = postgres_restart_command(self.stack.world.admin_url())?;
+        // A restart that fails half-way leaves the server down: start it (a no-op if it runs).
+        let restore = Restore::new(&start_command(&command));
         run_shell(&command).await?;
+        restore.now().await?;
         let after: chrono::DateTime<chrono::Utc> = eventually(HEAL, || async {
             Ok(sqlx::query_scalar("SELECT pg_postmaster_start_time()")
                 .fetch_one(&mut self.admin().await?)
@@ -419,6 +422,8 @@ impl Injector {
     async fn broker_restart(&self, down_ms: u64) -> Result<Struck> {
         let consumers_before = self.stack.consumer_broker.forwarded_total();
         let deposit_before = self.stack.deposit_broker.forwarded_total();
+        // Whatever happens next (an error, a panic), the shared broker is started again.
+        let restore = Restore::new("rabbitmqctl -q start_app");
         run_shell("rabbitmqctl -q stop_app").await?;
         let refused = lapin::Connection::connect(
             self.stack.world.amqp_url(),
@@ -428,7 +433,7 @@ impl Injector {
         .is_err();
         // The fault's own downtime.
         tokio::time::sleep(Duration::from_millis(down_ms)).await;
-        run_shell("rabbitmqctl -q start_app").await?;
+        restore.now().await?;
         ensure!(
             refused,
             "a new AMQP connection succeeded while the broker was stopped"
@@ -859,7 +864,50 @@ impl Injector {
     }
 }
 
-/// Whether a process with this pid exists (`kill -0`).
+/// Runs a command that brings a shared server back: [`now`](Restore::now) when the fault heals,
+/// or on drop if it never got there (an error or a panic in between), so no test leaves
+/// PostgreSQL or RabbitMQ stopped for the ones after it.
+struct Restore {
+    command: Option<String>,
+}
+
+impl Restore {
+    fn new(command: &str) -> Restore {
+        Restore {
+            command: Some(command.to_string()),
+        }
+    }
+
+    /// Runs the command, retried for a while (the server may still be stopping).
+    async fn now(mut self) -> Result<()> {
+        let Some(command) = self.command.take() else {
+            return Ok(());
+        };
+        eventually(HEAL, || run_shell(&command)).await
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(command) = self.command.take() {
+            eprintln!("nemesis: restoring after a failure: {command}");
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .status();
+        }
+    }
+}
+
+/// The command that starts what `restart_command` restarts (`... restart` -> `... start`).
+fn start_command(restart_command: &str) -> String {
+    match restart_command.strip_suffix(" restart") {
+        Some(base) => format!("{base} start || true"),
+        None => "true".to_string(),
+    }
+}
+
+/// Whether a process with this pid exists.
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
