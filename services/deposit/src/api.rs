@@ -70,6 +70,14 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// its whole body before reading gets the answer, not a connection reset under its write (the
 /// lingering close nginx does). Every other answer (401 included) comes after the whole body
 /// was read, for the same reason.
+/// Whether the request claims a Content-Encoding other than `identity`.
+fn encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 async fn read_body_first(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let mut stream = body.into_data_stream();
@@ -89,6 +97,15 @@ async fn read_body_first(request: Request, next: Next) -> Response {
     })
     .await;
     match drained {
+        // A body this service would read wrongly (it decodes no Content-Encoding) is refused,
+        // not stored as whatever its bytes happen to parse to.
+        Ok(Ok(())) if total <= BODY_LIMIT_BYTES && encoded(&parts.headers) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content encoding",
+            "send the body without a Content-Encoding (identity)",
+        )
+        .into_response(),
         Ok(Ok(())) if total <= BODY_LIMIT_BYTES => {
             next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
                 .await
@@ -191,7 +208,7 @@ pub struct OpenAccount {
         (status = 401, description = "Missing or wrong `x-api-key`", body = Problem, content_type = PROBLEM,
             headers(("WWW-Authenticate" = String, description = "ApiKey header=\"x-api-key\""))),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = PROBLEM),
-        (status = 415, description = "Body not sent as application/json", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body not sent as application/json, or sent with a Content-Encoding", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields (listed in `errors`) or a body of the wrong shape", body = Problem, content_type = PROBLEM),
         (status = 500, description = "The account could not be stored", body = Problem, content_type = PROBLEM),
         (status = 503, description = "The database is briefly unreachable. Retry after `Retry-After` seconds",
@@ -484,7 +501,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             headers(("WWW-Authenticate" = String, description = "ApiKey header=\"x-api-key\""))),
         (status = 409, description = "The account is closed", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = PROBLEM),
-        (status = 415, description = "Body not sent as application/json", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body not sent as application/json, or sent with a Content-Encoding", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields (listed in `errors`), an unknown account, a currency that is not the account's, \
                                       an Idempotency-Key reused with another body, or a body of the wrong shape",
             body = Problem, content_type = PROBLEM),

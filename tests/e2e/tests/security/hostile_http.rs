@@ -587,8 +587,9 @@ fn deposit_cases(seed_deposit: &str) -> Vec<Case> {
         post("/deposits", "overlong UTF-8 encoding of a slash", b"{\"account_id\":\"ACC\xc0\xaf0001\",\"amount\":\"1.00\",\"currency\":\"USD\"}".to_vec(), 400),
         post("/deposits", "lone surrogate escape", r#"{"account_id":"ACC-0001","amount":"1.00","currency":"USD","reference":"\ud800"}"#, 400),
         post("/deposits", "UTF-16LE body", good_deposit().to_string().encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>(), 400),
-        post("/deposits", "gzip body with Content-Encoding: gzip (not decoded)", gzip_stored(good_deposit().to_string().as_bytes()), 400).header("content-encoding", "gzip"),
-        post("/deposits", "Content-Encoding: gzip claimed, body plain JSON (the header is not interpreted)", good_deposit().to_string(), 201).header("content-encoding", "gzip").stores(DEPOSIT),
+        post("/deposits", "gzip body with Content-Encoding: gzip (no encoding is decoded)", gzip_stored(good_deposit().to_string().as_bytes()), 415).header("content-encoding", "gzip"),
+        post("/deposits", "Content-Encoding: gzip claimed, body plain JSON (refused, not guessed)", good_deposit().to_string(), 415).header("content-encoding", "gzip"),
+        post("/deposits", "Content-Encoding: identity (the one accepted)", good_deposit().to_string(), 201).header("content-encoding", "identity").stores(DEPOSIT),
         // shapes
         post("/deposits", "empty body", "", 400).kind("malformed-json"),
         post("/deposits", "JSON null", "null", 422).kind("invalid-body"),
