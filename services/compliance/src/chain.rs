@@ -53,11 +53,10 @@ impl CanonicalEntry {
         }
     }
 
-    /// The exact text that is hashed and stored.
-    pub fn to_text(&self) -> String {
-        // A struct of strings, integers and uuids always serialises; the fallback is unreachable
-        // and would make verification fail loudly rather than silently.
-        serde_json::to_string(self).unwrap_or_default()
+    /// The exact text that is hashed and stored. An error is a bug in this struct's types
+    /// (strings, integers, uuids), returned rather than hashing a placeholder.
+    pub fn to_text(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
     }
 }
 
@@ -69,16 +68,8 @@ pub fn link_hash(prev: &[u8], entry: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Lower-case hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
+/// Lower-case hexadecimal, as hashes are shown and compared in text.
+pub use hex::encode as hex;
 
 /// One stored row of `audit_log`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -241,7 +232,9 @@ mod tests {
 
     #[test]
     fn the_canonical_entry_is_byte_for_byte_fixed() {
-        let entry = CanonicalEntry::new(1, &event(), at("2024-01-01T12:35:00Z")).to_text();
+        let entry = CanonicalEntry::new(1, &event(), at("2024-01-01T12:35:00Z"))
+            .to_text()
+            .unwrap();
         assert_eq!(
             entry,
             r#"{"position":1,"event_id":"01890000-0000-7000-8000-000000000001","account_id":"ACC-0042","deposit_id":"01890000-0000-7000-8000-0000000000d1","sequence":3,"amount_minor":10000,"currency":"USD","occurred_at":"2024-01-01T12:34:56.123456Z","recorded_at":"2024-01-01T12:35:00.000000Z"}"#
@@ -265,7 +258,9 @@ mod tests {
             .map(|position| {
                 let mut e = event();
                 e.event_id = Uuid::now_v7();
-                let entry = CanonicalEntry::new(position, &e, recorded).to_text();
+                let entry = CanonicalEntry::new(position, &e, recorded)
+                    .to_text()
+                    .unwrap();
                 let hash = link_hash(&prev, &entry).to_vec();
                 let row = StoredEntry {
                     position,

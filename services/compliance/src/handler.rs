@@ -101,7 +101,9 @@ impl Handler for ComplianceHandler {
         let mut entries = Vec::with_capacity(fresh.len());
         for e in &fresh {
             position += 1;
-            let entry = CanonicalEntry::new(position, e, recorded_at).to_text();
+            let entry = CanonicalEntry::new(position, e, recorded_at)
+                .to_text()
+                .map_err(|e| HandlerError::Other(e.into()))?;
             let hash = chain::link_hash(&prev, &entry).to_vec();
             entries.push(StoredEntry {
                 position,

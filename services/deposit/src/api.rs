@@ -149,6 +149,8 @@ pub fn app(state: AppState) -> Router {
     router(state).split_for_parts().0
 }
 
+use subtle::ConstantTimeEq as _;
+
 const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
 
 /// Write endpoints need `x-api-key`. Compared in constant time so the answer's timing does not
@@ -160,12 +162,7 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     let expected = state.config.api_key.expose().as_bytes();
-    let same_length = given.len() == expected.len();
-    let diff = given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if same_length && diff == 0 {
+    if bool::from(given.ct_eq(expected)) {
         return next.run(request).await;
     }
     let mut response = eventbank_runtime::http::Problem::new(
@@ -597,7 +594,7 @@ async fn accept_deposit(
         &row.account_id,
         row.sequence,
         event.traceparent.as_deref(),
-        &event.to_json(),
+        &event.to_json().map_err(|e| ApiError::Internal(e.into()))?,
     )
     .await?;
     let response = deposit_response(&row, valid.money);

@@ -147,9 +147,10 @@ impl DepositCompleted {
     }
 
     /// Serialised body, as published.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serialising plain structs of strings and numbers cannot fail.
-        serde_json::to_vec(&self.to_envelope()).unwrap_or_default()
+    /// The message body. An error is a bug in the envelope's types (it holds strings, numbers
+    /// and timestamps), returned rather than hidden behind an empty body.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.to_envelope())
     }
 }
 
@@ -310,10 +311,11 @@ mod tests {
             assert_eq!(event.schema_version, 1);
             assert_eq!((event.channel, event.reference.as_deref()), (None, None));
             // Upcast then re-encoded, it is a valid current (v2) event with the same data.
-            let again = decode(&event.to_json()).unwrap();
+            let again = decode(&event.to_json().unwrap()).unwrap();
             assert_eq!(again.amount_minor, event.amount_minor);
             assert_eq!(again.schema_version, CURRENT_VERSION);
-            let current: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+            let current: serde_json::Value =
+                serde_json::from_slice(&event.to_json().unwrap()).unwrap();
             assert!(schema_validator().is_valid(&current));
         }
     }
@@ -323,16 +325,16 @@ mod tests {
         let mut event = sample();
         event.channel = None;
         event.reference = None;
-        let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&event.to_json().unwrap()).unwrap();
         assert!(value["data"].get("channel").is_none());
         assert!(schema_validator().is_valid(&value));
-        assert_eq!(decode(&event.to_json()).unwrap(), event);
+        assert_eq!(decode(&event.to_json().unwrap()).unwrap(), event);
     }
 
     #[test]
     fn encoded_event_round_trips_and_matches_the_json_schema() {
         let event = sample();
-        let body = event.to_json();
+        let body = event.to_json().unwrap();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let validator = schema_validator();
         let errors: Vec<String> = validator

@@ -383,7 +383,7 @@ fn sample_message(ns: &str) -> Result<eventbank_runtime::publisher::Outgoing> {
         event.event_id,
         "ACC-1234",
         event.traceparent.as_deref(),
-        event.to_json(),
+        event.to_json()?,
     ))
 }
 

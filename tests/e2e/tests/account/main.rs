@@ -44,7 +44,7 @@ pub async fn publish(world: &TestWorld, partition: usize, event: &DepositComplet
     publish_to_queue(
         world,
         &world.partition_queue(Svc::Account, partition),
-        &event.to_json(),
+        &event.to_json().unwrap(),
         &[("account_id", event.account_id.as_str())],
     )
     .await
