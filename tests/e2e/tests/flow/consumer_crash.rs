@@ -1,5 +1,5 @@
 use crate::{deposit, open_account, settle};
-use eventbank_e2e::{Svc, TestWorld};
+use eventbank_e2e::TestWorld;
 
 /// SIGKILL a consumer in the middle of a stream of deposits, restart it: every deposit is
 /// reflected exactly once, none lost (the unacked batch is redelivered; the dedup row of a
@@ -17,9 +17,11 @@ async fn a_consumer_killed_mid_stream_catches_up_exactly_once() {
         );
     }
     let total = 150;
+    let before = services.account.pid().unwrap();
     for i in 0..total {
         if i == 50 {
             services.account.kill().await.unwrap();
+            assert!(!services.account.is_running().await, "account was killed");
             services.compliance.kill().await.unwrap();
         }
         if i == 110 {
@@ -38,6 +40,11 @@ async fn a_consumer_killed_mid_stream_catches_up_exactly_once() {
     }
     let report = settle(&world, total as i64).await.unwrap();
     assert_eq!(report.accounts, 5, "{report}");
-    assert!(world.service(Svc::Account).is_some());
+    // Deposits 50..110 reached account only from its queue, after the restart.
+    assert_ne!(
+        services.account.pid().unwrap(),
+        before,
+        "account ran again as a new process"
+    );
     world.cleanup().await.unwrap();
 }
