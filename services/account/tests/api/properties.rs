@@ -115,7 +115,6 @@ proptest! {
     #[test]
     fn upcast_v1_reads_like_the_current_version(deposits in deposits()) {
         let events = events_of(&deposits);
-        let mut current = Vec::new();
         let mut upcast = Vec::new();
         for e in &events {
             match e {
@@ -125,8 +124,7 @@ proptest! {
                     let mut expected = o.clone();
                     expected.holder_name = None;
                     expected.email = None;
-                    prop_assert_eq!(&read, &AccountEvent::Opened(expected.clone()));
-                    current.push(AccountEvent::Opened(expected));
+                    prop_assert_eq!(&read, &AccountEvent::Opened(expected));
                     upcast.push(read);
                 }
                 AccountEvent::Deposited(d) => {
@@ -135,14 +133,19 @@ proptest! {
                         "amount": amount, "currency": d.currency, "occurred_at": d.occurred_at});
                     let read = codec::decode(DEPOSITED, 1, &v1.to_string()).unwrap();
                     prop_assert_eq!(&read, e);
-                    current.push(e.clone());
                     upcast.push(read);
                 }
             }
         }
-        prop_assert_eq!(
-            domain::replay(AccountState::default(), &upcast),
-            domain::replay(AccountState::default(), &current)
-        );
+        // The v1 stream replays to the original stream's balance, version and effective
+        // time; only the holder, which v1 never stored, is unknown.
+        let from_v1 = domain::replay(AccountState::default(), &upcast);
+        let original = domain::replay(AccountState::default(), &events);
+        prop_assert_eq!(from_v1.balance_minor, original.balance_minor);
+        prop_assert_eq!(from_v1.version, original.version);
+        prop_assert_eq!(from_v1.effective_at, original.effective_at);
+        prop_assert_eq!(from_v1.last_sequence, original.last_sequence);
+        prop_assert_eq!(from_v1.holder_name, None);
+        prop_assert!(original.holder_name.is_some());
     }
 }
