@@ -179,11 +179,11 @@ async fn audit_entries_page_by_account_and_can_be_checked_by_anyone() {
 
     // The whole chain, recomputed from what the API shows.
     let (_, _, all) = app.get(&base, "/compliance/audit?limit=1000").await;
-    let mut prev = chain::hex(&GENESIS);
+    let mut prev = chain::hex(GENESIS);
     for item in all["items"].as_array().unwrap() {
         assert_eq!(item["prev_hash"], prev.as_str());
-        let recomputed = chain::hex(&chain::link_hash(
-            &decode_hex(item["prev_hash"].as_str().unwrap()),
+        let recomputed = chain::hex(chain::link_hash(
+            &hex::decode(item["prev_hash"].as_str().unwrap()).unwrap(),
             item["entry"].as_str().unwrap(),
         ));
         assert_eq!(item["hash"], recomputed.as_str());
@@ -192,13 +192,6 @@ async fn audit_entries_page_by_account_and_can_be_checked_by_anyone() {
     }
     assert_eq!(all["items"].as_array().unwrap().len(), 8);
     app.finish().await;
-}
-
-fn decode_hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 #[tokio::test]
