@@ -26,6 +26,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
+
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1_000;
 
@@ -116,9 +118,9 @@ struct Page<T> {
     responses(
         (status = 200, description = "A page of entries", body = Page<AuditItem>),
         (status = 400, description = "A malformed parameter (named in `parameter`)", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_audit(
@@ -173,9 +175,9 @@ async fn get_audit(
     responses(
         (status = 200, description = "A page of alerts", body = Page<AlertRow>),
         (status = 400, description = "A malformed parameter (named in `parameter`)", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_alerts(
@@ -232,7 +234,7 @@ async fn get_alerts(
     responses(
         (status = 200, description = "The report: intact, or where the chain first breaks", body = ChainReport),
         (status = 500, description = "The walk itself could not be done", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_verify(State(state): State<AppState>) -> Result<Json<Value>, Problem> {

@@ -17,6 +17,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
+
 /// Rows returned by the list at most; the API is for looking, not for export.
 pub const LIST_LIMIT: i64 = 100;
 
@@ -71,9 +73,9 @@ pub struct ListParams {
     responses(
         (status = 200, description = "Newest first, at most 100", body = Vec<EmailSummary>),
         (status = 400, description = "A malformed query, account id or status", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn list_emails(
@@ -125,11 +127,11 @@ async fn list_emails(
     responses(
         (status = 200, description = "The email", body = EmailDetail),
         (status = 400, description = "The id is not a UUID", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 404, description = "No email for that event", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_email(

@@ -20,6 +20,8 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
+
 /// The longest range of days one request may cover; longer ranges are answered with a 400 so
 /// that one request cannot make the service compute (and serialise) decades of days.
 pub const MAX_DAYS_PER_REQUEST: i64 = 3_660;
@@ -123,11 +125,11 @@ struct BalanceBody {
     responses(
         (status = 200, description = "The latest closing balance", body = BalanceBody),
         (status = 400, description = "Not an account id", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 404, description = "No deposit of this account has reached the service", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_balance(
@@ -199,11 +201,11 @@ struct AccrualBody {
     responses(
         (status = 200, description = "The days of the range and the totals", body = AccrualBody),
         (status = 400, description = "A malformed account id or date, from after to, or a range over 3660 days",
-            body = Problem, content_type = "application/problem+json"),
+            body = Problem, content_type = PROBLEM),
         (status = 404, description = "No deposit of this account has reached the service", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
         (status = 500, description = "The query could not be answered", body = Problem,
-            content_type = "application/problem+json"),
+            content_type = PROBLEM),
     ),
 )]
 async fn get_accrual(
