@@ -1,5 +1,6 @@
-//! HTTP API of the compliance service. Every error is an RFC 9457 problem, query-string errors
-//! included (parsed here rather than with axum's `Query`, whose rejections are plain text).
+//! HTTP API of the compliance service. Every error is an [`ApiError`], answered as an RFC 9457
+//! problem, query-string errors included (the query is taken as a map with the runtime's
+//! `ApiQuery`, whose rejection is a problem, and each parameter parsed here).
 //!
 //! - `GET /compliance/audit?account_id=&after=&limit=`: audit entries in position order, with
 //!   the canonical entry text and hex hashes, so anyone can recompute the chain.
@@ -11,12 +12,13 @@
 //!   alerts on `ok: false`. A 5xx means the walk itself could not be done.
 
 use crate::chain::{self, BrokenReason};
+use crate::error::{ApiError, int_param};
 use crate::store::{self, AlertRow, Verification};
 use axum::extract::State;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use eventbank_events::AccountId;
-use eventbank_runtime::http::{ApiQuery, Problem, int_param};
+use eventbank_runtime::http::{ApiQuery, Problem};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -65,16 +67,11 @@ pub fn app(state: AppState) -> Router {
     router(state).split_for_parts().0
 }
 
-fn internal(e: impl Into<anyhow::Error>) -> Problem {
-    Problem::internal(&e.into())
-}
-
-fn parse_account(params: &HashMap<String, String>) -> Result<Option<AccountId>, Problem> {
+fn parse_account(params: &HashMap<String, String>) -> Result<Option<AccountId>, ApiError> {
     params
         .get("account_id")
         .map(|raw| {
-            AccountId::parse(raw)
-                .map_err(|e| Problem::bad_request(e.to_string()).with("parameter", "account_id"))
+            AccountId::parse(raw).map_err(|e| ApiError::parameter("account_id", e.to_string()))
         })
         .transpose()
 }
@@ -126,19 +123,18 @@ struct Page<T> {
 async fn get_audit(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
-) -> Result<Json<Page<AuditItem>>, Problem> {
+) -> Result<Json<Page<AuditItem>>, ApiError> {
     let account_id = parse_account(&params)?;
     let after = int_param(&params, "after", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let mut conn = state.pool.acquire().await?;
     let rows = store::audit_page(
         &mut conn,
         account_id.as_ref().map(AccountId::as_str),
         after,
         limit,
     )
-    .await
-    .map_err(internal)?;
+    .await?;
     let next_after = if rows.len() as i64 == limit {
         rows.last().map(|r| r.position)
     } else {
@@ -183,30 +179,31 @@ async fn get_audit(
 async fn get_alerts(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
-) -> Result<Json<Page<AlertRow>>, Problem> {
+) -> Result<Json<Page<AlertRow>>, ApiError> {
     let account_id = parse_account(&params)?;
     let kind = match params.get("kind").map(String::as_str) {
         None => None,
         Some(kind @ ("ctr" | "structuring")) => Some(kind),
         Some(_) => {
-            return Err(
-                Problem::bad_request("kind must be ctr or structuring").with("parameter", "kind")
-            );
+            return Err(ApiError::parameter(
+                "kind",
+                "kind must be ctr or structuring",
+            ));
         }
     };
     let include_superseded = match params.get("include_superseded").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
-            return Err(
-                Problem::bad_request("include_superseded must be true or false")
-                    .with("parameter", "include_superseded"),
-            );
+            return Err(ApiError::parameter(
+                "include_superseded",
+                "include_superseded must be true or false",
+            ));
         }
     };
     let after = int_param(&params, "after", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let mut conn = state.pool.acquire().await?;
     let items = store::alerts_page(
         &mut conn,
         account_id.as_ref().map(AccountId::as_str),
@@ -215,8 +212,7 @@ async fn get_alerts(
         after,
         limit,
     )
-    .await
-    .map_err(internal)?;
+    .await?;
     let next_after = if items.len() as i64 == limit {
         items.last().map(|a| a.id)
     } else {
@@ -237,10 +233,8 @@ async fn get_alerts(
             content_type = PROBLEM),
     ),
 )]
-async fn get_verify(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    let outcome = store::verify_snapshot(&state.pool)
-        .await
-        .map_err(internal)?;
+async fn get_verify(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let outcome = store::verify_snapshot(&state.pool).await?;
     Ok(Json(verification_json(&outcome)))
 }
 

@@ -7,9 +7,11 @@
 //!   transaction.
 //! - [`store`]: the SQL.
 //! - [`api`]: `GET /compliance/audit`, `GET /compliance/alerts`, `GET /compliance/verify`.
+//! - [`error`]: the API's one error type, answered as RFC 9457 problems.
 
 pub mod api;
 pub mod chain;
+pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod rules;

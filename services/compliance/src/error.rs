@@ -1,0 +1,58 @@
+//! The compliance service's one error type for its HTTP API. Variants are named by what the
+//! client sees; each maps to one RFC 9457 problem. Infrastructure failures are an opaque 500,
+//! logged once (by `Problem::internal`).
+
+use axum::response::{IntoResponse, Response};
+use eventbank_runtime::http::{self, Problem};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query parameter that does not parse or is out of range: a 400 naming it in `parameter`.
+    #[error("invalid {parameter}: {detail}")]
+    InvalidParameter {
+        parameter: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl ApiError {
+    pub fn parameter(parameter: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::InvalidParameter {
+            parameter,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            ApiError::InvalidParameter { parameter, detail } => {
+                Problem::bad_request(detail).with("parameter", parameter)
+            }
+            ApiError::Internal(e) => Problem::internal(&e),
+        };
+        problem.into_response()
+    }
+}
+
+/// [`http::int_param`] (the runtime's one wording of an integer range), as an [`ApiError`].
+pub fn int_param(
+    params: &HashMap<String, String>,
+    name: &'static str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    http::int_param(params, name, default, min, max)
+        .map_err(|problem| ApiError::parameter(name, problem.detail))
+}
