@@ -1,11 +1,13 @@
-//! HTTP API of the interest service. Every error is an RFC 9457 problem, query-string errors
-//! included (parsed here rather than with axum's `Query`, whose rejections are plain text).
+//! HTTP API of the interest service. Every error is an [`ApiError`], answered as an RFC 9457
+//! problem, query-string errors included (the query is taken as a map with the runtime's
+//! `ApiQuery`, whose rejection is a problem, and each parameter parsed here).
 //!
 //! - `GET /interest/accounts/{id}?from=YYYY-MM-DD&to=YYYY-MM-DD`: the daily closing balances,
 //!   rates and accrued interest of each day, and the totals.
 //! - `GET /interest/accounts/{id}/balance`: the current balance (the latest closing balance).
 
 use crate::accrual::{self, ExactInterest};
+use crate::error::ApiError;
 use crate::store::{self, AccountSummary};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -59,38 +61,31 @@ pub fn app(state: AppState) -> Router {
     router(state).split_for_parts().0
 }
 
-fn internal(e: impl Into<anyhow::Error>) -> Problem {
-    Problem::internal(&e.into())
-}
-
-fn parse_day(params: &HashMap<String, String>, name: &str) -> Result<Option<NaiveDate>, Problem> {
+fn parse_day(
+    params: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<NaiveDate>, ApiError> {
     params
         .get(name)
         .map(|raw| {
-            NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-                Problem::bad_request(format!("{name} must be a date such as 2024-02-29"))
-                    .with("parameter", name)
+            NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| ApiError::InvalidParameter {
+                parameter: name,
+                detail: format!("{name} must be a date such as 2024-02-29"),
             })
         })
         .transpose()
 }
 
-fn parse_account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, Problem> {
-    let Path(raw) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    AccountId::parse(&raw).map_err(|e| Problem::bad_request(e.to_string()))
+fn parse_account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    AccountId::parse(&raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-async fn summary(state: &AppState, account_id: &AccountId) -> Result<AccountSummary, Problem> {
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
+async fn summary(state: &AppState, account_id: &AccountId) -> Result<AccountSummary, ApiError> {
+    let mut conn = state.pool.acquire().await?;
     store::account_summary(&mut conn, account_id.as_str())
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "account {account_id} has no deposits in the interest service"
-            ))
-            .with("account_id", account_id.as_str())
-        })
+        .await?
+        .ok_or_else(|| ApiError::UnknownAccount(account_id.as_str().to_owned()))
 }
 
 /// Minor units as a decimal string in the currency's precision, when it can be formatted.
@@ -135,7 +130,7 @@ struct BalanceBody {
 async fn get_balance(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<BalanceBody>, Problem> {
+) -> Result<Json<BalanceBody>, ApiError> {
     let account_id = parse_account(path)?;
     let s = summary(&state, &account_id).await?;
     Ok(Json(BalanceBody {
@@ -212,18 +207,14 @@ async fn get_accrual(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
-) -> Result<Json<AccrualBody>, Problem> {
+) -> Result<Json<AccrualBody>, ApiError> {
     let account_id = parse_account(path)?;
     let requested_from = parse_day(&params, "from")?;
     let requested_to = parse_day(&params, "to")?;
     if let (Some(from), Some(to)) = (requested_from, requested_to)
         && from > to
     {
-        return Err(
-            Problem::bad_request(format!("from ({from}) is after to ({to})"))
-                .with("from", from)
-                .with("to", to),
-        );
+        return Err(ApiError::FromAfterTo { from, to });
     }
     let s = summary(&state, &account_id).await?;
     let today = Utc::now().date_naive();
@@ -247,16 +238,11 @@ async fn get_accrual(
     }
     let span = (to - from).num_days() + 1;
     if span > MAX_DAYS_PER_REQUEST {
-        return Err(Problem::bad_request(format!(
-            "the range covers {span} days; at most {MAX_DAYS_PER_REQUEST} per request"
-        ))
-        .with("max_days", MAX_DAYS_PER_REQUEST));
+        return Err(ApiError::RangeTooLong { days: span });
     }
 
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
-    let stored = store::accruals_between(&mut conn, &s.account_id, from, to)
-        .await
-        .map_err(internal)?;
+    let mut conn = state.pool.acquire().await?;
+    let stored = store::accruals_between(&mut conn, &s.account_id, from, to).await?;
     let mut total = ExactInterest::ZERO;
     for row in &stored {
         total = total + ExactInterest::for_day(row.balance_minor, row.rate);
@@ -273,12 +259,8 @@ async fn get_accrual(
         .and_then(|h| h.succ_opt())
         .map_or(from, |next| next.max(from));
     if projected_from <= to {
-        let balances = store::all_balances(&mut conn, &s.account_id)
-            .await
-            .map_err(internal)?;
-        let schedules = store::rate_schedules(&mut conn, std::slice::from_ref(&s.currency))
-            .await
-            .map_err(internal)?;
+        let balances = store::all_balances(&mut conn, &s.account_id).await?;
+        let schedules = store::rate_schedules(&mut conn, std::slice::from_ref(&s.currency)).await?;
         let schedule = schedules.get(&s.currency).cloned().unwrap_or_default();
         for day in accrual::accrue_days(&balances, &schedule, projected_from, to) {
             total = total + day.interest;
@@ -286,14 +268,14 @@ async fn get_accrual(
                 day: day.day,
                 closing_balance_minor: day.balance_minor,
                 rate: day.rate.to_string(),
-                accrued_micro: i64::try_from(day.interest.micro()).map_err(internal)?,
+                accrued_micro: i64::try_from(day.interest.micro())?,
             });
         }
     }
     body.from = Some(from);
     body.to = Some(to);
-    body.total_accrued_micro = i64::try_from(total.micro()).map_err(internal)?;
-    body.total_accrued_minor = i64::try_from(total.minor()).map_err(internal)?;
+    body.total_accrued_micro = i64::try_from(total.micro())?;
+    body.total_accrued_minor = i64::try_from(total.minor())?;
     body.total_accrued = decimal(i128::from(body.total_accrued_minor), &s.currency);
     Ok(Json(body))
 }

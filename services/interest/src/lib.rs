@@ -7,6 +7,7 @@
 //! - [`eod`]: the end-of-day job: stores the accrual of every ended day without deposits.
 //! - [`store`]: the SQL.
 //! - [`api`]: `GET /interest/accounts/{id}` and `GET /interest/accounts/{id}/balance`.
+//! - [`error`]: the API's one error type, answered as RFC 9457 problems.
 //!
 //! Seam for posting: `daily_accruals` holds the exact inputs of every day (balance and rate) and
 //! [`accrual::ExactInterest::minor`] is the only place that rounds to minor units; a posting job
@@ -15,6 +16,7 @@
 pub mod accrual;
 pub mod api;
 pub mod eod;
+pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod store;
