@@ -19,6 +19,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The header that carries the partition key; the consistent-hash exchange hashes on it.
 pub const PARTITION_HEADER: &str = "account_id";
@@ -67,14 +70,88 @@ impl Names {
     }
 }
 
-/// Opens a connection named after the service (visible in the management UI).
+/// How long one broker of a list may take to accept a connection before the next is tried.
+const LIST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker addresses in `AMQP_URL`: one amqp URL, or several separated by commas (the nodes
+/// of a cluster). Entries are trimmed; empty ones are ignored. A comma inside a password must be
+/// percent-encoded (`%2C`).
+pub fn broker_urls(spec: &str) -> Vec<&str> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// `host:port` of an amqp URL, for logs: never the user or the password.
+pub fn broker_address(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// The order in which `n` brokers are tried when the attempt starts at `start`: `start`, the
+/// next one, ..., wrapping around.
+fn attempt_order(n: usize, start: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (start + i) % n)
+}
+
+/// Where the next connection attempt of this process starts in the broker list: a random
+/// position first (so the replicas of a service, and the services, spread over the nodes), then
+/// one further on every attempt (so a reconnect first tries another node than the last one).
+fn next_start(n: usize) -> usize {
+    static NEXT: OnceLock<AtomicUsize> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicUsize::new(rand::random_range(0..1024)));
+    next.fetch_add(1, Ordering::Relaxed) % n.max(1)
+}
+
+/// Opens a connection named after the service (visible in the management UI). With several
+/// brokers in `AMQP_URL`, tries them in order from a rotating start and returns the first that
+/// accepts; every reconnect path calls this again, so a service whose node died moves to another.
 pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(config.service.to_owned()));
-    // The URL carries a password: the error says which service failed, never the URL.
-    Connection::connect(config.amqp_url.expose(), properties)
-        .await
-        .with_context(|| format!("connecting to RabbitMQ as {}", config.service))
+    let urls = broker_urls(config.amqp_url.expose());
+    if urls.len() <= 1 {
+        // The URL carries a password: the error says which service failed, never the URL.
+        let url = urls.first().copied().unwrap_or_default();
+        return Connection::connect(url, properties)
+            .await
+            .with_context(|| format!("connecting to RabbitMQ as {}", config.service));
+    }
+    let mut failures = Vec::with_capacity(urls.len());
+    for index in attempt_order(urls.len(), next_start(urls.len())) {
+        let url = urls[index];
+        let address = broker_address(url);
+        let attempt = Connection::connect(url, properties.clone());
+        let error = match tokio::time::timeout(LIST_CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => {
+                tracing::info!(
+                    broker = address,
+                    position = index + 1,
+                    of = urls.len(),
+                    "connected to RabbitMQ"
+                );
+                return Ok(connection);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {LIST_CONNECT_TIMEOUT:?}"),
+        };
+        tracing::warn!(
+            broker = address,
+            error,
+            "RabbitMQ broker unreachable; trying the next"
+        );
+        failures.push(format!("{address}: {error}"));
+    }
+    anyhow::bail!(
+        "connecting to RabbitMQ as {}: none of the {} brokers of AMQP_URL accepted ({})",
+        config.service,
+        urls.len(),
+        failures.join("; ")
+    )
 }
 
 fn durable() -> ExchangeDeclareOptions {
@@ -258,5 +335,64 @@ mod tests {
         let ns = Names::new("t1");
         assert_eq!(ns.events_exchange(), "t1.bank.events");
         assert_eq!(ns.dead_letter_queue("account"), "t1.account.deposits.dlq");
+    }
+
+    #[test]
+    fn a_single_url_is_one_broker_unchanged() {
+        let url = "amqp://eventbank_email:eventbank_email@127.0.0.1:5672/eventbank";
+        assert_eq!(broker_urls(url), vec![url]);
+        // Query parameters (heartbeat, ...) stay part of the URL.
+        let with_query = "amqps://u:p@rabbit.example:5671/eventbank?heartbeat=10&frame_max=8192";
+        assert_eq!(broker_urls(with_query), vec![with_query]);
+    }
+
+    #[test]
+    fn a_comma_separated_list_is_several_brokers_in_order() {
+        let spec = " amqp://g:g@127.0.0.1:5681/eventbank, amqp://g:g@127.0.0.1:5682/eventbank,,\
+                    amqp://g:g@127.0.0.1:5683/eventbank ,";
+        assert_eq!(
+            broker_urls(spec),
+            vec![
+                "amqp://g:g@127.0.0.1:5681/eventbank",
+                "amqp://g:g@127.0.0.1:5682/eventbank",
+                "amqp://g:g@127.0.0.1:5683/eventbank",
+            ]
+        );
+        assert!(broker_urls("").is_empty());
+        assert!(broker_urls(" , ,").is_empty());
+    }
+
+    #[test]
+    fn broker_addresses_never_show_credentials() {
+        assert_eq!(
+            broker_address("amqp://user:hunter2@10.0.0.7:5682/eventbank"),
+            "10.0.0.7:5682"
+        );
+        // A password containing '@' (percent-encoded or not) stays out as well.
+        assert_eq!(
+            broker_address("amqp://user:p@ss@rabbit:5672/v?x=1"),
+            "rabbit:5672"
+        );
+        assert_eq!(broker_address("amqp://rabbit"), "rabbit");
+        for url in broker_urls("amqp://a:s3cret@h1:1/v,amqp://b:s3cret@h2:2/v") {
+            assert!(!broker_address(url).contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn every_broker_is_tried_once_from_the_start_position() {
+        assert_eq!(attempt_order(3, 0).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(attempt_order(3, 2).collect::<Vec<_>>(), vec![2, 0, 1]);
+        assert_eq!(attempt_order(1, 0).collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn the_start_position_rotates() {
+        // connect is the only other caller, and no unit test connects: successive attempts
+        // start one broker further on each time.
+        let starts: Vec<usize> = (0..6).map(|_| next_start(3)).collect();
+        for pair in starts.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 3, "{starts:?}");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct CommonConfig {
     pub service: &'static str,
     pub http_addr: SocketAddr,
     pub database_url: Secret,
+    /// One amqp URL, or several separated by commas (the nodes of a cluster; see
+    /// [`crate::amqp::connect`]).
     pub amqp_url: Secret,
     /// Prefix of every broker name (`<ns>.bank.events`); empty in production, unique per test.
     pub namespace: String,
@@ -95,6 +97,11 @@ impl CommonConfig {
             "AMQP_URL",
             &format!("amqp://{role}:{role}@127.0.0.1:5672/eventbank"),
         ));
+        if crate::amqp::broker_urls(amqp_url.expose()).is_empty() {
+            bail!(
+                "AMQP_URL holds no broker URL: give one amqp URL, or several separated by commas"
+            );
+        }
         let namespace = env_or("AMQP_NAMESPACE", "");
         validate_namespace(&namespace)?;
         let log_format = match env_or("LOG_FORMAT", "pretty").as_str() {
