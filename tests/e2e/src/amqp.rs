@@ -21,8 +21,28 @@ pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens a connection, with a hint about the vhost when it fails.
+/// Opens a connection, with a hint about the vhost when it fails. `url` may be a comma-separated
+/// list (a cluster's nodes): the first that accepts, in order.
 pub(crate) async fn connect(url: &str) -> Result<Connection> {
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.len() <= 1 {
+        return connect_one(url).await;
+    }
+    let mut errors = Vec::new();
+    for one in urls {
+        match connect_one(one).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("no broker of the list accepted: {}", errors.join("; "))
+}
+
+async fn connect_one(url: &str) -> Result<Connection> {
     let connecting = Connection::connect(url, ConnectionProperties::default());
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),

@@ -94,9 +94,15 @@ impl TestWorld {
     /// A new world: checks the broker is reachable, creates the five databases and the scratch
     /// directory (with `email/` in it).
     pub async fn with_options(options: WorldOptions) -> Result<TestWorld> {
+        TestWorld::with_broker(options, env_or("TEST_AMQP_URL", DEFAULT_AMQP_URL)).await
+    }
+
+    /// A new world on the broker `amqp_url` instead of `TEST_AMQP_URL`: also a comma-separated
+    /// list (a cluster's nodes), which the services get as their `AMQP_URL` and the world's own
+    /// connection tries in order.
+    pub async fn with_broker(options: WorldOptions, amqp_url: String) -> Result<TestWorld> {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let admin_url = env_or("TEST_DATABASE_URL", DEFAULT_ADMIN_URL);
-        let amqp_url = env_or("TEST_AMQP_URL", DEFAULT_AMQP_URL);
         let test_log = std::env::var("TEST_LOG")
             .ok()
             .filter(|v| !v.trim().is_empty());
