@@ -10,18 +10,22 @@
 //!   (latest snapshot at or before the instant + replay), not from the projection.
 //! - `GET /accounts/{id}/stream`: Server-Sent Events, one per applied change, from whichever
 //!   replica applied it (Postgres NOTIFY); resumable with `Last-Event-ID` (a stream version).
+//!
+//! Every error is an [`ApiError`], answered as an RFC 9457 problem. The query is taken as a map
+//! with the runtime's `ApiQuery` (whose rejection is a problem) and each parameter parsed here.
 
 use crate::changes::{self, Changes};
 use crate::domain::{AccountEvent, AccountState};
+use crate::error::{ApiError, int_param};
 use crate::store::{self, Balance, Bound, RecordedEvent, Txn};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use eventbank_events::{AccountId, Currency, Money};
-use eventbank_runtime::http::{Problem, int_param};
+use eventbank_runtime::http::{ApiQuery, Problem};
 use futures_util::Stream;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -141,18 +145,14 @@ struct BalanceAsOfBody {
 }
 
 /// Serialises a body as the `Value` the handlers answer (members in alphabetical order).
-fn to_json(body: impl Serialize) -> Result<Json<Value>, Problem> {
-    serde_json::to_value(body).map(Json).map_err(internal)
+fn to_json(body: impl Serialize) -> Result<Json<Value>, ApiError> {
+    Ok(Json(serde_json::to_value(body)?))
 }
 
 const PROBLEM: &str = eventbank_runtime::http::PROBLEM_CONTENT_TYPE;
 
-fn internal(e: impl Into<anyhow::Error>) -> Problem {
-    Problem::internal(&e.into())
-}
-
 /// `wait` accepts `2s`, `500ms` or a bare number of milliseconds.
-fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> {
+fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, ApiError> {
     let Some(raw) = raw else {
         return Ok(Duration::from_secs(2).min(max));
     };
@@ -165,7 +165,7 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> 
     };
     match millis {
         Some(ms) if Duration::from_millis(ms) <= max => Ok(Duration::from_millis(ms)),
-        _ => Err(Problem::bad_request(format!(
+        _ => Err(ApiError::BadRequest(format!(
             "wait must be like 2s or 500ms, at most {} ms",
             max.as_millis()
         ))),
@@ -174,12 +174,10 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, Problem> 
 
 /// The account id of the path. What is not an account id (not even UTF-8, or with a NUL, which
 /// Postgres refuses in text) names no account: a 404 problem, asked of no database.
-fn account_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+fn account_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     match path {
         Ok(Path(raw)) if AccountId::parse(&raw).is_ok() => Ok(raw),
-        _ => Err(Problem::not_found(
-            "no such account: an account id is 3 to 32 characters of A-Z, 0-9 and '-'",
-        )),
+        _ => Err(ApiError::NoSuchAccount),
     }
 }
 
@@ -231,8 +229,8 @@ const FALLBACK_POLL: Duration = Duration::from_millis(500);
 async fn get_account(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let account_id = account_of(path)?;
     let min_sequence = int_param(&params, "min_sequence", 0, 0, i64::MAX)?;
     let wait = parse_wait(params.get("wait"), state.max_wait)?;
@@ -240,35 +238,26 @@ async fn get_account(
     // Subscribed before the first read, so a change committed in between still wakes us.
     let mut rx = state.changes.subscribe();
     loop {
-        let mut conn = state.pool.acquire().await.map_err(internal)?;
-        let balance = store::balance(&mut conn, &account_id)
-            .await
-            .map_err(internal)?;
+        let mut conn = state.pool.acquire().await?;
+        let balance = store::balance(&mut conn, &account_id).await?;
         drop(conn);
         let current = balance.as_ref().map_or(0, |b| b.last_sequence);
         if current >= min_sequence {
             if let Some(b) = balance {
                 return to_json(balance_body(b));
             }
-            return Err(Problem::not_found(format!(
+            return Err(ApiError::NotFound(format!(
                 "account {account_id} has no applied deposits"
             )));
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not-yet-consistent",
-                "Projection has not caught up",
-                format!(
-                    "account {account_id} has applied sequence {current}; sequence {min_sequence} was asked for and did not arrive within {} ms",
-                    wait.as_millis()
-                ),
-            )
-            .with("account_id", &account_id)
-            .with("current_sequence", current)
-            .with("min_sequence", min_sequence)
-            .retry_after(1));
+            return Err(ApiError::NotYetConsistent {
+                account_id,
+                current_sequence: current,
+                min_sequence,
+                waited: wait,
+            });
         }
         tokio::select! {
             _ = changes::changed(&mut rx, &account_id) => {}
@@ -297,27 +286,19 @@ async fn get_account(
 async fn get_transactions(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let account_id = account_of(path)?;
     let after = int_param(&params, "after_sequence", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", 100, 1, 1000)?;
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
-    if store::balance(&mut conn, &account_id)
-        .await
-        .map_err(internal)?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!(
+    let mut conn = state.pool.acquire().await?;
+    if store::balance(&mut conn, &account_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
             "account {account_id} has no applied deposits"
         )));
     }
-    let items = store::transactions(&mut conn, &account_id, after, limit)
-        .await
-        .map_err(internal)?;
-    let pending = store::pending_count(&mut conn, &account_id)
-        .await
-        .map_err(internal)?;
+    let items = store::transactions(&mut conn, &account_id, after, limit).await?;
+    let pending = store::pending_count(&mut conn, &account_id).await?;
     let next = if items.len() as i64 == limit {
         items.last().map(|t| t.sequence)
     } else {
@@ -356,25 +337,24 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 async fn get_balance_as_of(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let account_id = account_of(path)?;
     let as_of = match params.get("as_of") {
         None => Utc::now(),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| {
-                Problem::bad_request(
-                    "as_of must be an RFC 3339 instant, such as 2026-11-27T07:30:00Z",
+                ApiError::BadRequest(
+                    "as_of must be an RFC 3339 instant, such as 2026-11-27T07:30:00Z".into(),
                 )
             })?,
     };
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let mut conn = state.pool.acquire().await?;
     let loaded = store::state_as_of(&mut conn, &account_id, as_of)
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or_else(|| {
-            Problem::not_found(format!(
+            ApiError::NotFound(format!(
                 "account {account_id} had no applied deposit at or before {}",
                 rfc3339(as_of)
             ))
@@ -474,7 +454,7 @@ async fn stream_changes(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let account_id = account_of(path)?;
     let resume_from = match headers.get("last-event-id") {
         None => None,
@@ -484,18 +464,19 @@ async fn stream_changes(
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .filter(|v| *v >= 0)
                 .ok_or_else(|| {
-                    Problem::bad_request("Last-Event-ID must be a stream version (an integer)")
+                    ApiError::BadRequest(
+                        "Last-Event-ID must be a stream version (an integer)".into(),
+                    )
                 })?,
         ),
     };
     // Subscribed before reading the starting state, so nothing committed in between is lost.
     let mut rx = state.changes.subscribe();
-    let mut conn = state.pool.acquire().await.map_err(internal)?;
+    let mut conn = state.pool.acquire().await?;
     let start = match resume_from {
         Some(version) => store::load_prefix(&mut conn, &account_id, Bound::Version(version)).await,
         None => store::load_stream(&mut conn, &account_id).await,
-    }
-    .map_err(internal)?
+    }?
     .state;
     drop(conn);
 

@@ -3,15 +3,17 @@
 //! Write side: [`domain`] (the aggregate as pure code), [`codec`] (stored forms, upcasting),
 //! [`store`] (the event store, snapshots, parked deposits), [`handler`] (the ordering rule,
 //! per batch), [`cache`] (the latest states between batches, checked against the store). Read side: [`projection`] (balances and transactions, written in the append's
-//! transaction), [`api`] (queries, point in time, read-your-writes, SSE), [`changes`] (NOTIFY
-//! fan-out). Operations: [`gaps`] (long-open sequence gaps), [`rebuild`] (replay the store into
-//! fresh projections), [`synthetic`] (large stores for tests and benchmarks).
+//! transaction), [`api`] (queries, point in time, read-your-writes, SSE; its errors are
+//! [`error`]'s one `ApiError`), [`changes`] (NOTIFY fan-out). Operations: [`gaps`] (long-open
+//! sequence gaps), [`rebuild`] (replay the store into fresh projections), [`synthetic`] (large
+//! stores for tests and benchmarks).
 
 pub mod api;
 pub mod cache;
 pub mod changes;
 pub mod codec;
 pub mod domain;
+pub mod error;
 pub mod gaps;
 pub mod handler;
 pub mod projection;
