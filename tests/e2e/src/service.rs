@@ -88,6 +88,23 @@ impl LogBuffer {
     }
 }
 
+/// util-linux's `setpriv`, where present: it asks the kernel to SIGKILL the service when the
+/// test process dies (PR_SET_PDEATHSIG, kept across its exec), so a test binary killed by a
+/// signal, whose `Drop`s never run, leaves no service running. (The workspace forbids `unsafe`,
+/// which calling prctl from `pre_exec` would need.)
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// A command that runs `program`, bound to the life of this process where `setpriv` exists.
+fn parent_bound_command(program: &std::path::Path) -> Command {
+    if std::path::Path::new(SETPRIV).is_file() {
+        let mut cmd = Command::new(SETPRIV);
+        cmd.arg("--pdeathsig").arg("KILL").arg("--").arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 /// A running (or stopped) service process started by a [`TestWorld`](crate::TestWorld).
 ///
 /// Cheap to clone; all clones control the same process. The world keeps a clone and kills the
@@ -214,7 +231,7 @@ impl ServiceHandle {
                 spec.label
             );
         }
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = parent_bound_command(&spec.program);
         for key in SCRUBBED_ENV {
             cmd.env_remove(key);
         }
