@@ -8,7 +8,7 @@
 //! (re)connect a [`Signal::Resync`] tells every receiver to re-read.
 
 use crate::projection::CHANGES_CHANNEL;
-use eventbank_runtime::consumer::Backoff;
+use eventbank_runtime::backoff::Backoff;
 use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;

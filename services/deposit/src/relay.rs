@@ -14,7 +14,7 @@
 use crate::wakeup::{self, OutboxSignal};
 use crate::{DepositMetrics, store};
 use eventbank_runtime::amqp::{self, Names};
-use eventbank_runtime::consumer::Backoff;
+use eventbank_runtime::backoff::Backoff;
 use eventbank_runtime::publisher::{Outgoing, Publisher, deposit_message};
 use eventbank_runtime::{CommonConfig, Shutdown};
 use prometheus_client::metrics::gauge::Gauge;

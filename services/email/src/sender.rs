@@ -16,7 +16,7 @@ use crate::metrics::EmailMetrics;
 use crate::store::{self, EmailStatus, Outgoing};
 use crate::transport::{DeliveryError, Mailer, build_message};
 use eventbank_runtime::Shutdown;
-use eventbank_runtime::consumer::Backoff;
+use eventbank_runtime::backoff::{self, Backoff};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use lettre::message::Mailbox;
@@ -76,14 +76,7 @@ impl SenderSettings {
     /// doubling per attempt, capped at `retry_cap`, minus up to a quarter of jitter so that
     /// emails failed together (an SMTP outage) do not all come due in the same instant.
     pub fn retry_delay(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(31);
-        let delay = self
-            .retry_base
-            .saturating_mul(2_u32.saturating_pow(doublings))
-            .min(self.retry_cap);
-        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let jitter = rand::random_range(0..=ms / 4);
-        Duration::from_millis(ms - jitter)
+        backoff::delay(self.retry_base, self.retry_cap, attempt)
     }
 }
 

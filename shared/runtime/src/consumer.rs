@@ -22,6 +22,7 @@
 
 use crate::Shutdown;
 use crate::amqp::{self, Names};
+use crate::backoff::Backoff;
 use crate::config::CommonConfig;
 use crate::metrics::ConsumerMetrics;
 use eventbank_events::{DepositCompleted, decode};
@@ -39,7 +40,7 @@ use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -538,40 +539,4 @@ async fn dead_letter<H>(
         .await?;
     shared.metrics.dead_lettered.inc();
     Ok(())
-}
-
-/// Exponential backoff with jitter: `base` doubling up to `cap` (100 ms to 5 s by default).
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Self::with(Duration::from_millis(100), Duration::from_secs(5))
-    }
-    pub fn with(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            next: base,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        // Jitter of up to a quarter keeps many replicas from retrying in lock step.
-        let jitter_ms = rand::random_range(0..=base.as_millis() as u64 / 4);
-        base + Duration::from_millis(jitter_ms)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }

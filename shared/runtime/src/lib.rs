@@ -4,6 +4,7 @@
 //! - [`telemetry`]: structured logs that always carry the service name.
 //! - [`shutdown`]: one cancellation signal and a task tracker with a drain deadline.
 //! - [`db`]: Postgres pool with start-up retry and embedded migrations.
+//! - [`backoff`]: exponential backoff with jitter, one convention for every retry.
 //! - [`amqp`]: connection, topology and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
@@ -12,6 +13,7 @@
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod db;
