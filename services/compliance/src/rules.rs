@@ -387,14 +387,8 @@ mod tests {
                 .collect();
             let mut in_time = deposits.clone();
             in_time.sort_by_key(|d| (d.occurred_at, d.event_id));
-            // A deterministic shuffle from the seed (Fisher-Yates with an LCG).
-            let mut shuffled = deposits.clone();
-            let mut state = seed;
-            for i in (1..shuffled.len()).rev() {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let j = usize::try_from(state >> 33).unwrap() % (i + 1);
-                shuffled.swap(i, j);
-            }
+            // A deterministic shuffle from the seed (the tests' one shuffle).
+            let shuffled = eventbank_runtime::testing::shuffled(&deposits, seed);
             let expected = from_scratch(&rules, &deposits);
             prop_assert_eq!(run(&rules, &in_time), expected.clone());
             prop_assert_eq!(run(&rules, &shuffled), expected);
