@@ -11,6 +11,7 @@ mod compliance;
 mod contract;
 mod delivery;
 mod narrate;
+mod notification;
 mod outages;
 mod support;
 
@@ -141,6 +142,12 @@ const SCENARIOS: &[Scenario] = &[
         compliance::tamper,
         "an audit entry rewritten by a superuser is caught by the chain verification",
         "a hash chain makes history tamper-evident: each entry's hash covers its text and the hash before it",
+    ),
+    scenario!(
+        "notification-vs-state-transfer",
+        notification::notification_vs_state_transfer,
+        "a thin-notification consumer that calls deposit back vs the fat-event consumer, measured",
+        "a thin notification makes every consumer call the source (calls, latency, load, and it stops with the source); a fat event costs bytes and a copy as of the event",
     ),
 ];
 
