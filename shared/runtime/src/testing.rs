@@ -13,17 +13,13 @@ pub fn admin_url() -> String {
     )
 }
 
-/// Replaces the database name in a postgres URL.
-pub fn url_for_database(admin: &str, database: &str) -> String {
-    let (base, query) = match admin.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (admin, String::new()),
-    };
-    let base = match base.rfind('/') {
-        Some(i) if i > "postgres://".len() => &base[..i],
-        _ => base,
-    };
-    format!("{base}/{database}{query}")
+/// The same URL with its path replaced by `/<database>` (user info, host, port and query
+/// kept), parsed with the `url` crate.
+pub fn url_for_database(admin: &str, database: &str) -> anyhow::Result<String> {
+    let mut url =
+        url::Url::parse(admin).map_err(|e| anyhow::anyhow!("not a database URL ({e}): {admin}"))?;
+    url.set_path(&format!("/{database}"));
+    Ok(url.into())
 }
 
 pub struct TestDatabase {
@@ -46,7 +42,7 @@ impl TestDatabase {
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        let url = url_for_database(&admin, &name);
+        let url = url_for_database(&admin, &name)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect(&url)
@@ -638,11 +634,11 @@ mod tests {
     #[test]
     fn database_name_is_replaced() {
         assert_eq!(
-            url_for_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            url_for_database("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
             "postgres://postgres@127.0.0.1:5432/x"
         );
         assert_eq!(
-            url_for_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            url_for_database("postgres://u:p@h/db?sslmode=disable", "x").unwrap(),
             "postgres://u:p@h/x?sslmode=disable"
         );
     }

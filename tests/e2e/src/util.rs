@@ -61,60 +61,51 @@ pub fn service_binary(name: &str) -> Result<PathBuf> {
     binary_in(&default_bin_dir()?, name)
 }
 
-/// Splits `scheme://authority/rest` into (`scheme://`, `authority`, `/rest`).
-fn split_url(url: &str) -> Result<(&str, &str, &str)> {
-    let start = url
-        .find("://")
-        .map(|i| i + 3)
-        .ok_or_else(|| anyhow!("not a URL (no `://`): {url}"))?;
-    let after = &url[start..];
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    Ok((&url[..start], &after[..end], &after[end..]))
+fn parse(url: &str) -> Result<url::Url> {
+    url::Url::parse(url).map_err(|e| anyhow!("not a URL ({e}): {}", redact(url)))
 }
 
 /// The same URL with its path replaced by `/<database>` (query string kept).
 pub(crate) fn with_database(url: &str, database: &str) -> Result<String> {
-    let (scheme, authority, rest) = split_url(url)?;
-    let query = rest.find('?').map_or("", |i| &rest[i..]);
-    Ok(format!("{scheme}{authority}/{database}{query}"))
+    eventbank_runtime::testing::url_for_database(url, database)
 }
 
 /// The same URL with its host and port replaced (user info, path and query kept).
 pub(crate) fn with_host_port(url: &str, host_port: &str) -> Result<String> {
-    let (scheme, authority, rest) = split_url(url)?;
-    let userinfo = authority.rfind('@').map_or("", |i| &authority[..=i]);
-    Ok(format!("{scheme}{userinfo}{host_port}{rest}"))
+    let mut url = parse(url)?;
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("not host:port: {host_port}"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("not host:port: {host_port}"))?;
+    url.set_host(Some(host))
+        .with_context(|| format!("not a host: {host}"))?;
+    url.set_port(Some(port))
+        .map_err(|()| anyhow!("{} cannot have a port", redact(url.as_str())))?;
+    Ok(url.into())
 }
 
 /// The `host:port` of a URL, for the proxy target (default AMQP port when absent).
 pub(crate) fn host_port_of(url: &str, default_port: u16) -> Result<String> {
-    let (_, authority, _) = split_url(url)?;
-    let host_port = authority
-        .rfind('@')
-        .map_or(authority, |i| &authority[i + 1..]);
-    if host_port.contains(':') {
-        Ok(host_port.to_string())
-    } else {
-        Ok(format!("{host_port}:{default_port}"))
-    }
+    let url = parse(url)?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow!("no host in {}", redact(url.as_str())))?;
+    Ok(format!("{host}:{}", url.port().unwrap_or(default_port)))
 }
 
 /// The URL with any password replaced by `***`, for messages.
 pub(crate) fn redact(url: &str) -> String {
-    let Ok((scheme, authority, rest)) = split_url(url) else {
-        return url.to_string();
-    };
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{scheme}{user}:***@{}{rest}", &authority[at + 1..])
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("***")).is_ok() {
+                parsed.into()
             } else {
                 url.to_string()
             }
         }
-        None => url.to_string(),
+        _ => url.to_string(),
     }
 }
 
