@@ -81,26 +81,11 @@ impl ReceivedMail {
     }
 }
 
+/// Quoted-printable (RFC 2045) decoded by the `quoted_printable` crate, strictly (lettre's
+/// encoding is strict: upper-case hex, lines of at most 76): `None` when malformed.
 fn decode_quoted_printable(body: &str) -> Option<String> {
-    let bytes = body.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            // A soft line break: the line continues.
-            b'=' if bytes.get(i + 1..i + 3) == Some(b"\r\n") => i += 3,
-            b'=' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    let bytes = quoted_printable::decode(body, quoted_printable::ParseMode::Strict).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The sink. Dropping it stops it.
@@ -289,5 +274,21 @@ async fn converse(stream: TcpStream, received: Arc<Mutex<Vec<ReceivedMail>>>) ->
             }
             _ => write.write_all(b"502 command not implemented\r\n").await?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_quoted_printable;
+
+    #[test]
+    fn quoted_printable_is_decoded_as_lettre_writes_it() {
+        assert_eq!(
+            decode_quoted_printable("caf=C3=A9 =E2=82=AC 1,2=\r\n34.50 a=3Db\r\nnext line")
+                .as_deref(),
+            Some("café € 1,234.50 a=b\r\nnext line")
+        );
+        assert_eq!(decode_quoted_printable("bad =ZZ escape"), None);
+        assert_eq!(decode_quoted_printable("=FF"), None);
     }
 }

@@ -402,23 +402,10 @@ pub fn text_part(message: &str) -> Option<String> {
     Some(body.replace("\r\n", "\n"))
 }
 
+/// Quoted-printable (RFC 2045) decoded by the `quoted_printable` crate, strictly (lettre's
+/// encoding is strict: upper-case hex, lines of at most 76).
 fn decode_quoted_printable(body: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = body.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'=' if bytes.get(i + 1..i + 3) == Some(b"\r\n") => i += 3,
-            b'=' => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
-                out.push(u8::from_str_radix(hex, 16).expect("hex"));
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8")
+    let bytes = quoted_printable::decode(body, quoted_printable::ParseMode::Strict)
+        .expect("quoted-printable");
+    String::from_utf8(bytes).expect("utf-8")
 }
