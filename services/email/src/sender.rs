@@ -34,8 +34,9 @@ pub struct SenderSettings {
     /// Emails claimed per round.
     pub batch_size: i64,
     /// Deliveries under way at once (`EMAIL_SEND_CONCURRENCY`). Each is recorded as soon as it
-    /// is known (those finished together, in one statement), so concurrency does not widen the
-    /// resend window after a crash beyond the sends under way.
+    /// is known (those finished together, in one statement), and no send starts while twice this
+    /// many are unrecorded, so a crash or a database outage resends at most twice the
+    /// concurrency (same Message-IDs).
     /// One at a time, a file or SMTP delivery (a flush to disk, or a few round trips) is slower
     /// than deposits arrive: the benchmark measured about 50 emails/s with 1, and at about 700
     /// deposits/s on its busy machine the queue still grew with 8 and 32 (9,000 in 25 s, 5,300
@@ -159,9 +160,19 @@ impl Sender {
         let mut delivered: Vec<&Outgoing> = Vec::new();
         let mut recording: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> =
             None;
+        // Deliveries in the statement under way. While the database stalls (a restart), that
+        // statement waits and finished sends pile up unrecorded; each is sent again if it
+        // fails. So no send starts while the unrecorded ones (under way, finished, being
+        // recorded) reach twice the concurrency: a crash or a database outage resends at most
+        // that many, not the rest of the batch.
+        let mut recording_len = 0usize;
         loop {
             // Start sends while there is room, unless a stop condition says hand the rest back.
-            while in_flight.len() < concurrency && unstarted.is_empty() && failure.is_none() {
+            while in_flight.len() < concurrency
+                && in_flight.len() + delivered.len() + recording_len < 2 * concurrency
+                && unstarted.is_empty()
+                && failure.is_none()
+            {
                 let Some(email) = queue.next() else { break };
                 if shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by {
                     unstarted.push(email);
@@ -172,6 +183,7 @@ impl Sender {
                 in_flight.push(self.send_one(email).instrument(span));
             }
             if recording.is_none() && !delivered.is_empty() {
+                recording_len = delivered.len();
                 recording = Some(Box::pin(self.record_sent(std::mem::take(&mut delivered))));
             }
             if in_flight.is_empty() && recording.is_none() {
@@ -198,6 +210,7 @@ impl Sender {
                     }
                 }, if recording.is_some() => {
                     recording = None;
+                    recording_len = 0;
                     if let Err(e) = recorded
                         && failure.is_none()
                     {

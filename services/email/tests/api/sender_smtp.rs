@@ -293,3 +293,57 @@ async fn a_server_that_accepts_and_never_answers_is_a_transient_failure_within_t
     }
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
 }
+
+/// While the statement that records deliveries stalls (a database restarting, a lock), the
+/// sender stops starting sends once twice its concurrency are unrecorded: a crash or a failed
+/// record then resends at most that many, not the rest of its batch.
+#[tokio::test]
+async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded() {
+    let db = database().await;
+    let sink = SmtpSink::start().await;
+    let events: Vec<_> = (0..40).map(|i| alice(100 + i)).collect();
+    handle(&db.pool, &events).await;
+    // Marking an email sent waits while `stall` holds a row.
+    sqlx::raw_sql(
+        "CREATE TABLE stall (x int); INSERT INTO stall VALUES (1);
+         CREATE FUNCTION stall_sent() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             WHILE EXISTS (SELECT 1 FROM stall) LOOP PERFORM pg_sleep(0.02); END LOOP;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER stall_sent BEFORE UPDATE ON emails FOR EACH ROW
+             WHEN (NEW.status = 'sent') EXECUTE FUNCTION stall_sent();",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("stall trigger");
+    let concurrency = 2;
+    let settings = SenderSettings {
+        concurrency,
+        ..fast_settings()
+    };
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    wait_for(
+        "the unrecorded sends to fill up",
+        Duration::from_secs(20),
+        || async { (sink.received().len() >= 2 * concurrency).then_some(()) },
+    )
+    .await;
+    // Without the bound, the whole batch of 40 goes out within milliseconds here.
+    let window = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < window {
+        let sent = sink.received().len();
+        assert!(
+            sent <= 2 * concurrency,
+            "{sent} sent while none could be recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    sqlx::query("DELETE FROM stall")
+        .execute(&db.pool)
+        .await
+        .expect("unstall");
+    wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
+    sender.stop().await;
+    assert_eq!(sink.received().len(), events.len(), "each sent once");
+}

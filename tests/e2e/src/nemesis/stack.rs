@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 /// Partitions per consumer (the services' default).
 pub const PARTITIONS: u16 = 4;
 /// Deliveries under way at once in the email sender: bounds the resends after a crash.
-pub const EMAIL_SEND_CONCURRENCY: usize = 8;
+pub const EMAIL_SEND_CONCURRENCY: usize = 4;
 /// A crashed email sender's claims wait this long before another sender takes them.
 const EMAIL_LEASE_SECS: &str = "5";
 

@@ -255,13 +255,14 @@ pub async fn judge(
     let unknown = mailed.difference(&events).count();
     let resends = mail_ids.len() - mailed.len();
     let disruptions = faults.iter().filter(|f| f.email_disrupted).count();
-    let bound = disruptions * EMAIL_SEND_CONCURRENCY;
+    // The sender starts no send while twice its concurrency are unrecorded.
+    let bound = disruptions * 2 * EMAIL_SEND_CONCURRENCY;
     v.check(
         "one email per deposit (Message-ID)",
         missing == 0 && unknown == 0 && resends <= bound,
         format!(
             "{} distinct Message-IDs for {} deposits, {missing} missing, {unknown} unknown; \
-             {resends} resent (bound {bound}: {disruptions} faults x {EMAIL_SEND_CONCURRENCY} sends under way)",
+             {resends} resent (bound {bound}: {disruptions} faults x 2 x {EMAIL_SEND_CONCURRENCY} unrecorded sends)",
             mailed.len(),
             events.len()
         ),
