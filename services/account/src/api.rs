@@ -16,7 +16,7 @@
 
 use crate::changes::{self, Changes};
 use crate::domain::{AccountEvent, AccountState};
-use crate::error::{ApiError, int_param};
+use crate::error::ApiError;
 use crate::store::{self, Balance, Bound, RecordedEvent, Txn};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -25,6 +25,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use eventbank_events::{AccountId, Currency, Money};
+use eventbank_runtime::http::int_param;
 use eventbank_runtime::http::{ApiQuery, Problem};
 use futures_util::Stream;
 use serde::Serialize;

@@ -6,7 +6,6 @@ use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use eventbank_runtime::http::{self, Problem};
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// Seconds a client is told to wait before asking again for a sequence not yet applied.
@@ -96,16 +95,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// [`http::int_param`] (the runtime's one wording of an integer range), as an [`ApiError`].
-pub fn int_param(
-    params: &HashMap<String, String>,
-    name: &'static str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, ApiError> {
-    http::int_param(params, name, default, min, max).map_err(|problem| ApiError::InvalidParameter {
-        parameter: name,
-        detail: problem.detail,
-    })
+impl From<http::InvalidParameter> for ApiError {
+    fn from(e: http::InvalidParameter) -> Self {
+        ApiError::InvalidParameter {
+            parameter: e.parameter,
+            detail: e.detail,
+        }
+    }
 }

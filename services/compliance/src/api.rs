@@ -12,12 +12,13 @@
 //!   alerts on `ok: false`. A 5xx means the walk itself could not be done.
 
 use crate::chain::{self, BrokenReason};
-use crate::error::{ApiError, int_param};
+use crate::error::ApiError;
 use crate::store::{self, AlertRow, Verification};
 use axum::extract::State;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use eventbank_events::AccountId;
+use eventbank_runtime::http::int_param;
 use eventbank_runtime::http::{ApiQuery, Problem};
 use serde::Serialize;
 use serde_json::Value;

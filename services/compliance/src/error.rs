@@ -4,7 +4,6 @@
 
 use axum::response::{IntoResponse, Response};
 use eventbank_runtime::http::{self, Problem};
-use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -45,14 +44,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// [`http::int_param`] (the runtime's one wording of an integer range), as an [`ApiError`].
-pub fn int_param(
-    params: &HashMap<String, String>,
-    name: &'static str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, ApiError> {
-    http::int_param(params, name, default, min, max)
-        .map_err(|problem| ApiError::parameter(name, problem.detail))
+impl From<http::InvalidParameter> for ApiError {
+    fn from(e: http::InvalidParameter) -> Self {
+        ApiError::parameter(e.parameter, e.detail)
+    }
 }

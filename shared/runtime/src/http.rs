@@ -219,21 +219,35 @@ where
 /// naming the parameter and the range.
 pub fn int_param(
     params: &std::collections::HashMap<String, String>,
-    name: &str,
+    name: &'static str,
     default: i64,
     min: i64,
     max: i64,
-) -> Result<i64, Problem> {
+) -> Result<i64, InvalidParameter> {
     match params.get(name) {
         None => Ok(default),
         Some(raw) => raw
             .parse::<i64>()
             .ok()
             .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| {
-                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
-                    .with("parameter", name)
+            .ok_or_else(|| InvalidParameter {
+                parameter: name,
+                detail: format!("{name} must be an integer from {min} to {max}"),
             }),
+    }
+}
+
+/// A query parameter that does not parse ([`int_param`]): a 400 problem naming it in
+/// `parameter`. Each service's error type takes it with `From`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidParameter {
+    pub parameter: &'static str,
+    pub detail: String,
+}
+
+impl From<InvalidParameter> for Problem {
+    fn from(e: InvalidParameter) -> Problem {
+        Problem::bad_request(e.detail).with("parameter", e.parameter)
     }
 }
 
