@@ -292,7 +292,14 @@ impl Injector {
             Fault::ReorderedFirst { rows } => self.reordered_first(*rows).await?,
             Fault::Poison { count } => self.poison(*count).await?,
         };
-        Ok(self.record(fault.kind(), fault.to_string(), at, started, struck))
+        Ok(self.record(
+            fault.kind(),
+            fault.to_string(),
+            at,
+            true,
+            started.elapsed(),
+            struck,
+        ))
     }
 
     fn record(
@@ -300,7 +307,8 @@ impl Injector {
         kind: &'static str,
         fault: String,
         at: usize,
-        started: Instant,
+        during_workload: bool,
+        recovery: Duration,
         struck: Struck,
     ) -> FaultRecord {
         FaultRecord {
@@ -308,9 +316,9 @@ impl Injector {
             kind,
             fault,
             at,
-            during_workload: true,
+            during_workload,
             proof: struck.proof,
-            recovery: started.elapsed(),
+            recovery,
             killed: struck.killed,
             email_disrupted: struck.email_disrupted,
             poison_ids: struck.poison_ids,
@@ -768,35 +776,33 @@ impl Injector {
             "{svc} caught up before the SIGKILL could land ({processed} processed)"
         );
         handle.restart().await?;
-        let offline = FaultRecord {
-            n: self.next_n(),
-            kind: "consumer-offline-whole-run",
-            fault: format!("{svc} down for the whole workload"),
-            at: answered,
-            during_workload: false,
-            proof: format!("{backlog_before} events waited in its queues"),
-            recovery: Duration::ZERO,
-            killed: Vec::new(),
-            email_disrupted: false,
-            poison_ids: Vec::new(),
-            duplicates: 0,
-        };
-        let kill = FaultRecord {
-            n: self.next_n(),
-            kind: "sigkill",
-            fault: format!("SIGKILL {svc} while it catches up"),
-            at: answered,
-            during_workload: false,
-            proof: format!(
-                "pid {pid} SIGKILLed after {processed} events applied, {left} still queued; ready again as pid {}",
-                handle.pid().map_or("?".into(), |p| p.to_string())
-            ),
-            recovery: started.elapsed(),
-            killed: vec![svc],
-            email_disrupted: svc == Svc::Email,
-            poison_ids: Vec::new(),
-            duplicates: 0,
-        };
+        let offline = self.record(
+            "consumer-offline-whole-run",
+            format!("{svc} down for the whole workload"),
+            answered,
+            false,
+            Duration::ZERO,
+            Struck {
+                proof: format!("{backlog_before} events waited in its queues"),
+                ..Struck::default()
+            },
+        );
+        let kill = self.record(
+            "sigkill",
+            format!("SIGKILL {svc} while it catches up"),
+            answered,
+            false,
+            started.elapsed(),
+            Struck {
+                proof: format!(
+                    "pid {pid} SIGKILLed after {processed} events applied, {left} still queued; ready again as pid {}",
+                    handle.pid().map_or("?".into(), |p| p.to_string())
+                ),
+                killed: vec![svc],
+                email_disrupted: svc == Svc::Email,
+                ..Struck::default()
+            },
+        );
         println!("nemesis: {offline}\nnemesis: {kill}");
         Ok(vec![offline, kill])
     }
@@ -827,19 +833,18 @@ impl Injector {
             Ok(deltas)
         })
         .await?;
-        let record = FaultRecord {
-            n: self.next_n(),
-            kind: "duplicates-at-rest",
-            fault: format!("{copies} delivered events re-published at rest"),
-            at: answered,
-            during_workload: false,
-            proof: format!("duplicates_skipped rose: {}", deltas.join(", ")),
-            recovery: started.elapsed(),
-            killed: Vec::new(),
-            email_disrupted: false,
-            poison_ids: Vec::new(),
-            duplicates: copies,
-        };
+        let record = self.record(
+            "duplicates-at-rest",
+            format!("{copies} delivered events re-published at rest"),
+            answered,
+            false,
+            started.elapsed(),
+            Struck {
+                proof: format!("duplicates_skipped rose: {}", deltas.join(", ")),
+                duplicates: copies,
+                ..Struck::default()
+            },
+        );
         println!("nemesis: {record}");
         Ok(record)
     }
@@ -854,13 +859,11 @@ impl Injector {
             .lines()
             .find_map(|l| l.strip_prefix(&name))
             .ok_or_else(|| anyhow!("{svc} /metrics has no {name}"))?;
+        // prometheus-client writes counters as integers.
         value
             .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| *v >= 0.0)
-            .map(|v| v as u64)
-            .ok_or_else(|| anyhow!("{svc} {name} is {value:?}"))
+            .parse::<u64>()
+            .with_context(|| format!("{svc} {name} is {value:?}"))
     }
 }
 

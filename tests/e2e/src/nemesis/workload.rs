@@ -329,10 +329,14 @@ impl ClientCtx {
                 );
             }
             // A client's retry backoff (not a test waiting for a condition): 50 ms doubling
-            // to 1 s.
-            let shift = u32::try_from(attempts.len().min(5)).unwrap_or(5);
-            tokio::time::sleep(Duration::from_millis(50 << shift).min(Duration::from_secs(1)))
-                .await;
+            // to 1 s, the runtime's schedule and jitter.
+            let attempt = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+            tokio::time::sleep(eventbank_runtime::backoff::delay(
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+                attempt,
+            ))
+            .await;
         }
     }
 }

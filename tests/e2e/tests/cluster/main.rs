@@ -34,11 +34,12 @@ const ACCOUNTS: usize = 12;
 /// Each client's pause between two deposits: about 30 deposits/s in all, which the dev build's
 /// consumers keep up with on a 2-core machine.
 const PACE: Duration = Duration::from_millis(120);
-/// How long the stream runs before the kill, and on after it.
-const BEFORE_KILL: Duration = Duration::from_secs(4);
-const AFTER_KILL: Duration = Duration::from_secs(6);
-/// How long the stream runs on after the node has rejoined.
-const AFTER_REJOIN: Duration = Duration::from_secs(4);
+/// Deposits the stream makes before the kill, and after it (at PACE: about 4 s and 6 s).
+const BEFORE_KILL: usize = 120;
+const AFTER_KILL: usize = 180;
+/// Deposits of the second stream before the node is started again, and after it rejoined.
+const BEFORE_REJOIN: usize = 60;
+const AFTER_REJOIN: usize = 120;
 const SETTLE: Duration = Duration::from_secs(120);
 
 fn cluster_script() -> PathBuf {
@@ -233,6 +234,16 @@ impl Stream {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Waits until the stream has accepted `n` deposits: faults strike a stream under way.
+    async fn reached(&self, n: usize) -> Result<()> {
+        eventually(SETTLE, || async {
+            let got = self.accepted();
+            ensure!(got >= n, "{got} of {n} deposits accepted");
+            Ok(())
+        })
+        .await
+    }
+
     /// Stops the clients (each finishes the deposit it is posting) and returns how many were
     /// accepted and the longest gap between two accepted deposits.
     async fn finish(self) -> Result<(usize, Duration)> {
@@ -405,12 +416,12 @@ async fn sigkill_of_the_node_leading_most_queues_mid_stream() {
     // Phase 1: the stream, with the kill in the middle of it.
     let run_started = Instant::now();
     let stream = Stream::start(&deposit, &accounts, world.ns(), 1);
-    tokio::time::sleep(BEFORE_KILL).await;
+    stream.reached(BEFORE_KILL).await.unwrap();
     let before = stream.accepted();
     let killed_at = Instant::now();
     let killed_epoch = epoch_now();
     guard.kill(&victim).await.unwrap();
-    tokio::time::sleep(AFTER_KILL).await;
+    stream.reached(before + AFTER_KILL).await.unwrap();
     let (phase1, gap1) = stream.finish().await.unwrap();
     let stopped = Instant::now();
     println!(
@@ -440,7 +451,7 @@ async fn sigkill_of_the_node_leading_most_queues_mid_stream() {
 
     // Phase 2: the stream again, and the node started mid-stream; it rejoins.
     let stream = Stream::start(&deposit, &accounts, &format!("{}-2", world.ns()), 2);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream.reached(BEFORE_REJOIN).await.unwrap();
     let rejoin_started = Instant::now();
     guard.start(&victim).await.unwrap();
     let rejoined = rejoin_started.elapsed();
@@ -457,7 +468,8 @@ async fn sigkill_of_the_node_leading_most_queues_mid_stream() {
     .await
     .map(|()| rejoin_started.elapsed())
     .unwrap();
-    tokio::time::sleep(AFTER_REJOIN).await;
+    let at_rejoin = stream.accepted();
+    stream.reached(at_rejoin + AFTER_REJOIN).await.unwrap();
     let (phase2, gap2) = stream.finish().await.unwrap();
     let total = phase1 + phase2;
 
