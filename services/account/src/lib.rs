@@ -109,6 +109,7 @@ pub async fn run(
         registry: Arc::new(registry),
     };
     let (router, _) = http::service_router(api, ops);
+    let router = http::with_cors(router, &config.common.cors_allow_origins);
     tracing::info!(addr = %config.common.http_addr, "listening (query only: CONSUME_EVENTS=false)");
     let served = http::serve(listener, router, shutdown.clone()).await;
     shutdown.trigger();

@@ -168,6 +168,7 @@ pub async fn run(
         outbox,
     };
     let (router, _) = http::service_router(api::router(state), ops);
+    let router = http::with_cors(router, &config.common.cors_allow_origins);
     http::serve_then_drain(
         listener,
         router,

@@ -58,6 +58,9 @@ pub struct CommonConfig {
     pub db_max_connections: u32,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Browser origins allowed to call this service (`CORS_ALLOW_ORIGINS`, comma-separated);
+    /// empty: no CORS headers at all, so only same-origin pages and non-browser clients use it.
+    pub cors_allow_origins: Vec<String>,
 }
 
 /// Reads `name` from the environment, or `default` when unset or empty.
@@ -122,12 +125,34 @@ impl CommonConfig {
             db_max_connections: env_parse("DB_MAX_CONNECTIONS", 10)?,
             drain_timeout: Duration::from_secs(env_parse("DRAIN_TIMEOUT_SECS", 10)?),
             log_format,
+            cors_allow_origins: cors_origins(&env_or("CORS_ALLOW_ORIGINS", ""))?,
         };
         if config.partitions == 0 || config.batch_size == 0 || config.prefetch == 0 {
             bail!("PARTITIONS, BATCH_SIZE and PREFETCH must be at least 1");
         }
         Ok(config)
     }
+}
+
+/// The origins of `CORS_ALLOW_ORIGINS`: comma-separated, blanks ignored; each must be a bare
+/// origin (`scheme://host[:port]`, what a browser sends in `Origin`), or it could never match.
+pub fn cors_origins(raw: &str) -> anyhow::Result<Vec<String>> {
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let url = url::Url::parse(origin)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .filter(|u| u.path() == "/" && u.query().is_none() && u.fragment().is_none())
+            .filter(|u| u.username().is_empty() && u.password().is_none());
+        match url {
+            Some(_) if !origin.ends_with('/') => origins.push(origin.to_owned()),
+            _ => bail!(
+                "CORS_ALLOW_ORIGINS holds {origin:?}, which is not an origin: give \
+                 scheme://host[:port] with no path, such as http://127.0.0.1:8090"
+            ),
+        }
+    }
+    Ok(origins)
 }
 
 /// A namespace becomes part of queue names and of the broker users' permission regexes, so it
@@ -151,6 +176,18 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("amqp://user:hunter2@host");
         assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn cors_origins_are_bare_origins() {
+        assert_eq!(cors_origins("").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            cors_origins(" http://127.0.0.1:8090, http://localhost:8090 ,").unwrap(),
+            vec!["http://127.0.0.1:8090", "http://localhost:8090"]
+        );
+        for bad in ["localhost:8090", "http://a/x", "http://a/", "ftp://a", "*"] {
+            assert!(cors_origins(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 use crate::Shutdown;
 use crate::amqp::{self, Names};
+use crate::applied::AppliedFeed;
 use crate::backoff::Backoff;
 use crate::config::CommonConfig;
 use crate::metrics::ConsumerMetrics;
@@ -85,6 +86,8 @@ pub struct Consumer<H> {
     pub handler: Arc<H>,
     pub metrics: ConsumerMetrics,
     pub broker_connected: Gauge,
+    /// Told of every newly applied event right after its commit (`GET /applied`).
+    pub applied: AppliedFeed,
 }
 
 struct Shared<H> {
@@ -93,6 +96,7 @@ struct Shared<H> {
     pool: PgPool,
     handler: Arc<H>,
     metrics: ConsumerMetrics,
+    applied: AppliedFeed,
 }
 
 /// A `DepositCompleted` is well under 2 KiB; anything this large is not one, and would only
@@ -155,6 +159,7 @@ impl<H: Handler> Consumer<H> {
             pool: self.pool,
             handler: self.handler,
             metrics: self.metrics,
+            applied: self.applied,
         });
         let mut backoff = Backoff::new();
         while !shutdown.is_triggered() {
@@ -319,6 +324,7 @@ async fn process_batch<H: Handler>(
         match apply(shared, &events).await {
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
+                shared.applied.send(&fresh);
                 ack_up_to(channel, decoded.last().map(|(d, _)| d)).await?;
                 record(shared, size, fresh.len(), started);
                 return Ok(());
@@ -381,6 +387,7 @@ async fn process_one<H: Handler>(
         match apply(shared, &events).await {
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
+                shared.applied.send(&fresh);
                 ack_up_to(channel, Some(&delivery)).await?;
                 record(shared, 1, fresh.len(), started);
                 return Ok(());

@@ -421,6 +421,38 @@ pub fn service_router(api: OpenApiRouter, ops: OpsState) -> (Router, OpenApi) {
     (router, openapi)
 }
 
+/// `router` answering browsers of `origins` (CORS): simple and preflight requests from those
+/// origins get the headers that let the page read the answer; no origin at all (the default)
+/// adds nothing, so the router is returned as it was. Only what the console and the API need:
+/// GET and POST, the request headers a client sets, and the response headers it reads.
+pub fn with_cors(router: Router, origins: &[String]) -> Router {
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if allowed.is_empty() {
+        return router;
+    }
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            HeaderName::from_static("idempotent-replayed"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    router.layer(cors)
+}
+
 /// The router's own 405 (a route that exists, asked with a method it does not have) has an
 /// empty body: answered as a problem instead, its `Allow` header kept. Every other response
 /// passes unchanged.

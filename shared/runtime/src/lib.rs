@@ -8,11 +8,13 @@
 //! - [`amqp`]: connection, topology and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
+//! - [`applied`]: the feed of applied events and `GET /applied` (SSE) on every consumer.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
 //!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
 
 pub mod amqp;
+pub mod applied;
 pub mod backoff;
 pub mod config;
 pub mod consumer;

@@ -1,7 +1,9 @@
-//! The skeleton every consumer service runs: consumer loop + HTTP API + ops routes, one
-//! shutdown signal, drain. A service supplies its handler, its API router and its metrics.
+//! The skeleton every consumer service runs: consumer loop + HTTP API + ops routes + the
+//! applied feed (`GET /applied`), CORS when configured, one shutdown signal, drain. A service
+//! supplies its handler, its API router and its metrics.
 
 use crate::Shutdown;
+use crate::applied::{AppliedFeed, applied_api};
 use crate::config::CommonConfig;
 use crate::consumer::{Consumer, Handler};
 use crate::http::{self, OpsState};
@@ -39,15 +41,21 @@ impl<H: Handler> ConsumerService<H> {
             broker_required: true,
             registry: Arc::new(registry),
         };
+        let applied = AppliedFeed::new(self.config.service);
         let consumer = Consumer {
             config: self.config.clone(),
             pool: self.pool.clone(),
             handler: self.handler,
             metrics: consumer_metrics,
             broker_connected,
+            applied: applied.clone(),
         };
         shutdown.spawn(consumer.run(shutdown.clone()));
-        let (router, _) = http::service_router(self.api, ops);
+        // `/applied` is the runtime's, the same on every consumer, so it is added here rather
+        // than by each service's router.
+        let api = self.api.merge(applied_api(applied, shutdown.token()));
+        let (router, _) = http::service_router(api, ops);
+        let router = http::with_cors(router, &self.config.cors_allow_origins);
         http::serve_then_drain(
             listener,
             router,

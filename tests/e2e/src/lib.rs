@@ -17,6 +17,7 @@
 //! - `TEST_READY_TIMEOUT_SECS` (default 60): how long [`TestWorld::start`] waits for `/readyz`.
 
 pub mod amqp;
+mod console;
 pub mod flows;
 pub mod http;
 pub mod invariants;
@@ -33,6 +34,7 @@ pub use amqp::{
     FetchedMessage, get_message, header_str, headers, publish_event, publish_raw, publish_to_queue,
     publish_with, queue_exists, queue_message_count,
 };
+pub use console::{Console, origin_of as console_origin};
 pub use http::{
     API_KEY, JsonResponse, get_json, get_text, http_client, post_json, post_raw,
     post_write_all_then_read, request_json,

@@ -52,6 +52,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_BSP_SCHEDULE_DELAY",
+    "CORS_ALLOW_ORIGINS",
 ];
 
 /// Everything needed to (re)start one service process.
@@ -95,7 +96,7 @@ impl LogBuffer {
 const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// A command that runs `program`, bound to the life of this process where `setpriv` exists.
-fn parent_bound_command(program: &std::path::Path) -> Command {
+pub(crate) fn parent_bound_command(program: &std::path::Path) -> Command {
     if std::path::Path::new(SETPRIV).is_file() {
         let mut cmd = Command::new(SETPRIV);
         cmd.arg("--pdeathsig").arg("KILL").arg("--").arg(program);
