@@ -70,8 +70,11 @@ impl Names {
     }
 }
 
-/// How long one broker of a list may take to accept a connection before the next is tried.
-const LIST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a broker may take to accept a connection (TCP, AMQP handshake, open) before the
+/// attempt counts as failed and the next broker of the list (or the caller's backoff) is tried.
+/// Without it, a peer that accepts the socket and then says nothing, or closes it half-way
+/// through the handshake, can leave the attempt pending for good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The broker addresses in `AMQP_URL`: one amqp URL, or several separated by commas (the nodes
 /// of a cluster). Entries are trimmed; empty ones are ignored. A comma inside a password must be
@@ -117,7 +120,7 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
     if urls.len() <= 1 {
         // The URL carries a password: the error says which service failed, never the URL.
         let url = urls.first().copied().unwrap_or_default();
-        return Connection::connect(url, properties)
+        return connect_one(url, properties, CONNECT_TIMEOUT)
             .await
             .with_context(|| format!("connecting to RabbitMQ as {}", config.service));
     }
@@ -125,9 +128,8 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
     for index in attempt_order(urls.len(), next_start(urls.len())) {
         let url = urls[index];
         let address = broker_address(url);
-        let attempt = Connection::connect(url, properties.clone());
-        let error = match tokio::time::timeout(LIST_CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(connection)) => {
+        let error = match connect_one(url, properties.clone(), CONNECT_TIMEOUT).await {
+            Ok(connection) => {
                 tracing::info!(
                     broker = address,
                     position = index + 1,
@@ -136,8 +138,7 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
                 );
                 return Ok(connection);
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {LIST_CONNECT_TIMEOUT:?}"),
+            Err(e) => format!("{e:#}"),
         };
         tracing::warn!(
             broker = address,
@@ -152,6 +153,20 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
         urls.len(),
         failures.join("; ")
     )
+}
+
+/// One connection attempt, bounded by `timeout`. lapin's own connect can stay pending for good
+/// when the socket is reset during the AMQP handshake (seen as ~5% of attempts cut in its
+/// first 40 ms), and a peer that accepts and says nothing never fails it either.
+async fn connect_one(
+    url: &str,
+    properties: ConnectionProperties,
+    timeout: Duration,
+) -> anyhow::Result<Connection> {
+    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
+        Ok(attempt) => Ok(attempt?),
+        Err(_) => anyhow::bail!("no answer within {timeout:?}"),
+    }
 }
 
 fn durable() -> ExchangeDeclareOptions {
@@ -335,6 +350,34 @@ mod tests {
         let ns = Names::new("t1");
         assert_eq!(ns.events_exchange(), "t1.bank.events");
         assert_eq!(ns.dead_letter_queue("account"), "t1.account.deposits.dlq");
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_gets_no_answer_fails_in_bounded_time() {
+        // A peer that accepts the socket and never speaks AMQP: lapin alone would wait forever.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let url = format!("amqp://guest:guest@{addr}/eventbank");
+        let attempt = connect_one(
+            &url,
+            ConnectionProperties::default(),
+            Duration::from_millis(300),
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(5), attempt)
+            .await
+            .expect("connect_one still pending after 5 s: unbounded");
+        let error = outcome.err().expect("a silent peer must not count as a broker");
+        assert!(
+            error.to_string().contains("no answer within 300ms"),
+            "{error:#}"
+        );
+        held.abort();
     }
 
     #[test]

@@ -44,6 +44,13 @@ pub async fn broker_down(world: &TestWorld) -> Result<Outcome> {
         .start(Svc::Deposit, &[("AMQP_URL", via.as_str())])
         .await?;
     let s = world.started()?;
+    // Ready means its database answers; cut the relay's broker connection once it has one.
+    eventually(WAIT, || async {
+        let n = metric(&dep, "broker_connected").await?;
+        ensure!(n == 1, "broker_connected {n}");
+        Ok(())
+    })
+    .await?;
     say("cut the deposit service off the broker, then POST 3 deposits");
     proxy.cut().await;
     for i in 1..=3 {
