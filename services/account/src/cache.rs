@@ -10,9 +10,9 @@
 //! - the transaction that filled the entry rolled back: its txid never appears in the store,
 //!   the entry never matches, the stream is loaded.
 //!
-//! That is why entries may be written before the transaction commits. The benchmark measured
-//! the stream loads as the account service's most expensive statement (70% of its statement
-//! time, reading scattered events of every account in every batch); see BENCHMARKS.md.
+//! That is why entries may be written before the transaction commits. Without the cache every
+//! batch re-reads the tail of each of its accounts' streams, scattered over the heap: the
+//! account service's most expensive statement (BENCHMARKS.md, Optimisations).
 
 use crate::domain::AccountState;
 use std::collections::HashMap;

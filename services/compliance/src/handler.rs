@@ -6,8 +6,8 @@
 //! account apply one after the other, and each sees every earlier deposit and alert of it,
 //! whatever the partitioning. The chain is global, so its head is locked too, but last, just to
 //! link and append the batch's entries: the partitions' batches run their rules side by side and
-//! queue only for the append. (Locking the head first serialised whole batches; the benchmark
-//! showed compliance as the stage that capped the pipeline, see BENCHMARKS.md.)
+//! queue only for the append. Locking the head first would serialise whole batches of every
+//! partition behind one lock (BENCHMARKS.md, Optimisations).
 
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;

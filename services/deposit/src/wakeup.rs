@@ -2,9 +2,8 @@
 //!
 //! Postgres serialises every committing transaction that issued a NOTIFY: it holds one
 //! cluster-wide lock from the NOTIFY's pre-commit step until the commit record is flushed, so
-//! deposits that notify commit one fsync at a time. Measured here with the deposit transaction
-//! (pgbench, 10 connections): 1,700 transactions/s with the old `AFTER INSERT` trigger, 3,900
-//! without it (see BENCHMARKS.md). So the trigger is gone (migration 0002) and instead:
+//! deposits that notify commit one fsync at a time (BENCHMARKS.md, Optimisations: about half
+//! the throughput of the deposit transaction). So no deposit transaction notifies; instead:
 //!
 //! - the API calls [`OutboxSignal::committed`] after each commit, which wakes this process's
 //!   relay directly (a `tokio::sync::Notify` permit, never lost: a wake-up that arrives while

@@ -38,9 +38,9 @@ pub struct SenderSettings {
     /// many are unrecorded, so a crash or a database outage resends at most twice the
     /// concurrency (same Message-IDs).
     /// One at a time, a file or SMTP delivery (a flush to disk, or a few round trips) is slower
-    /// than deposits arrive: the benchmark measured about 50 emails/s with 1, and at about 700
-    /// deposits/s on its busy machine the queue still grew with 8 and 32 (9,000 in 25 s, 5,300
-    /// in 60 s). 48 stays under the connection limit per client common on relays (Postfix: 50).
+    /// than deposits arrive, and the queue grows without bound (BENCHMARKS.md, Optimisations).
+    /// The default, 48, stays under the connection limit per client common on relays (Postfix:
+    /// 50).
     pub concurrency: usize,
     /// Attempts before an email is marked failed (`EMAIL_MAX_ATTEMPTS`).
     pub max_attempts: u32,

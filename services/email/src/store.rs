@@ -95,8 +95,8 @@ pub struct Outgoing {
     pub created_at: DateTime<Utc>,
 }
 
-/// Queues one rendered confirmation per event, in one statement (set-based: the consumer's
-/// batches are up to 50 events, and one statement per event measured several times slower).
+/// Queues one rendered confirmation per event, in one statement (set-based: a batch of up to
+/// 50 events costs one round trip, not 50).
 /// An event id already present is skipped, so a replay cannot queue a second email.
 /// Returns the number of rows inserted.
 pub async fn insert_queued(

@@ -21,7 +21,7 @@ pub enum Transport {
     /// One `{event_id}.eml` file per email in `dir` (`EMAIL_DIR`).
     File { dir: PathBuf },
     /// Plain SMTP without TLS or authentication (`SMTP_HOST`, `SMTP_PORT`): a local relay,
-    /// Mailpit, or a test sink. TLS and credentials are a later addition.
+    /// Mailpit, or a test sink. No TLS or credentials: not supported yet.
     Smtp { host: String, port: u16 },
 }
 
@@ -89,9 +89,9 @@ impl Mailer {
 ///
 /// Why not lettre's own pooled transport: its connections leave Nagle's algorithm on, and it
 /// writes a message's body and the closing `.` in two writes before waiting for the reply. The
-/// second write then waits for the server's delayed ACK, about 40 ms on Linux, so one
-/// connection sent at most ~25 messages/s: the benchmark measured 173 emails/s with 8 at once
-/// while deposits arrived at 600/s. These connections set `TCP_NODELAY`.
+/// second write then waits for the server's delayed ACK (about 40 ms on Linux), which caps a
+/// connection at some 25 messages/s (BENCHMARKS.md, Optimisations). These connections set
+/// `TCP_NODELAY`.
 pub struct SmtpClient {
     host: String,
     port: u16,

@@ -155,9 +155,9 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
     )
 }
 
-/// One connection attempt, bounded by `timeout`. lapin's own connect can stay pending for good
-/// when the socket is reset during the AMQP handshake (seen as ~5% of attempts cut in its
-/// first 40 ms), and a peer that accepts and says nothing never fails it either.
+/// One connection attempt, bounded by `timeout`: lapin's own connect can stay pending for good
+/// when the socket is reset during the AMQP handshake, and a peer that accepts and says nothing
+/// never fails it either.
 async fn connect_one(
     url: &str,
     properties: ConnectionProperties,

@@ -46,8 +46,8 @@ impl Publisher {
         &self.channel
     }
 
-    /// Publishes all messages pipelined (all sent before any confirm is awaited, which measured
-    /// ~50x faster than one confirm round trip per message), then awaits the confirms in order.
+    /// Publishes all messages pipelined (all sent before any confirm is awaited, so a batch
+    /// costs one confirm round trip, not one per message), then awaits the confirms in order.
     ///
     /// Returns how many messages, from the start, were confirmed, and the first failure if any.
     /// Messages after a failure may or may not have reached the broker; the caller republishes
