@@ -38,6 +38,9 @@ impl Console {
             .env("COMPLIANCE_URL", services.compliance.base_url())
             .env("CONSOLE_API_KEY", crate::http::API_KEY)
             .env("RUST_LOG", "warn")
+            // A developer's shell must not send the test console's spans anywhere.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

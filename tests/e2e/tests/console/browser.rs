@@ -17,10 +17,19 @@ const CHROMEDRIVER: &str = "chromedriver";
 const SHOWN: Duration = Duration::from_secs(60);
 
 /// chromedriver on a free port; killed on drop (it ends the Chromium it started when its session
-/// is closed, which the test does first).
+/// is closed, which the test does first). Both write their temporary files (profile, crash
+/// handler) under `tmp`, removed at the end, instead of leaving them in /tmp.
 struct Chromedriver {
     child: Child,
     url: String,
+    tmp: PathBuf,
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
 }
 
 impl Chromedriver {
@@ -30,8 +39,11 @@ impl Chromedriver {
             "{CHROMIUM} is missing: run scripts/setup, or apt-get install chromium chromium-driver"
         );
         let port = free_port()?;
+        let tmp = std::env::temp_dir().join(format!("eventbank-chromedriver-{port}"));
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -52,7 +64,7 @@ impl Chromedriver {
         })
         .await
         .context("chromedriver did not become ready")?;
-        Ok(Chromedriver { child, url })
+        Ok(Chromedriver { child, url, tmp })
     }
 
     async fn session(&self) -> Result<Client> {
@@ -80,6 +92,7 @@ impl Chromedriver {
     async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        // Drop removes the directory.
     }
 }
 
@@ -192,7 +205,8 @@ async fn deposit(client: &Client, amount: &str, previous: Option<&str>) -> Resul
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Checks that neither collector caught an error and the page shows none. `expected` are
