@@ -110,7 +110,7 @@ function buildLanes() {
     const lane = el("div", { class: "lane", id: "lane-" + svc, "data-service": svc, "data-pending": "0", "data-connected": "false" },
       el("h3", {}, svc, " ", status), lag, list);
     lanes.append(lane);
-    state.lanes[svc] = { node: lane, list, status, lag, es: null, lastOpen: 0 };
+    state.lanes[svc] = { node: lane, list, status, lag, es: null, reported: false };
     connectLane(svc);
   }
 }
@@ -121,6 +121,7 @@ function connectLane(svc) {
   const es = new EventSource(url);
   lane.es = es;
   es.onopen = () => {
+    lane.reported = false;
     lane.node.dataset.connected = "true";
     lane.status.textContent = "connected";
     lane.status.className = "status ok";
@@ -147,14 +148,19 @@ function connectLane(svc) {
     const wasOpen = lane.node.dataset.connected === "true";
     lane.node.dataset.connected = "false";
     lane.status.className = "status down";
+    // One line in the Errors panel per outage, not one per retry.
+    const report = !lane.reported;
+    lane.reported = true;
     if (es.readyState === EventSource.CLOSED) {
-      // The browser gave up (an answer that is not a stream): start again ourselves.
+      // The browser gave up (an answer that is not a stream, or refused by CORS): start again
+      // ourselves.
       lane.status.textContent = "failed; retrying";
-      showError(svc, "GET " + url + " failed; retrying in 1 s");
+      if (report) showError(svc, "GET " + url + " failed (the service down, or its CORS_ALLOW_ORIGINS does not hold " +
+        location.origin + "); retrying every second");
       setTimeout(() => connectLane(svc), 1000);
     } else {
       lane.status.textContent = "disconnected; reconnecting";
-      if (wasOpen) showError(svc, "GET " + url + ": connection lost; the browser reconnects");
+      if (report) showError(svc, "GET " + url + (wasOpen ? ": connection lost" : " failed") + "; the browser reconnects");
     }
   };
 }
