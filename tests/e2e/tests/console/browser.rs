@@ -405,6 +405,29 @@ async fn visit(
         .filter(|e| !(e.starts_with("\"network\"") && e.contains(&email)))
         .collect();
     ensure!(unexpected.is_empty(), "the browser logged {unexpected:?}");
+
+    // A failed request is shown on the page, not swallowed: compliance gone, its refresh fails.
+    services.compliance.kill().await?;
+    client
+        .find(Locator::Css("#compliance-refresh"))
+        .await?
+        .click()
+        .await?;
+    until_text(client, "#errors", "the failed refresh listed", |t| {
+        t.contains("compliance") && t.contains("got no answer")
+    })
+    .await?;
+    ensure!(
+        js(
+            client,
+            "return document.getElementById('errors-panel').hidden;"
+        )
+        .await?
+            == false,
+        "the Errors panel stays hidden"
+    );
+    let page = page_errors(client).await?;
+    ensure!(page.is_empty(), "the page caught {page:?}");
     Ok(())
 }
 
