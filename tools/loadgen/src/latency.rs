@@ -21,6 +21,24 @@ pub struct EndToEnd {
     pub complete: u64,
     /// First deposit created → last consumer commit of any of them.
     pub span_s: f64,
+    /// The longest time between two deposits created one after the other: how long the
+    /// producer's stream stopped at worst (a broker node dying does not stop it: deposits need
+    /// only PostgreSQL).
+    pub created_gap_max_s: f64,
+    /// The longest time between two deposits becoming complete (applied by all four consumers)
+    /// one after the other: how long the pipeline's output stopped at worst.
+    pub completed_gap_max_s: f64,
+}
+
+/// The longest step between consecutive instants, in seconds (0 for fewer than two).
+fn longest_gap(mut instants: Vec<DateTime<Utc>>) -> f64 {
+    instants.sort_unstable();
+    instants
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6
 }
 
 /// How many of `ids` each consumer has recorded in `processed_events`.
@@ -66,7 +84,10 @@ pub async fn compute(world: &TestWorld, ids: &[Uuid]) -> Result<EndToEnd> {
     let mut complete = 0;
     let mut first_created: Option<DateTime<Utc>> = None;
     let mut last_processed: Option<DateTime<Utc>> = None;
+    let mut created_at_all = Vec::with_capacity(created.len());
+    let mut completed_at_all = Vec::with_capacity(created.len());
     for (id, created_at) in created {
+        created_at_all.push(created_at);
         let Some((processed_at, consumers)) = last.get(&id) else {
             continue;
         };
@@ -74,6 +95,7 @@ pub async fn compute(world: &TestWorld, ids: &[Uuid]) -> Result<EndToEnd> {
             continue;
         }
         complete += 1;
+        completed_at_all.push(*processed_at);
         let micros = (*processed_at - created_at).num_microseconds().unwrap_or(0);
         histogram.saturating_record(micros.max(1) as u64);
         first_created = Some(first_created.map_or(created_at, |f| f.min(created_at)));
@@ -87,7 +109,26 @@ pub async fn compute(world: &TestWorld, ids: &[Uuid]) -> Result<EndToEnd> {
         histogram,
         complete,
         span_s,
+        created_gap_max_s: longest_gap(created_at_all),
+        completed_gap_max_s: longest_gap(completed_at_all),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_is_between_neighbours_in_time_order() {
+        let t = |ms: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(ms);
+        assert_eq!(longest_gap(vec![]), 0.0);
+        assert_eq!(longest_gap(vec![t(5)]), 0.0);
+        // Out of order on purpose: 0, 100, 150, 1150, 1200 -> the gap 150..1150.
+        assert_eq!(
+            longest_gap(vec![t(1150), t(0), t(150), t(1200), t(100)]),
+            1.0
+        );
+    }
 }
 
 /// A service database's counters from `pg_stat_database` (flushed by Postgres about once a

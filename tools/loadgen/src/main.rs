@@ -15,6 +15,7 @@
 
 mod ceiling;
 mod client;
+mod cluster;
 mod drive;
 mod latency;
 mod observe;
@@ -81,6 +82,16 @@ pub struct Args {
     /// The size of the event store that rebuild benchmark replayed.
     #[arg(long)]
     rebuild_events: Option<u64>,
+    /// The broker(s) of the services, as their AMQP_URL (one URL, or a comma-separated list:
+    /// the nodes of a cluster, e.g. `scripts/cluster urls guest`). Default: TEST_AMQP_URL.
+    /// Several need --no-ceilings (the broker ceiling measures one node).
+    #[arg(long, value_name = "URLS")]
+    amqp_url: Option<String>,
+    /// SIGKILL the cluster node that leads most of the run's quorum queues this many seconds
+    /// into the first phase (through scripts/cluster; needs --amqp-url with its nodes), and
+    /// start it again once that phase drained.
+    #[arg(long, value_name = "SECS")]
+    kill_leader_at: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,11 +153,28 @@ async fn run(args: Args) -> Result<()> {
         None => std::env::current_exe()?.parent().map(PathBuf::from),
     };
     let machine = observe::describe_machine();
-    let world = TestWorld::with_options(WorldOptions {
+    let options = WorldOptions {
         bin_dir,
         ready_timeout: None,
-    })
-    .await?;
+    };
+    let world = match &args.amqp_url {
+        Some(urls) => {
+            if urls.contains(',') && !args.no_ceilings {
+                bail!(
+                    "--amqp-url lists several brokers: add --no-ceilings (the broker ceiling measures one node)"
+                );
+            }
+            TestWorld::with_broker(options, urls.clone()).await?
+        }
+        None => {
+            if args.kill_leader_at.is_some() {
+                bail!(
+                    "--kill-leader-at needs --amqp-url with the cluster's nodes (scripts/cluster urls guest)"
+                );
+            }
+            TestWorld::with_options(options).await?
+        }
+    };
     eprintln!(
         "loadgen: world {} (load average before: {})",
         world.id(),
@@ -226,8 +254,18 @@ async fn bench(
     eprintln!("loadgen: {} accounts opened", accounts.len());
 
     let mut phases = Vec::new();
-    for spec in &args.phases {
-        let phase = run_phase(world, &services, deposit_addr, &accounts, spec, args).await?;
+    for (i, spec) in args.phases.iter().enumerate() {
+        let kill_at = args.kill_leader_at.filter(|_| i == 0);
+        let phase = run_phase(
+            world,
+            &services,
+            deposit_addr,
+            &accounts,
+            spec,
+            args,
+            kill_at,
+        )
+        .await?;
         eprintln!("loadgen: {}", report::phase_line(&phase));
         phases.push(phase);
     }
@@ -513,6 +551,7 @@ async fn run_phase(
     accounts: &[String],
     spec: &PhaseSpec,
     args: &Args,
+    kill_leader_at: Option<f64>,
 ) -> Result<report::Phase> {
     eprintln!("loadgen: phase {spec}");
     let picker = Arc::new(Picker::new(accounts.to_vec(), spec.dist));
@@ -592,6 +631,16 @@ async fn run_phase(
             }
         })
     };
+    let killer = match kill_leader_at {
+        Some(secs) => {
+            let node = cluster::leader_of_most(&format!("{}.", world.ns())).await?;
+            eprintln!("loadgen: {node} leads most of the run's queues: SIGKILL at {secs} s");
+            Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                cluster::kill_after(node, Duration::from_secs_f64(secs.max(0.0)), Instant::now()),
+            )))
+        }
+        None => None,
+    };
     let load = drive::run_phase(
         deposit_addr,
         eventbank_e2e::API_KEY,
@@ -646,6 +695,15 @@ async fn run_phase(
     spinner.finish_and_clear();
     let drain_s = drain_started.elapsed().as_secs_f64();
     sampler.abort();
+    let killed = match killer {
+        Some(task) => {
+            let (node, at) = task.await.context("the node killer panicked")??;
+            eprintln!("loadgen: starting {node} again");
+            cluster::run(&["start", &node]).await?;
+            Some((node, at))
+        }
+        None => None,
+    };
     let cpu_after = cpu(&handles);
     let machine_after = observe::machine_cpu_seconds();
     let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -683,6 +741,7 @@ async fn run_phase(
         pipeline_lag_at_end: at_end.pipeline_lag(),
         lag_at_end_by_stage: at_end.lag_by_stage(),
         db,
+        killed,
     }))
 }
 

@@ -111,6 +111,14 @@ pub struct Phase {
     pub e2e_per_s: f64,
     pub accept: Percentiles,
     pub e2e: Percentiles,
+    /// The longest pause of the accepted stream (between two deposits created one after the
+    /// other) and of the pipeline's output (between two deposits completed in all four
+    /// consumers one after the other), in ms: what a broker node's death costs.
+    pub accept_gap_max_ms: f64,
+    pub e2e_gap_max_ms: f64,
+    /// The cluster node SIGKILLed during this phase (`--kill-leader-at`), and when.
+    pub killed_node: Option<String>,
+    pub killed_at_s: Option<f64>,
     /// Seconds from the end of the load until every consumer had every deposit.
     pub drain_s: f64,
     /// CPU seconds used during the phase (load + drain), per process.
@@ -162,6 +170,7 @@ pub struct PhaseInputs {
     pub outbox_backlog_at_end: f64,
     pub pipeline_lag_at_end: f64,
     pub lag_at_end_by_stage: BTreeMap<String, f64>,
+    pub killed: Option<(String, f64)>,
 }
 
 const SERVICES: [&str; 5] = ["deposit", "account", "email", "interest", "compliance"];
@@ -223,6 +232,10 @@ impl Phase {
             e2e_per_s: round1(i.e2e.complete as f64 / i.e2e.span_s.max(1e-9)),
             accept: Percentiles::of(&i.load.accept),
             e2e: Percentiles::of(&i.e2e.histogram),
+            accept_gap_max_ms: round1(i.e2e.created_gap_max_s * 1000.0),
+            e2e_gap_max_ms: round1(i.e2e.completed_gap_max_s * 1000.0),
+            killed_node: i.killed.as_ref().map(|(node, _)| node.clone()),
+            killed_at_s: i.killed.as_ref().map(|(_, at)| round3(*at)),
             drain_s: round3(i.drain_s),
             cpu_s: i
                 .cpu_used
@@ -382,7 +395,8 @@ impl Result {
 pub fn phase_line(p: &Phase) -> String {
     format!(
         "{}: {} accepted ({} errors), {:.0}/s accepted, {:.0}/s end to end; accept p99 {:.1} ms, \
-         end-to-end p99 {:.1} ms; lag max {:.0}, at end {:.0}; drained in {:.1} s",
+         end-to-end p99 {:.1} ms; longest pause accepted {:.0} ms, end to end {:.0} ms; lag max \
+         {:.0}, at end {:.0}; drained in {:.1} s{}",
         p.name,
         p.accepted,
         p.errors,
@@ -390,9 +404,15 @@ pub fn phase_line(p: &Phase) -> String {
         p.e2e_per_s,
         p.accept.p99_ms,
         p.e2e.p99_ms,
+        p.accept_gap_max_ms,
+        p.e2e_gap_max_ms,
         p.pipeline_lag_max,
         p.pipeline_lag_at_end,
-        p.drain_s
+        p.drain_s,
+        match (&p.killed_node, p.killed_at_s) {
+            (Some(node), Some(at)) => format!("; {node} SIGKILLed at {at:.1} s"),
+            _ => String::new(),
+        }
     )
 }
 
