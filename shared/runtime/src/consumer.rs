@@ -1,4 +1,5 @@
-//! The consumer runtime: one supervised connection, one task per partition queue, batches.
+//! The consumer runtime: one supervised connection, one task per partition queue this replica
+//! owns ([`crate::membership`] spreads the partitions over the live replicas), batches.
 //!
 //! For each partition the loop takes the deliveries already waiting (up to `BATCH_SIZE`), and in
 //! ONE Postgres transaction:
@@ -25,6 +26,7 @@ use crate::amqp::{self, Names};
 use crate::applied::AppliedFeed;
 use crate::backoff::Backoff;
 use crate::config::CommonConfig;
+use crate::membership;
 use crate::metrics::ConsumerMetrics;
 use eventbank_events::{DepositCompleted, decode};
 use futures_util::{FutureExt, StreamExt};
@@ -38,10 +40,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::{PgConnection, PgPool};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -149,9 +152,10 @@ pub fn dead_letter_headers(
 const POISON_ATTEMPTS: u32 = 3;
 
 impl<H: Handler> Consumer<H> {
-    /// The supervising loop: connect, declare, consume every partition; on any connection or
-    /// channel failure, tear everything down and start again with backoff. Returns on shutdown
-    /// after the partitions finished the batch they held.
+    /// The supervising loop: connect, declare, consume the partitions this replica owns (see
+    /// [`crate::membership`]); on any connection or channel failure, tear everything down and
+    /// start again with backoff. Returns on shutdown after the partitions finished the batch
+    /// they held.
     pub async fn run(self, shutdown: Shutdown) {
         let shared = Arc::new(Shared {
             names: Names::new(&self.config.namespace),
@@ -161,9 +165,16 @@ impl<H: Handler> Consumer<H> {
             metrics: self.metrics,
             applied: self.applied,
         });
+        let (owned_tx, mut owned) = watch::channel(BTreeSet::new());
+        let membership = tokio::spawn(membership::run(
+            shared.config.clone(),
+            owned_tx,
+            shared.metrics.partitions_owned.clone(),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::new();
         while !shutdown.is_triggered() {
-            match run_connection(&shared, &shutdown, &self.broker_connected).await {
+            match run_connection(&shared, &shutdown, &self.broker_connected, &mut owned).await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.broker_connected.set(0);
@@ -177,13 +188,23 @@ impl<H: Handler> Consumer<H> {
             }
         }
         self.broker_connected.set(0);
+        // The membership task ends on the same signal and gives up its slot.
+        let _ = membership.await;
     }
+}
+
+/// A running partition consumer: its stop signal and which start of the partition it is (a
+/// partition lost and regained quickly may have its old task still handing over).
+struct Running {
+    stop: CancellationToken,
+    generation: u64,
 }
 
 async fn run_connection<H: Handler>(
     shared: &Arc<Shared<H>>,
     shutdown: &Shutdown,
     broker_connected: &Gauge,
+    owned: &mut watch::Receiver<BTreeSet<u16>>,
 ) -> anyhow::Result<()> {
     let connection = Arc::new(amqp::connect(&shared.config).await?);
     let setup = connection.create_channel().await?;
@@ -204,27 +225,69 @@ async fn run_connection<H: Handler>(
         "consuming"
     );
 
-    let stop = CancellationToken::new();
-    let mut partitions = JoinSet::new();
-    for partition in 0..shared.config.partitions {
-        let shared = Arc::clone(shared);
-        let connection = Arc::clone(&connection);
-        let stop = stop.clone();
-        partitions
-            .spawn(async move { consume_partition(shared, connection, partition, stop).await });
-    }
-    // Either shutdown, or one partition failing (which means the connection or its channel is
-    // gone): both stop the others, which finish the batch they hold.
-    let outcome = tokio::select! {
-        _ = shutdown.triggered() => Ok(()),
-        Some(joined) = partitions.join_next() => match joined {
-            Ok(Ok(())) => Err(anyhow::anyhow!("a partition consumer stopped")),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("a partition task panicked: {e}")),
-        },
+    let stop_all = CancellationToken::new();
+    let mut running: BTreeMap<u16, Running> = BTreeMap::new();
+    let mut tasks: JoinSet<(u16, u64, anyhow::Result<()>)> = JoinSet::new();
+    let mut generation = 0u64;
+    let outcome = loop {
+        // Bring the running partitions in line with the assignment: a lost partition finishes
+        // the batch it holds, acks it and closes its channel, which hands its unacked deliveries
+        // to the next consumer registered on the queue; a gained one starts consuming.
+        let want = owned.borrow_and_update().clone();
+        running.retain(|partition, run| {
+            let keep = want.contains(partition);
+            if !keep {
+                run.stop.cancel();
+            }
+            keep
+        });
+        for partition in want {
+            if running.contains_key(&partition) {
+                continue;
+            }
+            generation += 1;
+            let stop = stop_all.child_token();
+            running.insert(
+                partition,
+                Running {
+                    stop: stop.clone(),
+                    generation,
+                },
+            );
+            let shared = Arc::clone(shared);
+            let connection = Arc::clone(&connection);
+            let this = generation;
+            tasks.spawn(async move {
+                let result = consume_partition(shared, connection, partition, stop).await;
+                (partition, this, result)
+            });
+        }
+        tracing::debug!(owned = ?running.keys().collect::<Vec<_>>(), "partitions consumed");
+        // Shutdown or a partition failing (the connection or its channel is gone) stops the
+        // others, which finish the batch they hold; an assignment change is applied above.
+        tokio::select! {
+            biased;
+            _ = shutdown.triggered() => break Ok(()),
+            changed = owned.changed() => {
+                if changed.is_err() {
+                    break Err(anyhow::anyhow!("the membership task ended"));
+                }
+            }
+            Some(joined) = tasks.join_next() => match joined {
+                Ok((partition, this, Ok(()))) => {
+                    let current = running.get(&partition).is_some_and(|r| r.generation == this);
+                    if current {
+                        break Err(anyhow::anyhow!("the consumer of partition {partition} stopped"));
+                    }
+                    tracing::debug!(partition, "partition handed over");
+                }
+                Ok((_, _, Err(e))) => break Err(e),
+                Err(e) => break Err(anyhow::anyhow!("a partition task panicked: {e}")),
+            },
+        }
     };
-    stop.cancel();
-    while partitions.join_next().await.is_some() {}
+    stop_all.cancel();
+    while tasks.join_next().await.is_some() {}
     broker_connected.set(0);
     let _ = connection.close(200, "shutting down".into()).await;
     outcome
@@ -266,6 +329,23 @@ async fn consume_partition<H: Handler>(
         )
         .await?;
     tracing::debug!(queue, "partition consumer started");
+    let result = consume_deliveries(&shared, &channel, &queue, &mut deliveries, &stop).await;
+    if result.is_ok() {
+        // Stopped: closing the channel returns the deliveries it still holds to the queue, and
+        // single active consumer makes the next registered consumer (another replica, when the
+        // partition was handed over) the active one.
+        let _ = channel.close(200, "partition released".into()).await;
+    }
+    result
+}
+
+async fn consume_deliveries<H: Handler>(
+    shared: &Shared<H>,
+    channel: &Channel,
+    queue: &str,
+    deliveries: &mut lapin::Consumer,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let first = tokio::select! {
             biased;
@@ -285,7 +365,7 @@ async fn consume_partition<H: Handler>(
                 _ => break,
             }
         }
-        process_batch(&shared, &channel, &queue, batch, &stop).await?;
+        process_batch(shared, channel, queue, batch, stop).await?;
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`amqp`]: connection, topology and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
+//! - [`membership`]: which partitions this replica consumes (advisory-lock slots).
 //! - [`applied`]: the feed of applied events and `GET /applied` (SSE) on every consumer.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
 //!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod publisher;
 pub mod service;

@@ -15,6 +15,8 @@ pub struct ConsumerMetrics {
     pub retries: Counter,
     pub batch_seconds: Histogram,
     pub batch_size: Histogram,
+    /// Partitions this replica consumes now (its share among the live replicas).
+    pub partitions_owned: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -26,6 +28,7 @@ impl ConsumerMetrics {
             retries: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            partitions_owned: Gauge::default(),
         };
         registry.register(
             "messages_consumed",
@@ -56,6 +59,11 @@ impl ConsumerMetrics {
             "handler_batch_size",
             "Deliveries per batch",
             m.batch_size.clone(),
+        );
+        registry.register(
+            "partitions_owned",
+            "Partition queues this replica consumes (its share among the live replicas)",
+            m.partitions_owned.clone(),
         );
         m
     }
