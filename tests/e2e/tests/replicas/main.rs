@@ -49,6 +49,52 @@ async fn consumed(service: &ServiceHandle) -> Result<f64> {
     metric(service, "eventbank_account_messages_consumed_total").await
 }
 
+/// The management API's consumers of account's partition queues, polled until each queue has
+/// exactly one active consumer and the active ones belong to two connections: partition ->
+/// the active consumer's connection (client port).
+async fn active_consumers(world: &TestWorld) -> Result<BTreeMap<usize, u64>> {
+    let client = eventbank_e2e::http_client();
+    eventually(Duration::from_secs(15), || async {
+        let consumers: serde_json::Value = client
+            .get("http://127.0.0.1:15672/api/consumers/eventbank")
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut active: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for consumer in consumers.as_array().context("a list")? {
+            let queue = consumer["queue"]["name"].as_str().unwrap_or_default();
+            let Some(partition) =
+                (0..PARTITIONS).find(|p| queue == world.partition_queue(Svc::Account, *p))
+            else {
+                continue;
+            };
+            if consumer["active"] == true {
+                let port = consumer["channel_details"]["peer_port"]
+                    .as_u64()
+                    .context("peer_port")?;
+                active.entry(partition).or_default().push(port);
+            }
+        }
+        ensure!(
+            active.len() == PARTITIONS && active.values().all(|ports| ports.len() == 1),
+            "active consumers per partition (by connection port): {active:?}"
+        );
+        let by_partition: BTreeMap<usize, u64> =
+            active.into_iter().map(|(p, ports)| (p, ports[0])).collect();
+        let connections: BTreeSet<u64> = by_partition.values().copied().collect();
+        ensure!(
+            connections.len() == 2,
+            "the active consumers are on {} connection(s): {by_partition:?}",
+            connections.len()
+        );
+        Ok(by_partition)
+    })
+    .await
+}
+
 /// Waits until each replica owns the given number of partitions.
 async fn owning(replicas: &[&ServiceHandle], expected: &[f64], within: Duration) -> Result<()> {
     eventually(within, || async {
@@ -170,7 +216,9 @@ async fn all_of_one_accounts_events_land_on_one_partition() {
     world.cleanup().await.unwrap();
 }
 
-/// Two replicas of account each own two of the four partitions and each applies deposits.
+/// Two replicas of account each own two of the four partitions (their gauge), the broker shows
+/// each partition queue's one active consumer on the replica that owns it (two connections),
+/// and each replica applies deposits.
 #[tokio::test]
 async fn two_replicas_each_own_and_consume_partitions() {
     let world = TestWorld::new().await.unwrap();
@@ -183,6 +231,10 @@ async fn two_replicas_each_own_and_consume_partitions() {
     owning(&[&first, &second], &[2.0, 2.0], Duration::from_secs(10))
         .await
         .unwrap();
+    // The broker's view: each partition queue has one active consumer, and the active ones
+    // are on two connections (one per replica).
+    let connections = active_consumers(&world).await.unwrap();
+    println!("REPLICAS | active consumer per partition, by connection port: {connections:?}");
     let accounts = open_accounts(&services, 8).await.unwrap();
     for round in 0..3 {
         for account in &accounts {
