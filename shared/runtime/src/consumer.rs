@@ -405,8 +405,10 @@ async fn process_batch<H: Handler>(
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
                 shared.applied.send(&fresh);
-                ack_up_to(channel, decoded.last().map(|(d, _)| d)).await?;
+                // Counted at the commit, not after the ack: a batch whose ack is lost with
+                // its channel was applied all the same, and its redelivery counts as duplicates.
                 record(shared, size, fresh.len(), started);
+                ack_up_to(channel, decoded.last().map(|(d, _)| d)).await?;
                 return Ok(());
             }
             Err(e) if e.is_transient() => {
@@ -468,8 +470,8 @@ async fn process_one<H: Handler>(
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
                 shared.applied.send(&fresh);
-                ack_up_to(channel, Some(&delivery)).await?;
                 record(shared, 1, fresh.len(), started);
+                ack_up_to(channel, Some(&delivery)).await?;
                 return Ok(());
             }
             Err(e) if e.is_transient() => {

@@ -32,7 +32,7 @@ impl ConsumerMetrics {
         };
         registry.register(
             "messages_consumed",
-            "Deliveries acknowledged after their transaction committed (duplicates included)",
+            "Deliveries whose transaction committed (duplicates included), counted before the ack",
             m.consumed.clone(),
         );
         registry.register(

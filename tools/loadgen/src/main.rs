@@ -685,9 +685,11 @@ async fn run_phase(
             spinner.finish_and_clear();
             let counts = latency::consumer_counts(world, &load.event_ids).await?;
             bail!(
-                "phase {spec}: the consumers did not commit all {} deposits within {} s: {counts:?}",
+                "phase {spec}: the pipeline did not get all {} deposits through within {} s: \
+                 stored by each consumer {counts:?}; behind, per stage (from /metrics) {:?}",
                 load.accepted,
-                args.drain_timeout
+                args.drain_timeout,
+                last.lag_by_stage()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
