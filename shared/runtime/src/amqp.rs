@@ -114,15 +114,21 @@ fn next_start(n: usize) -> usize {
 /// brokers in `AMQP_URL`, tries them in order from a rotating start and returns the first that
 /// accepts; every reconnect path calls this again, so a service whose node died moves to another.
 pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(LongString::from(config.service.to_owned()));
-    let urls = broker_urls(config.amqp_url.expose());
+    connect_to(config.amqp_url.expose(), config.service).await
+}
+
+/// [`connect`] for a client without a service config (bankctl): `spec` is an `AMQP_URL` (one
+/// URL or a comma-separated list), `name` the connection's name.
+pub async fn connect_to(spec: &str, name: &str) -> anyhow::Result<Connection> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+    let urls = broker_urls(spec);
     if urls.len() <= 1 {
         // The URL carries a password: the error says which service failed, never the URL.
         let url = urls.first().copied().unwrap_or_default();
         return connect_one(url, properties, CONNECT_TIMEOUT)
             .await
-            .with_context(|| format!("connecting to RabbitMQ as {}", config.service));
+            .with_context(|| format!("connecting to RabbitMQ as {name}"));
     }
     let mut failures = Vec::with_capacity(urls.len());
     for index in attempt_order(urls.len(), next_start(urls.len())) {
@@ -148,8 +154,7 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Connection> {
         failures.push(format!("{address}: {error}"));
     }
     anyhow::bail!(
-        "connecting to RabbitMQ as {}: none of the {} brokers of AMQP_URL accepted ({})",
-        config.service,
+        "connecting to RabbitMQ as {name}: none of the {} brokers of AMQP_URL accepted ({})",
         urls.len(),
         failures.join("; ")
     )

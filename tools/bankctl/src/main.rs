@@ -62,7 +62,8 @@ struct Connections {
         default_value = "postgres://eventbank_compliance:eventbank_compliance@127.0.0.1:5432/eventbank_compliance"
     )]
     compliance_db: String,
-    /// Broker URL of the operator user.
+    /// Broker URL of the operator user: one, or the nodes of a cluster separated by commas (the
+    /// first that accepts is used).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -184,7 +185,8 @@ impl Connections {
 
     async fn broker(&self) -> anyhow::Result<lapin::Connection> {
         eventbank_runtime::config::validate_namespace(&self.namespace)?;
-        lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+        // One URL or the comma-separated nodes of a cluster, as the services take it.
+        eventbank_runtime::amqp::connect_to(&self.amqp_url, "bankctl")
             .await
             .context("connecting to RabbitMQ (AMQP_URL)")
     }
