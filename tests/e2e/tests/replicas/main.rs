@@ -2,7 +2,8 @@
 //! of one account's events go to one partition queue; two replicas each own and consume
 //! partitions; a replica SIGKILLed mid-stream hands its partitions to the other within the
 //! bound, the stream goes on in per-account order with every deposit applied once, and the
-//! replica started again takes its share back.
+//! replica started again takes its share back; the same for every consumer service at once
+//! (two replicas each of account, email, interest and compliance, one of each killed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{Context, Result, bail, ensure};
@@ -42,11 +43,13 @@ async fn metric(service: &ServiceHandle, name: &str) -> Result<f64> {
 }
 
 async fn owned(service: &ServiceHandle) -> Result<f64> {
-    metric(service, "eventbank_account_partitions_owned").await
+    let name = format!("eventbank_{}_partitions_owned", service.svc().name());
+    metric(service, &name).await
 }
 
 async fn consumed(service: &ServiceHandle) -> Result<f64> {
-    metric(service, "eventbank_account_messages_consumed_total").await
+    let name = format!("eventbank_{}_messages_consumed_total", service.svc().name());
+    metric(service, &name).await
 }
 
 /// The management API's consumers of account's partition queues, polled until each queue has
@@ -441,6 +444,150 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
     assert!(
         consumed_first > 0.0,
         "the restarted replica consumed its share"
+    );
+    world.cleanup().await.unwrap();
+}
+
+/// Every consumer service (account, email, interest, compliance) runs two replicas; during a
+/// stream of deposits one replica of each is SIGKILLed, one after the other: each survivor owns
+/// all four partitions of its service within the bound, and with the survivors alone every
+/// consumer applies everything accepted so far; then each killed replica is started again,
+/// mid-stream, and each pair shares again (2 + 2). At the end every accepted deposit is applied
+/// once by every consumer (the invariant checker), account's event store is in per-account
+/// order, and every deposit's email is sent, one `.eml` file each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_each_consumer_killed_mid_stream() {
+    let world = TestWorld::new().await.unwrap();
+    // A short email lease: the emails the killed email replica had claimed come back within
+    // seconds instead of five minutes.
+    let env = [("EMAIL_LEASE_SECS", "4")];
+    let services = world.start_all(&env).await.unwrap();
+    let mut pairs: Vec<(ServiceHandle, ServiceHandle)> = Vec::new();
+    for first in services.consumers() {
+        let second = world.start(first.svc(), &env).await.unwrap();
+        pairs.push((first.clone(), second));
+    }
+    for (first, second) in &pairs {
+        owning(&[first, second], &[2.0, 2.0], Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let accounts = open_accounts(&services, 10).await.unwrap();
+    let stream = Stream::start(&services.deposit, &accounts);
+    stream.reached(60).await.unwrap();
+
+    // One replica of each consumer killed, one after the other, the stream going on between
+    // the kills (20 more deposits, about a second).
+    let mut takeovers = Vec::new();
+    for (first, second) in &pairs {
+        first.kill().await.unwrap();
+        let killed_at = Instant::now();
+        owning(&[second], &[4.0], HANDOVER_BOUND).await.unwrap();
+        let handover = killed_at.elapsed();
+        println!(
+            "REPLICAS | {} owned all 4 partitions {} ms after {} was killed",
+            second.label(),
+            handover.as_millis(),
+            first.label()
+        );
+        takeovers.push(format!(
+            "{} {} ms",
+            first.svc().name(),
+            handover.as_millis()
+        ));
+        let mark = stream.accepted.load(Ordering::SeqCst) + 20;
+        stream.reached(mark).await.unwrap();
+    }
+    // With the survivors alone, every consumer applies every deposit accepted so far (of all
+    // four partitions).
+    let mark = stream.accepted.load(Ordering::SeqCst) + 40;
+    stream.reached(mark).await.unwrap();
+    let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM deposits")
+        .fetch_one(&world.pool(Svc::Deposit).await.unwrap())
+        .await
+        .unwrap();
+    for svc in Svc::CONSUMERS {
+        let pool = world.pool(svc).await.unwrap();
+        eventually(Duration::from_secs(30), || async {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+                .fetch_one(&pool)
+                .await?;
+            ensure!(
+                applied >= accepted,
+                "{svc}: {applied} of {accepted} deposits applied with one replica"
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    for (first, _) in &pairs {
+        ensure_alive(first, false).await;
+    }
+
+    // Each killed replica started again while the stream goes on; each pair shares again.
+    for (first, second) in &pairs {
+        first.restart().await.unwrap();
+        owning(&[first, second], &[2.0, 2.0], Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let mark = stream.accepted.load(Ordering::SeqCst) + 60;
+    stream.reached(mark).await.unwrap();
+    let total = stream.finish().await.unwrap();
+
+    let report = settle(&world, total as i64).await.unwrap();
+    assert!(report.ok(), "{report}");
+    let in_order = event_store_in_order(&world).await.unwrap();
+    assert_eq!(in_order, accounts.len());
+    // email: one row per deposit (the checker), each sent, one `.eml` file per deposit event
+    // (named by the event id, so a resend replaces it and cannot add one).
+    let email_pool = world.pool(Svc::Email).await.unwrap();
+    let files = eventually(Duration::from_secs(60), || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM emails WHERE status <> 'sent'")
+            .fetch_one(&email_pool)
+            .await?;
+        ensure!(unsent == 0, "{unsent} emails not sent yet");
+        let events: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT event_id::text FROM emails")
+                .fetch_all(&email_pool)
+                .await?
+                .into_iter()
+                .collect();
+        let files: BTreeSet<String> = std::fs::read_dir(world.email_dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".eml"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        ensure!(
+            events.len() == total && files == events,
+            "{} emails, {} .eml files, {total} deposits",
+            events.len(),
+            files.len()
+        );
+        Ok(files.len())
+    })
+    .await
+    .unwrap();
+    let mut restarted = Vec::new();
+    for (first, _) in &pairs {
+        let n = consumed(first).await.unwrap();
+        assert!(
+            n > 0.0,
+            "the restarted {} consumed its share",
+            first.label()
+        );
+        restarted.push(format!("{} {n}", first.svc().name()));
+    }
+    println!(
+        "REPLICAS | {total} deposits; {report}; {in_order} accounts in order; {files} emails sent; \
+         takeovers: {}; consumed by the restarted replicas: {}",
+        takeovers.join(", "),
+        restarted.join(", ")
     );
     world.cleanup().await.unwrap();
 }
