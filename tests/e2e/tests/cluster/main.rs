@@ -284,55 +284,6 @@ async fn settled(world: &TestWorld, expected: usize) -> Result<invariants::Repor
     .await
 }
 
-/// Per-account order in account's event store: each stream's versions are 1..n without a gap,
-/// version v > 1 is the deposit of sequence v - 1, and each account holds as many deposits as
-/// the deposit service accepted for it. Returns the number of accounts checked.
-async fn event_store_in_order(world: &TestWorld) -> Result<usize> {
-    let account = world.pool(Svc::Account).await?;
-    let deposit = world.pool(Svc::Deposit).await?;
-    let broken: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT account_id, count(*), min(version), max(version) FROM events \
-         GROUP BY account_id HAVING min(version) <> 1 OR max(version) <> count(*)",
-    )
-    .fetch_all(&account)
-    .await?;
-    ensure!(
-        broken.is_empty(),
-        "event streams with gaps (account, count, min, max): {broken:?}"
-    );
-    let misplaced: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-        "SELECT account_id, version, payload->>'sequence' FROM events \
-         WHERE event_type = 'Deposited' \
-           AND (payload->>'sequence') IS DISTINCT FROM (version - 1)::text",
-    )
-    .fetch_all(&account)
-    .await?;
-    ensure!(
-        misplaced.is_empty(),
-        "Deposited events out of sequence (account, version, sequence): {misplaced:?}"
-    );
-    let stored: BTreeMap<String, i64> = sqlx::query_as(
-        "SELECT account_id, count(*) FROM events WHERE event_type = 'Deposited' GROUP BY account_id",
-    )
-    .fetch_all(&account)
-    .await?
-    .into_iter()
-    .collect();
-    let accepted: BTreeMap<String, i64> = sqlx::query_as(
-        "SELECT account_id, max(sequence) FROM deposits GROUP BY account_id \
-         HAVING max(sequence) = count(*)",
-    )
-    .fetch_all(&deposit)
-    .await?
-    .into_iter()
-    .collect();
-    ensure!(
-        stored == accepted,
-        "deposits per account: event store {stored:?}, deposit service (sequences 1..n) {accepted:?}"
-    );
-    Ok(stored.len())
-}
-
 /// The longest time from a deposit's acceptance to its application by the account service,
 /// over all deposits and over those accepted in `[from, to]` (seconds since the epoch).
 async fn longest_delays(world: &TestWorld, from: f64, to: f64) -> Result<(f64, f64)> {
@@ -474,7 +425,7 @@ async fn sigkill_of_the_node_leading_most_queues_mid_stream() {
     let total = phase1 + phase2;
 
     let report = settled(&world, total).await.unwrap();
-    let accounts_in_order = event_store_in_order(&world).await.unwrap();
+    let accounts_in_order = invariants::event_store_in_order(&world).await.unwrap();
     let (delay_all, delay_kill) = longest_delays(&world, killed_epoch - 1.0, killed_epoch + 10.0)
         .await
         .unwrap();

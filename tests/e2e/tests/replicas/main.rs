@@ -336,45 +336,6 @@ async fn ensure_alive(replica: &ServiceHandle, alive: bool) {
     );
 }
 
-/// Per-account order in account's event store: each stream's versions are 1..n, version v > 1
-/// is the deposit of sequence v - 1, and each account holds every deposit the deposit service
-/// accepted for it.
-async fn event_store_in_order(world: &TestWorld) -> Result<usize> {
-    let account = world.pool(Svc::Account).await?;
-    let deposit = world.pool(Svc::Deposit).await?;
-    let misplaced: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-        "SELECT account_id, version, payload->>'sequence' FROM events \
-         WHERE event_type = 'Deposited' \
-           AND (payload->>'sequence') IS DISTINCT FROM (version - 1)::text",
-    )
-    .fetch_all(&account)
-    .await?;
-    ensure!(
-        misplaced.is_empty(),
-        "Deposited events out of sequence: {misplaced:?}"
-    );
-    let stored: BTreeMap<String, i64> = sqlx::query_as(
-        "SELECT account_id, count(*) FROM events WHERE event_type = 'Deposited' GROUP BY account_id",
-    )
-    .fetch_all(&account)
-    .await?
-    .into_iter()
-    .collect();
-    let accepted: BTreeMap<String, i64> = sqlx::query_as(
-        "SELECT account_id, max(sequence) FROM deposits GROUP BY account_id \
-         HAVING max(sequence) = count(*)",
-    )
-    .fetch_all(&deposit)
-    .await?
-    .into_iter()
-    .collect();
-    ensure!(
-        stored == accepted,
-        "event store {stored:?}, deposit service {accepted:?}"
-    );
-    Ok(stored.len())
-}
-
 /// A stream of deposits; one of two account replicas is SIGKILLed mid-stream: the other owns
 /// all four partitions within the bound and the stream goes on; the killed one is started
 /// again and takes two back; every deposit is applied once, in per-account order.
@@ -435,7 +396,9 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
 
     let report = settle(&world, total as i64).await.unwrap();
     assert!(report.ok(), "{report}");
-    let in_order = event_store_in_order(&world).await.unwrap();
+    let in_order = eventbank_e2e::invariants::event_store_in_order(&world)
+        .await
+        .unwrap();
     assert_eq!(in_order, accounts.len());
     let consumed_first = consumed(&first).await.unwrap();
     println!(
@@ -538,7 +501,9 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
 
     let report = settle(&world, total as i64).await.unwrap();
     assert!(report.ok(), "{report}");
-    let in_order = event_store_in_order(&world).await.unwrap();
+    let in_order = eventbank_e2e::invariants::event_store_in_order(&world)
+        .await
+        .unwrap();
     assert_eq!(in_order, accounts.len());
     // email: one row per deposit (the checker), each sent, one `.eml` file per deposit event
     // (named by the event id, so a resend replaces it and cannot add one).
@@ -629,6 +594,11 @@ async fn a_replica_cut_from_its_database_owns_nothing_until_it_is_back() {
         .unwrap();
     let report = settle(&world, (accounts.len() * 2) as i64).await.unwrap();
     assert!(report.ok(), "{report}");
-    assert_eq!(event_store_in_order(&world).await.unwrap(), accounts.len());
+    assert_eq!(
+        eventbank_e2e::invariants::event_store_in_order(&world)
+            .await
+            .unwrap(),
+        accounts.len()
+    );
     world.cleanup().await.unwrap();
 }
