@@ -115,7 +115,7 @@ impl Relay {
                 .publish_loop(&connection, &names, &mut lock, &mut listener, shutdown)
                 .await;
             self.broker_connected.set(0);
-            let _ = connection.close(200, "relay stopping".into()).await;
+            amqp::close_connection(&connection, "relay stopping").await;
             match outcome {
                 Ok(()) => break,
                 Err(RelayError::Database(e)) => return Err(e),

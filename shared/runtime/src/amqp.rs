@@ -160,6 +160,21 @@ pub async fn connect_to(spec: &str, name: &str) -> anyhow::Result<Connection> {
     )
 }
 
+/// How long closing a connection or channel may take. Closing waits for the broker's
+/// close-ok, which a connection reset under it may never deliver.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `connection` cleanly if the broker answers within [`CLOSE_TIMEOUT`]; either way the
+/// caller goes on (a reconnect, a shutdown). Errors are ignored: the connection is being left.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
+/// [`close_connection`] for a channel.
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+}
+
 /// One connection attempt, bounded by `timeout`: lapin's own connect can stay pending for good
 /// when the socket is reset during the AMQP handshake, and a peer that accepts and says nothing
 /// never fails it either.

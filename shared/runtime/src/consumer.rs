@@ -216,7 +216,7 @@ async fn run_connection<H: Handler>(
         shared.config.delivery_limit,
     )
     .await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    amqp::close_channel(&setup, "topology declared").await;
     broker_connected.set(1);
     tracing::info!(
         partitions = shared.config.partitions,
@@ -289,7 +289,7 @@ async fn run_connection<H: Handler>(
     stop_all.cancel();
     while tasks.join_next().await.is_some() {}
     broker_connected.set(0);
-    let _ = connection.close(200, "shutting down".into()).await;
+    amqp::close_connection(&connection, "shutting down").await;
     outcome
 }
 
@@ -334,7 +334,7 @@ async fn consume_partition<H: Handler>(
         // Stopped: closing the channel returns the deliveries it still holds to the queue, and
         // single active consumer makes the next registered consumer (another replica, when the
         // partition was handed over) the active one.
-        let _ = channel.close(200, "partition released".into()).await;
+        amqp::close_channel(&channel, "partition released").await;
     }
     result
 }

@@ -17,7 +17,15 @@ pub enum PublishError {
     Nacked,
     #[error("message was unroutable (returned by the broker: {0}); no queue is bound yet")]
     Returned(String),
+    #[error("the broker did not confirm the batch within {0:?}")]
+    Timeout(std::time::Duration),
 }
+
+/// The longest a batch may wait for its confirms. lapin can leave a confirm pending for good
+/// when the connection is reset under it, and a relay waiting on it would never publish again;
+/// past this the batch counts as failed, the connection is dropped, and what was not marked is
+/// published again on a new one (consumers deduplicate).
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A message ready to publish.
 #[derive(Debug, Clone)]
@@ -53,6 +61,14 @@ impl Publisher {
     /// Messages after a failure may or may not have reached the broker; the caller republishes
     /// them, and consumers' dedup makes that harmless.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> (usize, Option<PublishError>) {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_and_confirm(messages)).await {
+            Ok(outcome) => outcome,
+            // Which of them the broker has is unknown: none counts as confirmed.
+            Err(_) => (0, Some(PublishError::Timeout(CONFIRM_TIMEOUT))),
+        }
+    }
+
+    async fn publish_and_confirm(&self, messages: &[Outgoing]) -> (usize, Option<PublishError>) {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let sent = self
