@@ -166,6 +166,25 @@ impl ServiceHandle {
         format!("{}{}", self.base_url(), path)
     }
 
+    /// One counter or gauge of this service's `/metrics`, `eventbank_<svc>_<name>` (counters
+    /// by their full name, e.g. `messages_consumed_total`). prometheus-client writes both as
+    /// integers.
+    pub async fn metric(&self, name: &str) -> Result<i64> {
+        let (status, text) = crate::http::get_text(&self.url("/metrics")).await?;
+        ensure!(
+            status == 200,
+            "/metrics of {} answered {status}",
+            self.label()
+        );
+        let prefix = format!("eventbank_{}_{name} ", self.svc());
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .with_context(|| format!("{} has no metric {}", self.label(), prefix.trim_end()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{} of {}", prefix.trim_end(), self.label()))
+    }
+
     /// The environment the process gets (on top of the inherited one).
     pub fn env(&self) -> &[(String, String)] {
         &self.inner.spec.env

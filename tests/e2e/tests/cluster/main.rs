@@ -17,7 +17,8 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use eventbank_e2e::{
-    ServiceHandle, Svc, TestWorld, WorldOptions, eventually, invariants, post_json,
+    ServiceHandle, Svc, TestWorld, WorldOptions, eventually, flows::deposit_until_accepted,
+    invariants, post_json,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -199,20 +200,7 @@ impl Stream {
                             "currency": "USD",
                         });
                         let key = format!("{run}-{i}");
-                        let mut attempt = 0;
-                        loop {
-                            match post_json(&url, &body, &[("Idempotency-Key", key.as_str())]).await
-                            {
-                                Ok(r) if r.status == 201 => break,
-                                Ok(r) if r.status < 500 => {
-                                    bail!("deposit {key} refused: {} {}", r.status, r.text)
-                                }
-                                _ => {}
-                            }
-                            attempt += 1;
-                            ensure!(attempt < 200, "deposit {key} kept failing");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+                        deposit_until_accepted(&url, &body, &key, Duration::from_secs(40)).await?;
                         times.lock().unwrap().push(Instant::now());
                         accepted.fetch_add(1, Ordering::SeqCst);
                         i += 1;

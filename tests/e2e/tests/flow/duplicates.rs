@@ -1,20 +1,13 @@
 use crate::{SETTLE, deposit, open_account, settle};
-use eventbank_e2e::{Svc, TestWorld, eventually, get_text, publish_event};
+use eventbank_e2e::{Svc, TestWorld, eventually, publish_event};
 
 /// Reads a counter from a service's /metrics.
 async fn metric(world: &TestWorld, svc: Svc, name: &str) -> anyhow::Result<i64> {
-    let handle = world
+    world
         .service(svc)
-        .ok_or_else(|| anyhow::anyhow!("{svc} not running"))?;
-    let (_, text) = get_text(&handle.url("/metrics")).await?;
-    let full = format!("eventbank_{svc}_{name}");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&full)
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .map(|v| v as i64)
-        .ok_or_else(|| anyhow::anyhow!("{full} not in metrics"))
+        .ok_or_else(|| anyhow::anyhow!("{svc} not running"))?
+        .metric(name)
+        .await
 }
 
 #[tokio::test]

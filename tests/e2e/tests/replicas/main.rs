@@ -6,9 +6,9 @@
 //! (two replicas each of account, email, interest and compliance, one of each killed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use anyhow::{Context, Result, bail, ensure};
-use eventbank_e2e::flows::{deposit, open_account, settle};
-use eventbank_e2e::{ServiceHandle, Svc, TestWorld, eventually, get_text, lapin, post_json};
+use anyhow::{Context, Result, ensure};
+use eventbank_e2e::flows::{deposit, deposit_until_accepted, open_account, settle};
+use eventbank_e2e::{ServiceHandle, Svc, TestWorld, eventually, lapin};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,35 +21,12 @@ const PARTITIONS: usize = 4;
 /// (1 s) plus opening channels, with room for a loaded 2-core machine.
 const HANDOVER_BOUND: Duration = Duration::from_secs(5);
 
-/// A metric of a service's `/metrics` (the first sample whose name is `name`).
-async fn metric(service: &ServiceHandle, name: &str) -> Result<f64> {
-    let (status, text) = get_text(&service.url("/metrics")).await?;
-    ensure!(
-        status == 200,
-        "/metrics of {} answered {status}",
-        service.label()
-    );
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        if parts.next() == Some(name) {
-            return parts
-                .next()
-                .context("metric without a value")?
-                .parse()
-                .context("metric value");
-        }
-    }
-    bail!("{} has no metric {name}", service.label())
+async fn owned(service: &ServiceHandle) -> Result<i64> {
+    service.metric("partitions_owned").await
 }
 
-async fn owned(service: &ServiceHandle) -> Result<f64> {
-    let name = format!("eventbank_{}_partitions_owned", service.svc().name());
-    metric(service, &name).await
-}
-
-async fn consumed(service: &ServiceHandle) -> Result<f64> {
-    let name = format!("eventbank_{}_messages_consumed_total", service.svc().name());
-    metric(service, &name).await
+async fn consumed(service: &ServiceHandle) -> Result<i64> {
+    service.metric("messages_consumed_total").await
 }
 
 /// The management API's consumers of account's partition queues, polled until each queue has
@@ -99,7 +76,7 @@ async fn active_consumers(world: &TestWorld) -> Result<BTreeMap<usize, u64>> {
 }
 
 /// Waits until each replica owns the given number of partitions.
-async fn owning(replicas: &[&ServiceHandle], expected: &[f64], within: Duration) -> Result<()> {
+async fn owning(replicas: &[&ServiceHandle], expected: &[i64], within: Duration) -> Result<()> {
     eventually(within, || async {
         let mut got = Vec::new();
         for replica in replicas {
@@ -227,11 +204,11 @@ async fn two_replicas_each_own_and_consume_partitions() {
     let world = TestWorld::new().await.unwrap();
     let services = world.start_all(&[]).await.unwrap();
     let first = services.account.clone();
-    owning(&[&first], &[4.0], Duration::from_secs(10))
+    owning(&[&first], &[4], Duration::from_secs(10))
         .await
         .unwrap();
     let second = world.start(Svc::Account, &[]).await.unwrap();
-    owning(&[&first, &second], &[2.0, 2.0], Duration::from_secs(10))
+    owning(&[&first, &second], &[2, 2], Duration::from_secs(10))
         .await
         .unwrap();
     // The broker's view: each partition queue has one active consumer, and the active ones
@@ -253,7 +230,7 @@ async fn two_replicas_each_own_and_consume_partitions() {
     );
     println!("REPLICAS | messages consumed: first {a}, second {b}");
     assert!(
-        a > 0.0 && b > 0.0,
+        a > 0 && b > 0,
         "each replica consumes: first {a}, second {b}"
     );
     world.cleanup().await.unwrap();
@@ -284,19 +261,7 @@ impl Stream {
                         "currency": "USD",
                     });
                     let key = format!("replicas-{i}");
-                    let mut attempt = 0;
-                    loop {
-                        match post_json(&url, &body, &[("Idempotency-Key", key.as_str())]).await {
-                            Ok(r) if r.status == 201 => break,
-                            Ok(r) if r.status < 500 => {
-                                bail!("deposit {key}: {} {}", r.status, r.text)
-                            }
-                            _ => {}
-                        }
-                        attempt += 1;
-                        ensure!(attempt < 100, "deposit {key} kept failing");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    deposit_until_accepted(&url, &body, &key, Duration::from_secs(10)).await?;
                     accepted.fetch_add(1, Ordering::SeqCst);
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -345,7 +310,7 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
     let services = world.start_all(&[]).await.unwrap();
     let first = services.account.clone();
     let second = world.start(Svc::Account, &[]).await.unwrap();
-    owning(&[&first, &second], &[2.0, 2.0], Duration::from_secs(10))
+    owning(&[&first, &second], &[2, 2], Duration::from_secs(10))
         .await
         .unwrap();
     let accounts = open_accounts(&services, 10).await.unwrap();
@@ -354,7 +319,7 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
 
     first.kill().await.unwrap();
     let killed_at = Instant::now();
-    owning(&[&second], &[4.0], HANDOVER_BOUND).await.unwrap();
+    owning(&[&second], &[4], HANDOVER_BOUND).await.unwrap();
     let handover = killed_at.elapsed();
     println!(
         "REPLICAS | the survivor owned all 4 partitions {} ms after the kill",
@@ -387,7 +352,7 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
     ensure_alive(&first, false).await;
 
     first.restart().await.unwrap();
-    owning(&[&first, &second], &[2.0, 2.0], Duration::from_secs(10))
+    owning(&[&first, &second], &[2, 2], Duration::from_secs(10))
         .await
         .unwrap();
     let mark = stream.accepted.load(Ordering::SeqCst) + 60;
@@ -405,7 +370,7 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
         "REPLICAS | {total} deposits; {report}; {in_order} accounts in order; the restarted replica consumed {consumed_first}"
     );
     assert!(
-        consumed_first > 0.0,
+        consumed_first > 0,
         "the restarted replica consumed its share"
     );
     world.cleanup().await.unwrap();
@@ -431,7 +396,7 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
         pairs.push((first.clone(), second));
     }
     for (first, second) in &pairs {
-        owning(&[first, second], &[2.0, 2.0], Duration::from_secs(10))
+        owning(&[first, second], &[2, 2], Duration::from_secs(10))
             .await
             .unwrap();
     }
@@ -445,7 +410,7 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
     for (first, second) in &pairs {
         first.kill().await.unwrap();
         let killed_at = Instant::now();
-        owning(&[second], &[4.0], HANDOVER_BOUND).await.unwrap();
+        owning(&[second], &[4], HANDOVER_BOUND).await.unwrap();
         let handover = killed_at.elapsed();
         println!(
             "REPLICAS | {} owned all 4 partitions {} ms after {} was killed",
@@ -491,7 +456,7 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
     // Each killed replica started again while the stream goes on; each pair shares again.
     for (first, second) in &pairs {
         first.restart().await.unwrap();
-        owning(&[first, second], &[2.0, 2.0], Duration::from_secs(10))
+        owning(&[first, second], &[2, 2], Duration::from_secs(10))
             .await
             .unwrap();
     }
@@ -541,11 +506,7 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
     let mut restarted = Vec::new();
     for (first, _) in &pairs {
         let n = consumed(first).await.unwrap();
-        assert!(
-            n > 0.0,
-            "the restarted {} consumed its share",
-            first.label()
-        );
+        assert!(n > 0, "the restarted {} consumed its share", first.label());
         restarted.push(format!("{} {n}", first.svc().name()));
     }
     println!(
@@ -573,7 +534,7 @@ async fn a_replica_cut_from_its_database_owns_nothing_until_it_is_back() {
         world.start(svc, &[]).await.unwrap();
     }
     let services = world.started().unwrap();
-    owning(&[&services.account], &[4.0], Duration::from_secs(10))
+    owning(&[&services.account], &[4], Duration::from_secs(10))
         .await
         .unwrap();
     let accounts = open_accounts(&services, 4).await.unwrap();
@@ -582,14 +543,14 @@ async fn a_replica_cut_from_its_database_owns_nothing_until_it_is_back() {
     }
 
     proxy.cut().await;
-    owning(&[&services.account], &[0.0], Duration::from_secs(10))
+    owning(&[&services.account], &[0], Duration::from_secs(10))
         .await
         .unwrap();
     for account in &accounts {
         deposit(&services, account, "2.00", "USD").await.unwrap();
     }
     proxy.restore().await;
-    owning(&[&services.account], &[4.0], Duration::from_secs(30))
+    owning(&[&services.account], &[4], Duration::from_secs(30))
         .await
         .unwrap();
     let report = settle(&world, (accounts.len() * 2) as i64).await.unwrap();

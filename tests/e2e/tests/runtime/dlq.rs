@@ -1,8 +1,7 @@
 //! Poison messages, the DLQ and `bankctl dlq` (list, redrive) against real processes.
 
 use eventbank_e2e::{
-    Svc, TestWorld, eventually, get_text, post_json, publish_event, publish_to_queue,
-    service_binary,
+    Svc, TestWorld, eventually, post_json, publish_event, publish_to_queue, service_binary,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -60,17 +59,11 @@ pub(crate) async fn bankctl(world: &TestWorld, args: &[&str]) -> (i32, String) {
 }
 
 async fn metric(world: &TestWorld, svc: Svc, name: &str) -> anyhow::Result<i64> {
-    let handle = world
+    world
         .service(svc)
-        .ok_or_else(|| anyhow::anyhow!("{svc} not running"))?;
-    let (_, text) = get_text(&handle.url("/metrics")).await?;
-    let full = format!("eventbank_{svc}_{name} ");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&full)
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        })
-        .ok_or_else(|| anyhow::anyhow!("{full} not in metrics"))
+        .ok_or_else(|| anyhow::anyhow!("{svc} not running"))?
+        .metric(name)
+        .await
 }
 
 /// A message that always fails (its amount overflows the account's balance) is dead-lettered

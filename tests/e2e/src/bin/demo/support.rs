@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Utc};
-use eventbank_e2e::{ServiceHandle, Services, Svc, TestWorld, get_json, get_text, service_binary};
+use eventbank_e2e::{ServiceHandle, Services, Svc, TestWorld, get_json, service_binary};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -26,11 +26,7 @@ pub async fn balance(s: &Services, account: &str, min_sequence: i64) -> Result<V
 
 /// A counter or gauge of a service's `/metrics` (`eventbank_<svc>_<name>`).
 pub async fn metric(handle: &ServiceHandle, name: &str) -> Result<i64> {
-    let (_, text) = get_text(&handle.url("/metrics")).await?;
-    let prefix = format!("eventbank_{}_{name} ", handle.svc());
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
-        .with_context(|| format!("{prefix} not in /metrics"))
+    handle.metric(name).await
 }
 
 /// One number from a service's database (as the superuser).
