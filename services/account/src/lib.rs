@@ -19,6 +19,7 @@ pub mod handler;
 pub mod projection;
 pub mod rebuild;
 pub mod store;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 
 use anyhow::Context;

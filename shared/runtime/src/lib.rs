@@ -27,6 +27,7 @@ pub mod publisher;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;
 
