@@ -1,13 +1,9 @@
 //! deposit: the HTTP front door and the only producer. Thin: config, telemetry, run.
 
-use eventbank_runtime::{Shutdown, telemetry};
-
+/// Returning the error from `main` prints it with its whole cause chain (anyhow's `Debug`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = deposit::Config::from_env()?;
-    telemetry::init("deposit", config.common.log_format);
-    let listener = tokio::net::TcpListener::bind(config.common.http_addr).await?;
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
+    let (listener, shutdown) = eventbank_runtime::service::start("deposit", &config.common).await?;
     deposit::run(config, listener, shutdown).await
 }

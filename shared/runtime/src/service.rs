@@ -3,6 +3,7 @@
 //! supplies its handler, its API router and its metrics.
 
 use crate::Shutdown;
+use crate::telemetry;
 use crate::applied::{AppliedFeed, applied_api};
 use crate::config::CommonConfig;
 use crate::consumer::{Consumer, Handler};
@@ -12,6 +13,20 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::sync::Arc;
 use utoipa_axum::router::OpenApiRouter;
+
+/// What every service's `main` does before `run`: logs under the service's name, the HTTP
+/// listener bound (a taken port fails here, before any connection is made), and the shutdown
+/// signal wired to SIGINT/SIGTERM.
+pub async fn start(
+    service: &'static str,
+    common: &CommonConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, Shutdown)> {
+    telemetry::init(service, common.log_format);
+    let listener = tokio::net::TcpListener::bind(common.http_addr).await?;
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+    Ok((listener, shutdown))
+}
 
 pub struct ConsumerService<H> {
     pub config: CommonConfig,
