@@ -13,7 +13,7 @@
 
 use crate::chain::{self, BrokenReason};
 use crate::error::ApiError;
-use crate::store::{self, AlertRow, Verification};
+use crate::store::{self, AlertKind, AlertRow, Verification};
 use axum::extract::State;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -102,6 +102,16 @@ struct Page<T> {
     next_after: Option<i64>,
 }
 
+/// The `after` of the next page: the last item's key when the page is full (a shorter page is
+/// the last one).
+fn next_after<T>(page: &[T], limit: i64, key: impl Fn(&T) -> i64) -> Option<i64> {
+    if page.len() as i64 == limit {
+        page.last().map(key)
+    } else {
+        None
+    }
+}
+
 /// Audit entries in position order, with the canonical entry text and hex hashes, so anyone can
 /// recompute the chain.
 #[utoipa::path(
@@ -129,18 +139,8 @@ async fn get_audit(
     let after = int_param(&params, "after", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let mut conn = state.pool.acquire().await?;
-    let rows = store::audit_page(
-        &mut conn,
-        account_id.as_ref().map(AccountId::as_str),
-        after,
-        limit,
-    )
-    .await?;
-    let next_after = if rows.len() as i64 == limit {
-        rows.last().map(|r| r.position)
-    } else {
-        None
-    };
+    let rows = store::audit_page(&mut conn, account_id.as_ref(), after, limit).await?;
+    let next_after = next_after(&rows, limit, |r| r.position);
     let items = rows
         .into_iter()
         .map(|r| AuditItem {
@@ -164,7 +164,7 @@ async fn get_audit(
     tag = TAG,
     params(
         ("account_id" = Option<String>, Query, description = "Only this account's alerts", example = "ACC-0001"),
-        ("kind" = Option<String>, Query, description = "`ctr` or `structuring`"),
+        ("kind" = Option<AlertKind>, Query, description = "`ctr` or `structuring`"),
         ("after" = Option<i64>, Query, description = "Alerts after this id (default 0)", minimum = 0),
         ("limit" = Option<i64>, Query, description = "At most this many (default 100)", minimum = 1, maximum = 1000),
         ("include_superseded" = Option<bool>, Query, description = "Also alerts a late deposit replaced (default false)"),
@@ -182,16 +182,13 @@ async fn get_alerts(
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Page<AlertRow>>, ApiError> {
     let account_id = parse_account(&params)?;
-    let kind = match params.get("kind").map(String::as_str) {
-        None => None,
-        Some(kind @ ("ctr" | "structuring")) => Some(kind),
-        Some(_) => {
-            return Err(ApiError::parameter(
-                "kind",
-                "kind must be ctr or structuring",
-            ));
-        }
-    };
+    let kind = params
+        .get("kind")
+        .map(|raw| {
+            AlertKind::parse(raw)
+                .ok_or_else(|| ApiError::parameter("kind", "kind must be ctr or structuring"))
+        })
+        .transpose()?;
     let include_superseded = match params.get("include_superseded").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -207,18 +204,14 @@ async fn get_alerts(
     let mut conn = state.pool.acquire().await?;
     let items = store::alerts_page(
         &mut conn,
-        account_id.as_ref().map(AccountId::as_str),
+        account_id.as_ref(),
         kind,
         include_superseded,
         after,
         limit,
     )
     .await?;
-    let next_after = if items.len() as i64 == limit {
-        items.last().map(|a| a.id)
-    } else {
-        None
-    };
+    let next_after = next_after(&items, limit, |a| a.id);
     Ok(Json(Page { items, next_after }))
 }
 

@@ -11,7 +11,7 @@
 //! so a future format needs a new field telling verifiers which format an entry uses.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use eventbank_events::DepositCompleted;
+use eventbank_events::{AccountId, DepositCompleted};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -24,7 +24,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub struct CanonicalEntry {
     pub position: i64,
     pub event_id: Uuid,
-    pub account_id: String,
+    /// Serialised as the plain id text, as before the type existed: the format is frozen.
+    pub account_id: AccountId,
     pub deposit_id: Uuid,
     pub sequence: i64,
     pub amount_minor: i64,
@@ -43,7 +44,7 @@ impl CanonicalEntry {
         Self {
             position,
             event_id: event.event_id,
-            account_id: event.account_id.to_string(),
+            account_id: event.account_id.clone(),
             deposit_id: event.deposit_id,
             sequence: event.sequence,
             amount_minor: event.amount_minor,
@@ -76,6 +77,8 @@ pub use hex::encode as hex;
 pub struct StoredEntry {
     pub position: i64,
     pub event_id: Uuid,
+    /// The column as stored, not parsed: the verifier must report a row whose column was
+    /// changed (to anything) as a broken link, not fail to read it.
     pub account_id: String,
     pub entry: String,
     pub prev_hash: Vec<u8>,
@@ -167,7 +170,7 @@ impl Verifier {
         let matches = serde_json::from_str::<CanonicalEntry>(&row.entry).is_ok_and(|e| {
             e.position == row.position
                 && e.event_id == row.event_id
-                && e.account_id == row.account_id
+                && e.account_id.as_str() == row.account_id
                 && e.recorded_at == timestamp(row.recorded_at)
         });
         if !matches {

@@ -12,9 +12,9 @@
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
 use crate::rules::{Rules, Window};
-use crate::store::{self, ActiveStructuring, NewAlert, NewDeposit, Scope};
+use crate::store::{self, ActiveStructuring, AlertKind, NewAlert, NewDeposit, Scope};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
-use eventbank_events::DepositCompleted;
+use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -39,36 +39,87 @@ impl Handler for ComplianceHandler {
         tx: &mut PgConnection,
         events: &[DepositCompleted],
     ) -> Result<(), HandlerError> {
-        // The runtime never passes an id twice, but a repeated id must not get two entries.
-        let mut seen = HashSet::new();
-        let events: Vec<&DepositCompleted> =
-            events.iter().filter(|e| seen.insert(e.event_id)).collect();
-        if events.is_empty() {
-            return Ok(());
-        }
-
-        let mut accounts: Vec<String> = events.iter().map(|e| e.account_id.to_string()).collect();
-        accounts.sort();
-        accounts.dedup();
-        store::lock_accounts(tx, &accounts).await?;
-        // An event that already has an entry (applied by a path that bypassed the runtime's
-        // dedup, such as a restore) is skipped: one entry per event, ever.
-        let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-        let recorded = store::recorded_event_ids(tx, &ids).await?;
-        for e in events.iter().filter(|e| recorded.contains(&e.event_id)) {
-            tracing::info!(
-                event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
-                "event already in the audit log; skipped"
-            );
-        }
-        let fresh: Vec<&DepositCompleted> = events
-            .into_iter()
-            .filter(|e| !recorded.contains(&e.event_id))
-            .collect();
+        let fresh = unrecorded(tx, events).await?;
         if fresh.is_empty() {
             return Ok(());
         }
+        let (alerts, superseded) = self.apply_rules(tx, &fresh).await?;
+        let entries = append_to_chain(tx, &fresh).await?;
+        self.report(&fresh, &entries, &alerts, &superseded);
+        Ok(())
+    }
+}
 
+/// The batch's events that have no audit entry yet, each once, with their accounts locked.
+async fn unrecorded<'e>(
+    tx: &mut PgConnection,
+    events: &'e [DepositCompleted],
+) -> Result<Vec<&'e DepositCompleted>, HandlerError> {
+    // The runtime never passes an id twice, but a repeated id must not get two entries.
+    let events = eventbank_runtime::batch::first_of_each_event(events);
+    if events.is_empty() {
+        return Ok(events);
+    }
+    let mut accounts: Vec<AccountId> = events.iter().map(|e| e.account_id.clone()).collect();
+    accounts.sort();
+    accounts.dedup();
+    store::lock_accounts(tx, &accounts).await?;
+    // An event that already has an entry (applied by a path that bypassed the runtime's
+    // dedup, such as a restore) is skipped: one entry per event, ever.
+    let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    let recorded = store::recorded_event_ids(tx, &ids).await?;
+    for e in events.iter().filter(|e| recorded.contains(&e.event_id)) {
+        tracing::info!(
+            event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
+            "event already in the audit log; skipped"
+        );
+    }
+    Ok(events
+        .into_iter()
+        .filter(|e| !recorded.contains(&e.event_id))
+        .collect())
+}
+
+/// Appends one entry per event to the chain: positions head+1, head+2, ... each linked to the
+/// one before. From here to the commit every other batch of the service waits, so this part
+/// is three statements and a few hashes.
+async fn append_to_chain(
+    tx: &mut PgConnection,
+    fresh: &[&DepositCompleted],
+) -> Result<Vec<StoredEntry>, HandlerError> {
+    let (head_position, head_hash, recorded_at) = store::lock_head(tx).await?;
+    let mut prev = head_hash;
+    let mut position = head_position;
+    let mut entries = Vec::with_capacity(fresh.len());
+    for e in fresh {
+        position += 1;
+        let entry = CanonicalEntry::new(position, e, recorded_at)
+            .to_text()
+            .map_err(|e| HandlerError::Other(e.into()))?;
+        let hash = chain::link_hash(&prev, &entry).to_vec();
+        entries.push(StoredEntry {
+            position,
+            event_id: e.event_id,
+            account_id: e.account_id.to_string(),
+            entry,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            recorded_at,
+        });
+    }
+    store::append_entries(tx, &entries).await?;
+    store::set_head(tx, position, &prev).await?;
+    Ok(entries)
+}
+
+impl ComplianceHandler {
+    /// Records the deposits and applies both rules: returns the alerts raised and the active
+    /// ones superseded.
+    async fn apply_rules(
+        &self,
+        tx: &mut PgConnection,
+        fresh: &[&DepositCompleted],
+    ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
         // Deposits first: the structuring walk reads them back with the precision Postgres
         // keeps, together with the earlier ones.
         let deposits: Vec<NewDeposit> = fresh
@@ -76,49 +127,33 @@ impl Handler for ComplianceHandler {
             .map(|e| NewDeposit {
                 event_id: e.event_id,
                 deposit_id: e.deposit_id,
-                account_id: e.account_id.to_string(),
+                account_id: e.account_id.clone(),
                 amount_minor: e.amount_minor,
                 currency: e.currency.code().to_owned(),
                 occurred_at: e.occurred_at,
             })
             .collect();
         store::insert_deposits(tx, &deposits).await?;
-        let mut alerts = self.ctr_alerts(&fresh);
-        let (structuring, superseded) = self.structuring(tx, &fresh).await?;
+        let mut alerts = self.ctr_alerts(fresh);
+        let (structuring, superseded) = self.structuring(tx, fresh).await?;
         // Superseded first: a replacement may name the same event, and only one alert of a
         // kind per event may be active.
         let superseded_ids: Vec<i64> = superseded.iter().map(|a| a.id).collect();
         store::supersede_alerts(tx, &superseded_ids).await?;
         alerts.extend(structuring);
         store::insert_alerts(tx, &alerts).await?;
+        Ok((alerts, superseded))
+    }
 
-        // The chain, last: positions head+1, head+2, ... each linked to the one before. From
-        // here to the commit every other batch of the service waits, so this part is three
-        // statements and a few hashes.
-        let (head_position, head_hash, recorded_at) = store::lock_head(tx).await?;
-        let mut prev = head_hash;
-        let mut position = head_position;
-        let mut entries = Vec::with_capacity(fresh.len());
-        for e in &fresh {
-            position += 1;
-            let entry = CanonicalEntry::new(position, e, recorded_at)
-                .to_text()
-                .map_err(|e| HandlerError::Other(e.into()))?;
-            let hash = chain::link_hash(&prev, &entry).to_vec();
-            entries.push(StoredEntry {
-                position,
-                event_id: e.event_id,
-                account_id: e.account_id.to_string(),
-                entry,
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-                recorded_at,
-            });
-        }
-        store::append_entries(tx, &entries).await?;
-        store::set_head(tx, position, &prev).await?;
-
-        for old in &superseded {
+    /// Counts and logs what the batch did: superseded and raised alerts, appended entries.
+    fn report(
+        &self,
+        fresh: &[&DepositCompleted],
+        entries: &[StoredEntry],
+        alerts: &[NewAlert],
+        superseded: &[ActiveStructuring],
+    ) {
+        for old in superseded {
             self.metrics.superseded_alerts.inc();
             tracing::info!(
                 alert_id = old.id, event_id = %old.event_id, window_end = %old.window.end,
@@ -126,25 +161,25 @@ impl Handler for ComplianceHandler {
                 "structuring alert superseded: a late deposit changed the windows time order gives"
             );
         }
-        for alert in &alerts {
+        for alert in alerts {
             let counter = match alert.kind {
-                "ctr" => &self.metrics.ctr_alerts,
-                _ => &self.metrics.structuring_alerts,
+                AlertKind::Ctr => &self.metrics.ctr_alerts,
+                AlertKind::Structuring => &self.metrics.structuring_alerts,
             };
             counter.inc();
             tracing::info!(
-                kind = alert.kind, account_id = %alert.account_id, event_id = %alert.event_id,
-                amount_minor = alert.amount_minor, currency = %alert.currency,
-                window_start = %alert.window.start, window_end = %alert.window.end,
-                "alert raised"
+                kind = alert.kind.as_str(), account_id = %alert.account_id,
+                event_id = %alert.event_id, amount_minor = alert.amount_minor,
+                currency = %alert.currency, window_start = %alert.window.start,
+                window_end = %alert.window.end, "alert raised"
             );
         }
         self.metrics.audit_entries.inc_by(entries.len() as u64);
-        for (e, entry) in fresh.iter().zip(&entries) {
+        for (e, entry) in fresh.iter().zip(entries) {
             let raised: Vec<&str> = alerts
                 .iter()
                 .filter(|a| a.event_id == e.event_id)
-                .map(|a| a.kind)
+                .map(|a| a.kind.as_str())
                 .collect();
             tracing::info!(
                 event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
@@ -152,7 +187,6 @@ impl Handler for ComplianceHandler {
                 "audit entry appended"
             );
         }
-        Ok(())
     }
 }
 
@@ -165,8 +199,8 @@ impl ComplianceHandler {
             .iter()
             .filter(|e| e.amount_minor >= threshold)
             .map(|e| NewAlert {
-                kind: "ctr",
-                account_id: e.account_id.to_string(),
+                kind: AlertKind::Ctr,
+                account_id: e.account_id.clone(),
                 event_id: e.event_id,
                 amount_minor: e.amount_minor,
                 currency: e.currency.code().to_owned(),
@@ -195,7 +229,7 @@ impl ComplianceHandler {
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
         let threshold = self.rules.ctr_threshold_minor;
         let window = self.rules.structuring_window;
-        let mut froms: BTreeMap<(String, String), DateTime<Utc>> = BTreeMap::new();
+        let mut froms: BTreeMap<(AccountId, String), DateTime<Utc>> = BTreeMap::new();
         for e in fresh.iter().filter(|e| e.amount_minor < threshold) {
             // A microsecond before the deposit, truncated to microseconds: Postgres keeps
             // microseconds, and the stored instant must not fall before the walk's start.
@@ -204,7 +238,7 @@ impl ComplianceHandler {
                 .checked_sub_signed(TimeDelta::microseconds(1))
                 .unwrap_or(t);
             let from = froms
-                .entry((e.account_id.to_string(), e.currency.code().to_owned()))
+                .entry((e.account_id.clone(), e.currency.code().to_owned()))
                 .or_insert(t);
             *from = (*from).min(t);
         }
@@ -231,7 +265,7 @@ impl ComplianceHandler {
             let mut kept = HashSet::new();
             for found in self.rules.structuring_from(&history, scope.from, previous) {
                 let alert = NewAlert {
-                    kind: "structuring",
+                    kind: AlertKind::Structuring,
                     account_id: scope.account_id.clone(),
                     event_id: found.event_id,
                     amount_minor: found.total_minor,

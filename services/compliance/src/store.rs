@@ -6,6 +6,7 @@
 use crate::chain::{self, Broken, StoredEntry, Verifier};
 use crate::rules::{Deposit, Window};
 use chrono::{DateTime, TimeDelta, Utc};
+use eventbank_events::AccountId;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -27,8 +28,20 @@ pub const ACCOUNT_LOCK_CLASS: i32 = 0x434f_0001;
 
 /// Locks the accounts of a batch until the transaction ends, in a fixed order (so two batches
 /// cannot deadlock): the rules of one account never run concurrently.
-pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[String]) -> sqlx::Result<()> {
-    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, account_ids).await
+pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -> sqlx::Result<()> {
+    let keys: Vec<String> = account_ids.iter().map(|a| a.as_str().to_owned()).collect();
+    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
+}
+
+/// An account id read back from a column: a stored value that is not one is an error, not a
+/// default (the rules would otherwise group deposits under a made-up account).
+fn stored_account(raw: String) -> sqlx::Result<AccountId> {
+    AccountId::parse(&raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// The ids as the text columns hold them.
+fn id_texts<'a>(ids: impl Iterator<Item = &'a AccountId>) -> Vec<&'a str> {
+    ids.map(AccountId::as_str).collect()
 }
 
 pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {
@@ -83,7 +96,7 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
 pub struct NewDeposit {
     pub event_id: Uuid,
     pub deposit_id: Uuid,
-    pub account_id: String,
+    pub account_id: AccountId,
     pub amount_minor: i64,
     pub currency: String,
     pub occurred_at: DateTime<Utc>,
@@ -92,7 +105,7 @@ pub struct NewDeposit {
 pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sqlx::Result<()> {
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let deposit_ids: Vec<Uuid> = rows.iter().map(|r| r.deposit_id).collect();
-    let account_ids: Vec<String> = rows.iter().map(|r| r.account_id.clone()).collect();
+    let account_ids = id_texts(rows.iter().map(|r| &r.account_id));
     let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
     let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
@@ -117,16 +130,16 @@ pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sq
 /// or after `from` is recomputed.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub currency: String,
     pub from: DateTime<Utc>,
 }
 
-type ScopeColumns = (Vec<String>, Vec<String>, Vec<DateTime<Utc>>);
+type ScopeColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<DateTime<Utc>>);
 
-fn scope_columns(scopes: &[Scope], shift: TimeDelta) -> ScopeColumns {
+fn scope_columns(scopes: &[Scope], shift: TimeDelta) -> ScopeColumns<'_> {
     (
-        scopes.iter().map(|s| s.account_id.clone()).collect(),
+        id_texts(scopes.iter().map(|s| &s.account_id)),
         scopes.iter().map(|s| s.currency.clone()).collect(),
         scopes
             .iter()
@@ -136,7 +149,7 @@ fn scope_columns(scopes: &[Scope], shift: TimeDelta) -> ScopeColumns {
 }
 
 /// (account, currency) as a map key.
-pub type AccountCurrency = (String, String);
+pub type AccountCurrency = (AccountId, String);
 
 /// Every recorded deposit under `under_minor` of each scope's account and currency that
 /// occurred at or after `from - window`: all the deposits the windows from `from` on can hold.
@@ -162,7 +175,7 @@ pub async fn deposits_for_walk(
     .await?;
     let mut out: HashMap<AccountCurrency, Vec<Deposit>> = HashMap::new();
     for (account_id, event_id, amount_minor, currency, occurred_at) in rows {
-        out.entry((account_id, currency.clone()))
+        out.entry((stored_account(account_id)?, currency.clone()))
             .or_default()
             .push(Deposit {
                 event_id,
@@ -226,10 +239,12 @@ pub async fn structuring_state(
     let mut out: HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)> =
         HashMap::new();
     for (account_id, currency, start, end) in previous {
-        out.entry((account_id, currency)).or_default().0 = Some(Window { start, end });
+        out.entry((stored_account(account_id)?, currency))
+            .or_default()
+            .0 = Some(Window { start, end });
     }
     for (account_id, currency, id, event_id, start, end, amount_minor, details) in active {
-        out.entry((account_id, currency))
+        out.entry((stored_account(account_id)?, currency))
             .or_default()
             .1
             .push(ActiveStructuring {
@@ -257,11 +272,42 @@ pub async fn supersede_alerts(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Res
     Ok(())
 }
 
+/// Which rule raised an alert. Stored as text (`CHECK` in the migration); a stored value that
+/// is neither is a decode error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// One deposit at or over the threshold.
+    Ctr,
+    /// Several deposits under the threshold reaching it within the window.
+    Structuring,
+}
+
+impl AlertKind {
+    /// The kind a query parameter names, if any.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "ctr" => Some(Self::Ctr),
+            "structuring" => Some(Self::Structuring),
+            _ => None,
+        }
+    }
+
+    /// The stored (and serialised) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ctr => "ctr",
+            Self::Structuring => "structuring",
+        }
+    }
+}
+
 /// An alert to record.
 #[derive(Debug, Clone)]
 pub struct NewAlert {
-    pub kind: &'static str,
-    pub account_id: String,
+    pub kind: AlertKind,
+    pub account_id: AccountId,
     pub event_id: Uuid,
     pub amount_minor: i64,
     pub currency: String,
@@ -275,8 +321,8 @@ pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx
     if alerts.is_empty() {
         return Ok(());
     }
-    let kinds: Vec<&str> = alerts.iter().map(|a| a.kind).collect();
-    let account_ids: Vec<String> = alerts.iter().map(|a| a.account_id.clone()).collect();
+    let kinds: Vec<AlertKind> = alerts.iter().map(|a| a.kind).collect();
+    let account_ids = id_texts(alerts.iter().map(|a| &a.account_id));
     let event_ids: Vec<Uuid> = alerts.iter().map(|a| a.event_id).collect();
     let amounts: Vec<i64> = alerts.iter().map(|a| a.amount_minor).collect();
     let currencies: Vec<String> = alerts.iter().map(|a| a.currency.clone()).collect();
@@ -306,7 +352,7 @@ pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx
 /// Audit entries after `after` (a position), oldest first, optionally of one account.
 pub async fn audit_page(
     conn: &mut PgConnection,
-    account_id: Option<&str>,
+    account_id: Option<&AccountId>,
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEntry>> {
@@ -317,7 +363,7 @@ pub async fn audit_page(
           ORDER BY position LIMIT $3",
     )
     .bind(after)
-    .bind(account_id)
+    .bind(account_id.map(AccountId::as_str))
     .bind(limit)
     .fetch_all(conn)
     .await
@@ -329,10 +375,10 @@ pub struct AlertRow {
     /// Pass as `after` to page.
     pub id: i64,
     /// `ctr` (one large deposit) or `structuring` (several below the threshold in a window).
-    #[schema(example = "ctr")]
-    pub kind: String,
-    #[schema(example = "ACC-0001")]
-    pub account_id: String,
+    pub kind: AlertKind,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "ACC-0001")]
+    pub account_id: AccountId,
     /// The deposit event that raised it.
     pub event_id: Uuid,
     /// The amount the rule looked at (the deposit, or the window's sum).
@@ -353,8 +399,8 @@ pub struct AlertRow {
 /// superseded ones only when asked for.
 pub async fn alerts_page(
     conn: &mut PgConnection,
-    account_id: Option<&str>,
-    kind: Option<&str>,
+    account_id: Option<&AccountId>,
+    kind: Option<AlertKind>,
     include_superseded: bool,
     after: i64,
     limit: i64,
@@ -369,7 +415,7 @@ pub async fn alerts_page(
           ORDER BY id LIMIT $4",
     )
     .bind(after)
-    .bind(account_id)
+    .bind(account_id.map(AccountId::as_str))
     .bind(kind)
     .bind(limit)
     .bind(include_superseded)
@@ -439,4 +485,22 @@ pub async fn verify_snapshot(pool: &sqlx::PgPool) -> sqlx::Result<Verification> 
     let outcome = verify(&mut tx).await?;
     tx.rollback().await?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_kind_is_named_the_same_in_queries_in_the_table_and_in_json() {
+        for kind in [AlertKind::Ctr, AlertKind::Structuring] {
+            assert_eq!(AlertKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(serde_json::Value::from(kind.as_str()))
+            );
+        }
+        assert_eq!(AlertKind::parse("CTR"), None);
+        assert_eq!(AlertKind::parse("other"), None);
+    }
 }

@@ -17,6 +17,7 @@
 pub mod amqp;
 pub mod applied;
 pub mod backoff;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod db;

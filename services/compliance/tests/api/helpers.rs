@@ -175,7 +175,7 @@ impl TestApp {
                 let e: CanonicalEntry = serde_json::from_str(text).unwrap();
                 (
                     e.event_id,
-                    e.account_id,
+                    e.account_id.into(),
                     e.deposit_id,
                     e.sequence,
                     e.amount_minor,
