@@ -76,6 +76,17 @@ impl ApiError {
     }
 }
 
+/// A problem about one account names it in `account_id`, so a client need not parse `detail`.
+fn account_problem(
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+    account_id: String,
+) -> Problem {
+    Problem::new(status, kind, title, detail).with("account_id", account_id)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {
@@ -93,20 +104,27 @@ impl IntoResponse for ApiError {
                 )
                 .with("errors", errors)
             }
-            ApiError::UnknownAccount(id) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-account",
-                "Unknown account",
-                format!("no account {id} in the directory; open one with POST /accounts"),
-            )
-            .with("account_id", id),
-            ApiError::AccountClosed(id) => Problem::new(
-                StatusCode::CONFLICT,
-                "account-closed",
-                "Account closed",
-                format!("account {id} is closed and accepts no deposits"),
-            )
-            .with("account_id", id),
+            ApiError::UnknownAccount(id) => {
+                let detail =
+                    format!("no account {id} in the directory; open one with POST /accounts");
+                account_problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown-account",
+                    "Unknown account",
+                    detail,
+                    id,
+                )
+            }
+            ApiError::AccountClosed(id) => {
+                let detail = format!("account {id} is closed and accepts no deposits");
+                account_problem(
+                    StatusCode::CONFLICT,
+                    "account-closed",
+                    "Account closed",
+                    detail,
+                    id,
+                )
+            }
             ApiError::CurrencyMismatch {
                 account_currency,
                 given,

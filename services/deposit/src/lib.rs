@@ -1,15 +1,23 @@
 //! deposit: accepts deposits over HTTP and publishes `DepositCompleted` through a
 //! transactional outbox.
 //!
-//! - [`api`]: `POST /accounts`, `POST /deposits` (validation, Idempotency-Key), reads.
+//! - [`api`]: the routes and handlers: `POST /accounts`, `POST /deposits`, reads.
+//! - [`body`]: every request body read whole first; [`auth`]: the API key of the writes.
+//! - [`validate`]: the request bodies' rules; [`idempotency`]: Idempotency-Key.
+//! - [`accept`]: a deposit's one transaction (sequence, row, outbox row).
 //! - [`store`]: the SQL, in small functions.
 //! - [`relay`]: publishes the outbox in order with confirms; one leader at a time.
 
+pub mod accept;
 pub mod api;
+pub mod auth;
+pub mod body;
 pub mod error;
+pub mod idempotency;
 pub mod openapi;
 pub mod relay;
 pub mod store;
+pub mod validate;
 pub mod wakeup;
 
 use anyhow::Context;

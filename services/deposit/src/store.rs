@@ -17,15 +17,53 @@ pub struct AccountRow {
     #[schema(example = "USD")]
     pub currency: String,
     /// `open` or `closed` (a closed account accepts no deposits).
-    #[schema(example = "open")]
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "open")]
+    pub status: AccountStatus,
     /// The sequence number of the account's latest deposit (0: none yet).
     pub last_sequence: i64,
     pub created_at: DateTime<Utc>,
 }
 
+/// Whether an account takes deposits. Read from the row's `status`: a value this code does not
+/// know is a decode error, never taken for either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown account status {0:?}")]
+pub struct UnknownAccountStatus(String);
+
+impl TryFrom<String> for AccountStatus {
+    type Error = UnknownAccountStatus;
+
+    fn try_from(status: String) -> Result<Self, Self::Error> {
+        match status.as_str() {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            _ => Err(UnknownAccountStatus(status)),
+        }
+    }
+}
+
 const ACCOUNT_COLUMNS: &str =
     "account_id, holder_name, email, currency, status, last_sequence, created_at";
+
+/// The one account `sql` returns for `$1 = account_id`, if any.
+async fn fetch_account(
+    conn: &mut PgConnection,
+    sql: String,
+    account_id: &str,
+) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(account_id)
+        .fetch_optional(conn)
+        .await
+}
 
 /// Demo accounts so a first curl works. Idempotent.
 pub async fn seed_demo_accounts(pool: &PgPool) -> sqlx::Result<()> {
@@ -64,12 +102,8 @@ pub async fn get_account(
     conn: &mut PgConnection,
     account_id: &str,
 ) -> sqlx::Result<Option<AccountRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"
-    )))
-    .bind(account_id)
-    .fetch_optional(conn)
-    .await
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
+    fetch_account(conn, sql, account_id).await
 }
 
 /// Takes the account's next sequence number. The UPDATE row-locks the account until commit, so
@@ -78,13 +112,11 @@ pub async fn next_sequence(
     conn: &mut PgConnection,
     account_id: &str,
 ) -> sqlx::Result<Option<AccountRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "UPDATE accounts SET last_sequence = last_sequence + 1 WHERE account_id = $1
          RETURNING {ACCOUNT_COLUMNS}"
-    )))
-    .bind(account_id)
-    .fetch_optional(conn)
-    .await
+    );
+    fetch_account(conn, sql, account_id).await
 }
 
 /// A stored deposit.
@@ -243,4 +275,31 @@ pub async fn outbox_backlog(conn: &mut PgConnection) -> sqlx::Result<(i64, i64)>
     )
     .fetch_one(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_open_or_closed_and_nothing_else() {
+        assert_eq!(
+            AccountStatus::try_from("open".to_owned()).ok(),
+            Some(AccountStatus::Open)
+        );
+        assert_eq!(
+            AccountStatus::try_from("closed".to_owned()).ok(),
+            Some(AccountStatus::Closed)
+        );
+        for unknown in ["", "Open", "frozen"] {
+            assert!(
+                AccountStatus::try_from(unknown.to_owned()).is_err(),
+                "{unknown}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(AccountStatus::Closed).ok(),
+            Some(serde_json::json!("closed"))
+        );
+    }
 }
