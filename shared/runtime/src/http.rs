@@ -410,15 +410,64 @@ pub fn docs_router(openapi: OpenApi) -> Router {
 }
 
 /// A service's whole HTTP surface: its own routes, the ops routes and the docs, with the
-/// fallback problem for unknown routes and the 405 of a known route as a problem. Also returns
-/// the spec (what `/openapi.json` serves), so tests can compare it with the routes.
+/// fallback problem for unknown routes and the 405 of a known route as a problem, every request
+/// in a span of its own with a request id ([`request_spans`]). Also returns the spec (what
+/// `/openapi.json` serves), so tests can compare it with the routes.
 pub fn service_router(api: OpenApiRouter, ops: OpsState) -> (Router, OpenApi) {
     let (router, openapi) = api.merge(ops_api(ops)).split_for_parts();
     let router = router
         .merge(docs_router(openapi.clone()))
         .fallback(not_found_fallback)
         .layer(axum::middleware::map_response(method_not_allowed_problem));
-    (router, openapi)
+    (request_spans(router), openapi)
+}
+
+/// The header that names a request in the logs of the service and of its caller.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Every request of `router` gets an `x-request-id` (the caller's, else a new UUID), echoed in
+/// the response, and a span with its method, matched route, request id, status and latency.
+/// One log line per response, at debug: the services log what a request did at info already,
+/// and health checks and scrapes would drown those lines. Bodies are never logged.
+fn request_spans(router: Router) -> Router {
+    use axum::extract::MatchedPath;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
+    use tracing::field::Empty;
+    let name = axum::http::HeaderName::from_static(REQUEST_ID);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request| {
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+                request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()),
+                status = Empty,
+                latency_ms = Empty,
+            )
+        })
+        .on_request(())
+        .on_response(
+            |response: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                span.record("status", response.status().as_u16());
+                span.record(
+                    "latency_ms",
+                    u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                );
+                tracing::debug!("response");
+            },
+        )
+        .on_body_chunk(())
+        .on_eos(())
+        // A 5xx is logged where it is made (Problem::internal, the 503s), with its cause.
+        .on_failure(());
+    // Outermost first: the id is set before the span is made, and copied onto the response.
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(name.clone(), MakeRequestUuid))
+            .layer(trace)
+            .layer(PropagateRequestIdLayer::new(name)),
+    )
 }
 
 /// `router` answering browsers of `origins` (CORS): simple and preflight requests from those
@@ -490,7 +539,9 @@ pub async fn not_found_fallback() -> Problem {
 }
 
 /// Serves `router` until shutdown, then stops every other loop, drains them (up to
-/// `drain_timeout`) and closes the pool: the whole life of a service after start-up.
+/// `drain_timeout`) and closes the pool: the whole life of a service after start-up. `router` is
+/// what [`service_router`] built, its fallback included: a fallback set here would replace that
+/// one without its layers (the request id, the span).
 pub async fn serve_then_drain(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -498,7 +549,6 @@ pub async fn serve_then_drain(
     drain_timeout: std::time::Duration,
     pool: PgPool,
 ) -> anyhow::Result<()> {
-    let router = router.fallback(not_found_fallback);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
@@ -523,4 +573,103 @@ pub async fn serve(
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// The router every service serves, on a pool that never connects (`/healthz` needs none).
+    fn router() -> Router {
+        let ops = OpsState {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+                .unwrap(),
+            broker_connected: Gauge::default(),
+            broker_required: false,
+            registry: Arc::new(Registry::default()),
+        };
+        service_router(OpenApiRouter::new(), ops).0
+    }
+
+    async fn request_id(path: &str, given: Option<&str>) -> (StatusCode, String) {
+        ask(router(), path, given).await
+    }
+
+    /// `router`'s status and request id for a GET of `path` (with the request id `given`).
+    async fn ask(router: Router, path: &str, given: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::builder().uri(path);
+        if let Some(id) = given {
+            request = request.header(REQUEST_ID, id);
+        }
+        let response = router
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let id = response.headers()[REQUEST_ID].to_str().unwrap().to_owned();
+        (response.status(), id)
+    }
+
+    #[tokio::test]
+    async fn a_response_echoes_the_callers_request_id() {
+        let (status, id) = request_id("/healthz", Some("caller-7")).await;
+        assert_eq!((status, id.as_str()), (StatusCode::OK, "caller-7"));
+    }
+
+    /// What the log lines of the current thread say, for the rest of the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn one_debug_line_per_response_in_a_span_naming_the_request() {
+        // Made before the capture starts: the pool logs its own lines when it is made.
+        let router = router();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        ask(router, "/healthz", Some("caller-7")).await;
+        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logged.lines().collect();
+        assert_eq!(lines.len(), 1, "{logged}");
+        for field in [
+            "DEBUG",
+            "method=GET",
+            "route=\"/healthz\"",
+            "request_id=\"caller-7\"",
+            "status=200",
+            "latency_ms=",
+            "http: response",
+        ] {
+            assert!(lines[0].contains(field), "{field} in {logged}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_id_gets_a_new_uuid_also_on_unknown_routes() {
+        for path in ["/healthz", "/no/such/route"] {
+            let (_, id) = request_id(path, None).await;
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{path}: {id}");
+        }
+        assert_ne!(
+            request_id("/healthz", None).await.1,
+            request_id("/healthz", None).await.1
+        );
+    }
 }

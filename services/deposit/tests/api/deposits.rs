@@ -266,3 +266,34 @@ async fn channel_and_reference_travel_in_a_version_2_event() {
     assert_eq!(app.count("deposits").await, 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    let body = json!({"account_id": "ACC-0001", "amount": "1.00", "currency": "USD"}).to_string();
+    let request = |id: Option<&str>| {
+        let mut request = app
+            .client
+            .post(format!("{}/deposits", app.base))
+            .header("content-type", "application/json")
+            .header("x-api-key", crate::API_KEY)
+            .body(body.clone());
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request
+    };
+    let given = request(Some("req-42")).send().await.unwrap();
+    assert_eq!(given.status().as_u16(), 201);
+    assert_eq!(given.headers()["x-request-id"], "req-42");
+    // A refused request (the 413 answered before any handler) is named too.
+    let fresh = request(None)
+        .body("x".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status().as_u16(), 413);
+    let id = fresh.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    app.cleanup().await;
+}

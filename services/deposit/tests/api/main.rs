@@ -4,17 +4,36 @@
 mod deposits;
 mod openapi;
 
-use deposit::{Config, DepositMetrics, api};
+use deposit::Config;
 use eventbank_runtime::testing::TestDatabase;
-use std::sync::Arc;
+use eventbank_runtime::{Secret, Shutdown};
+use std::time::Duration;
 
 pub const API_KEY: &str = "test-api-key";
 
+/// The service's configuration on `db`. The broker URL names a port nothing listens on: the
+/// relay keeps retrying and never publishes these tests' events into the shared broker.
+pub fn config(db: &TestDatabase) -> Config {
+    let mut common = eventbank_runtime::CommonConfig::from_env("deposit", 0).expect("config");
+    common.database_url = Secret::new(db.url.clone());
+    common.amqp_url = Secret::new("amqp://guest:guest@127.0.0.1:1/eventbank");
+    Config {
+        common,
+        seed_demo_accounts: true,
+        max_deposit_amount: "1000000.00".into(),
+        relay_batch: 100,
+        api_key: Secret::new(API_KEY),
+    }
+}
+
+/// The service as `main` runs it ([`deposit::run`]: the router, the relay, the demo accounts),
+/// on a fresh database and a free port.
 pub struct TestApp {
     pub base: String,
     pub db: TestDatabase,
     pub client: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
@@ -22,36 +41,39 @@ impl TestApp {
         let db = TestDatabase::create("deposit", &deposit::MIGRATOR)
             .await
             .expect("test database");
-        deposit::store::seed_demo_accounts(&db.pool)
-            .await
-            .expect("seed");
-        let config = Config {
-            common: eventbank_runtime::CommonConfig::from_env("deposit", 0).expect("config"),
-            seed_demo_accounts: true,
-            max_deposit_amount: "1000000.00".into(),
-            relay_batch: 100,
-            api_key: eventbank_runtime::Secret::new(API_KEY),
-        };
-        let mut registry = eventbank_runtime::metrics::new_registry("deposit");
-        let state = api::AppState {
-            pool: db.pool.clone(),
-            config: Arc::new(config),
-            metrics: DepositMetrics::register(&mut registry),
-            outbox: Arc::new(deposit::wakeup::OutboxSignal::new()),
-        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let router = api::app(state).fallback(eventbank_runtime::http::not_found_fallback);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Self {
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(deposit::run(config(&db), listener, shutdown.clone()));
+        let app = Self {
             base,
             db,
             client: reqwest::Client::new(),
+            shutdown,
             server,
+        };
+        app.wait_until_serving().await;
+        app
+    }
+
+    /// `run` seeds the demo accounts before it serves; the listener queues requests meanwhile,
+    /// but a test that reads the database first must not look too early.
+    async fn wait_until_serving(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self
+            .client
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the service did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -95,8 +117,15 @@ impl TestApp {
             .expect("count")
     }
 
+    /// Stops the service as a signal would (it drains and closes its pool), then drops the
+    /// database.
     pub async fn cleanup(self) {
-        self.server.abort();
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(30), self.server)
+            .await
+            .expect("the service stops")
+            .expect("the service task")
+            .expect("the service ends without an error");
         self.db.drop_db().await.expect("drop test database");
     }
 }

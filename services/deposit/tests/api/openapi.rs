@@ -3,7 +3,7 @@
 //! their documented schemas, and the write endpoints carry the `x-api-key` scheme.
 
 use crate::API_KEY;
-use deposit::{Config, DepositMetrics, api};
+use deposit::{DepositMetrics, api};
 use eventbank_runtime::http::service_router;
 use eventbank_runtime::testing::{
     Case, TestDatabase, check_answers, check_spec_against_router, ops_state,
@@ -26,17 +26,10 @@ async fn setup() -> (TestDatabase, axum::Router, utoipa::openapi::OpenApi) {
         .await
         .unwrap();
     deposit::store::seed_demo_accounts(&db.pool).await.unwrap();
-    let config = Config {
-        common: eventbank_runtime::CommonConfig::from_env("deposit", 0).unwrap(),
-        seed_demo_accounts: true,
-        max_deposit_amount: "1000000.00".into(),
-        relay_batch: 100,
-        api_key: eventbank_runtime::Secret::new(API_KEY),
-    };
     let mut registry = eventbank_runtime::metrics::new_registry("deposit");
     let state = api::AppState {
         pool: db.pool.clone(),
-        config: Arc::new(config),
+        config: Arc::new(crate::config(&db)),
         metrics: DepositMetrics::register(&mut registry),
         outbox: Arc::new(deposit::wakeup::OutboxSignal::new()),
     };
