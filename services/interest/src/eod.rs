@@ -13,7 +13,7 @@
 //! that recomputes the same days waits for it or it waits for the deposit, and the later one
 //! computes from the earlier one's balances.
 
-use crate::accrual::{self, ExactInterest};
+use crate::accrual;
 use crate::metrics::InterestMetrics;
 use crate::store::{self, AccrualRow};
 use anyhow::Context;
@@ -153,23 +153,9 @@ async fn accrue_accounts(
         let days = accrual::accrue_days(account_balances, &schedule, *from, through);
         outcome.accounts += 1;
         outcome.days += days.len() as u64;
-        for day in days {
-            rows.push(AccrualRow {
-                account_id: account_id.clone(),
-                day: day.day,
-                currency: currency.clone(),
-                rate: day.rate,
-                balance_minor: day.balance_minor,
-                accrued_micro: micro_i64(day.interest)?,
-            });
-        }
+        rows.extend(AccrualRow::from_days(account_id, currency, days)?);
     }
     store::upsert_accruals(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(outcome)
-}
-
-fn micro_i64(interest: ExactInterest) -> anyhow::Result<i64> {
-    i64::try_from(interest.micro())
-        .map_err(|_| anyhow::anyhow!("a day's interest exceeds a 64-bit micro-minor amount"))
 }

@@ -5,7 +5,7 @@
 //! `processed_events`; everything here commits or rolls back with that dedup row. The batch is
 //! applied with one set-based statement per step whatever its size.
 
-use crate::accrual::{self, ExactInterest};
+use crate::accrual;
 use crate::metrics::InterestMetrics;
 use crate::store::{self, AccrualRow, DayDelta, NewDeposit};
 use chrono::NaiveDate;
@@ -40,77 +40,99 @@ impl Handler for InterestHandler {
     ) -> Result<(), HandlerError> {
         // The runtime never passes an id twice, but the handler must not double-count if a
         // caller does: keep the first copy.
-        let mut seen = HashSet::new();
-        let events: Vec<&DepositCompleted> =
-            events.iter().filter(|e| seen.insert(e.event_id)).collect();
+        let events = eventbank_runtime::batch::first_of_each_event(events);
         if events.is_empty() {
             return Ok(());
         }
-
-        // Accounts: the first deposit of an unknown account fixes its currency.
-        let mut first_currency: BTreeMap<String, String> = BTreeMap::new();
-        for e in &events {
-            first_currency
-                .entry(e.account_id.to_string())
-                .or_insert_with(|| e.currency.code().to_owned());
-        }
-        let (account_ids, currencies): (Vec<String>, Vec<String>) =
-            first_currency.into_iter().unzip();
-        store::ensure_accounts(tx, &account_ids, &currencies).await?;
-        let account_currency = store::lock_accounts(tx, &account_ids).await?;
-        for e in &events {
-            let known = account_currency.get(e.account_id.as_str());
-            if known.map(String::as_str) != Some(e.currency.code()) {
-                // Adding a EUR amount to a USD balance would corrupt it; the deposit service
-                // never emits this, so it is a poison message for the dead-letter queue.
-                return Err(HandlerError::Rejected(format!(
-                    "deposit {} in {} for account {} whose currency is {}",
-                    e.deposit_id,
-                    e.currency,
-                    e.account_id,
-                    known.map_or("unknown", String::as_str)
-                )));
-            }
-        }
+        let account_currency = lock_accounts(tx, &events).await?;
+        let account_ids: Vec<String> = account_currency.keys().cloned().collect();
         let old_horizons = store::accrual_horizons(tx, &account_ids).await?;
-
-        let deposits: Vec<NewDeposit> = events
-            .iter()
-            .map(|e| NewDeposit {
-                event_id: e.event_id,
-                deposit_id: e.deposit_id,
-                account_id: e.account_id.to_string(),
-                sequence: e.sequence,
-                amount_minor: e.amount_minor,
-                currency: e.currency.code().to_owned(),
-                occurred_at: e.occurred_at,
-                business_day: business_day(e),
-            })
-            .collect();
-        let inserted: HashSet<_> = store::insert_deposits(tx, &deposits)
-            .await?
-            .into_iter()
-            .collect();
-        for e in events.iter().filter(|e| !inserted.contains(&e.event_id)) {
-            tracing::info!(
-                event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
-                "deposit already recorded; balances unchanged"
-            );
-        }
-        let fresh: Vec<&NewDeposit> = deposits
-            .iter()
-            .filter(|d| inserted.contains(&d.event_id))
-            .collect();
+        let fresh = record_deposits(tx, &events).await?;
         if fresh.is_empty() {
             return Ok(());
         }
-
         let deltas = day_deltas(&fresh)?;
         store::apply_deltas(tx, &deltas).await?;
         self.recompute_accruals(tx, &deltas, &old_horizons, &account_currency)
             .await?;
+        self.report(&fresh, &old_horizons);
+        Ok(())
+    }
+}
 
-        for d in &fresh {
+/// Creates the batch's unknown accounts (the first deposit of one fixes its currency), locks
+/// them all, and returns each one's currency. A deposit in another currency than its account's
+/// is rejected.
+async fn lock_accounts(
+    tx: &mut PgConnection,
+    events: &[&DepositCompleted],
+) -> Result<HashMap<String, String>, HandlerError> {
+    let mut first_currency: BTreeMap<String, String> = BTreeMap::new();
+    for e in events {
+        first_currency
+            .entry(e.account_id.to_string())
+            .or_insert_with(|| e.currency.code().to_owned());
+    }
+    let (account_ids, currencies): (Vec<String>, Vec<String>) =
+        first_currency.into_iter().unzip();
+    store::ensure_accounts(tx, &account_ids, &currencies).await?;
+    let account_currency = store::lock_accounts(tx, &account_ids).await?;
+    for e in events {
+        let known = account_currency.get(e.account_id.as_str());
+        if known.map(String::as_str) != Some(e.currency.code()) {
+            // Adding a EUR amount to a USD balance would corrupt it; the deposit service
+            // never emits this, so it is a poison message for the dead-letter queue.
+            return Err(HandlerError::Rejected(format!(
+                "deposit {} in {} for account {} whose currency is {}",
+                e.deposit_id,
+                e.currency,
+                e.account_id,
+                known.map_or("unknown", String::as_str)
+            )));
+        }
+    }
+    Ok(account_currency)
+}
+
+/// Records the deposits and returns those that were new; one already recorded is logged and
+/// left out (balances unchanged).
+async fn record_deposits(
+    tx: &mut PgConnection,
+    events: &[&DepositCompleted],
+) -> Result<Vec<NewDeposit>, HandlerError> {
+    let deposits: Vec<NewDeposit> = events
+        .iter()
+        .map(|e| NewDeposit {
+            event_id: e.event_id,
+            deposit_id: e.deposit_id,
+            account_id: e.account_id.to_string(),
+            sequence: e.sequence,
+            amount_minor: e.amount_minor,
+            currency: e.currency.code().to_owned(),
+            occurred_at: e.occurred_at,
+            business_day: business_day(e),
+        })
+        .collect();
+    let inserted: HashSet<_> = store::insert_deposits(tx, &deposits)
+        .await?
+        .into_iter()
+        .collect();
+    for e in events.iter().filter(|e| !inserted.contains(&e.event_id)) {
+        tracing::info!(
+            event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
+            "deposit already recorded; balances unchanged"
+        );
+    }
+    Ok(deposits
+        .into_iter()
+        .filter(|d| inserted.contains(&d.event_id))
+        .collect())
+}
+
+impl InterestHandler {
+    /// Counts and logs the deposits applied.
+    fn report(&self, fresh: &[NewDeposit], old_horizons: &HashMap<String, NaiveDate>) {
+        for d in fresh {
             let backdated = old_horizons
                 .get(&d.account_id)
                 .is_some_and(|h| d.business_day < *h);
@@ -124,11 +146,8 @@ impl Handler for InterestHandler {
                 "deposit added to daily balances from its business day on; accruals recomputed"
             );
         }
-        Ok(())
     }
-}
 
-impl InterestHandler {
     /// Rewrites the stored accruals of every account in `deltas`, from its earliest changed day
     /// to its latest known day, in one upsert.
     ///
@@ -186,16 +205,10 @@ impl InterestHandler {
             self.metrics
                 .accrual_days_recomputed
                 .inc_by(days.len() as u64);
-            for day in days {
-                rows.push(AccrualRow {
-                    account_id: account_id.clone(),
-                    day: day.day,
-                    currency: currency.clone(),
-                    rate: day.rate,
-                    balance_minor: day.balance_minor,
-                    accrued_micro: micro_i64(day.interest)?,
-                });
-            }
+            rows.extend(
+                AccrualRow::from_days(account_id, &currency, days)
+                    .map_err(|e| HandlerError::Rejected(e.to_string()))?,
+            );
         }
         store::upsert_accruals(tx, &rows).await?;
         Ok(())
@@ -204,7 +217,7 @@ impl InterestHandler {
 
 /// The batch's amounts summed per (account, business day): one entry per pair, as
 /// [`store::apply_deltas`] requires.
-fn day_deltas(deposits: &[&NewDeposit]) -> Result<Vec<DayDelta>, HandlerError> {
+fn day_deltas(deposits: &[NewDeposit]) -> Result<Vec<DayDelta>, HandlerError> {
     let mut deltas: BTreeMap<(String, NaiveDate), DayDelta> = BTreeMap::new();
     for d in deposits {
         let delta = deltas
@@ -226,11 +239,4 @@ fn day_deltas(deposits: &[&NewDeposit]) -> Result<Vec<DayDelta>, HandlerError> {
             })?;
     }
     Ok(deltas.into_values().collect())
-}
-
-/// A day's interest in whole micro-minor units, as stored (bigint).
-fn micro_i64(interest: ExactInterest) -> Result<i64, HandlerError> {
-    i64::try_from(interest.micro()).map_err(|_| {
-        HandlerError::Rejected("a day's interest exceeds a 64-bit micro-minor amount".into())
-    })
 }

@@ -3,7 +3,7 @@
 //! Writes are set-based: one statement per step for the whole batch (arrays bound and expanded
 //! with `UNNEST`), so a batch costs a few round trips whatever its size.
 
-use crate::accrual::{AnnualRate, ClosingBalance, RateSchedule};
+use crate::accrual::{AnnualRate, ClosingBalance, DayAccrual, RateSchedule};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use std::collections::HashMap;
@@ -252,6 +252,34 @@ pub struct AccrualRow {
     pub accrued_micro: i64,
 }
 
+/// A day's interest that does not fit the stored bigint of micro-minor units.
+#[derive(Debug, thiserror::Error)]
+#[error("a day's interest exceeds a 64-bit micro-minor amount")]
+pub struct InterestTooLarge;
+
+impl AccrualRow {
+    /// The rows of one account's accrued days, each day's interest in whole micro-minor units.
+    pub fn from_days(
+        account_id: &str,
+        currency: &str,
+        days: Vec<DayAccrual>,
+    ) -> Result<Vec<Self>, InterestTooLarge> {
+        days.into_iter()
+            .map(|day| {
+                Ok(AccrualRow {
+                    account_id: account_id.to_owned(),
+                    day: day.day,
+                    currency: currency.to_owned(),
+                    rate: day.rate,
+                    balance_minor: day.balance_minor,
+                    accrued_micro: i64::try_from(day.interest.micro())
+                        .map_err(|_| InterestTooLarge)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Writes (or rewrites) accrual days: recomputing a day replaces it, so recomputation is
 /// idempotent per (account, day).
 pub async fn upsert_accruals(conn: &mut PgConnection, rows: &[AccrualRow]) -> sqlx::Result<()> {
@@ -393,4 +421,34 @@ pub async fn first_days(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::accrual::ExactInterest;
+
+    fn day(balance_minor: i64, ppm: i64) -> DayAccrual {
+        let rate = AnnualRate::from_ppm(ppm).unwrap();
+        DayAccrual {
+            day: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+            balance_minor,
+            rate,
+            interest: ExactInterest::for_day(balance_minor, rate),
+        }
+    }
+
+    #[test]
+    fn accrued_days_become_rows_in_micro_minor_units_or_an_error_when_too_large() {
+        // 36,500.00 at 1 % for one day: 1.00, 100 minor units.
+        let rows = AccrualRow::from_days("ACC-0001", "USD", vec![day(3_650_000, 10_000)]).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].account_id.as_str(), rows[0].currency.as_str()),
+            ("ACC-0001", "USD")
+        );
+        assert_eq!(rows[0].accrued_micro, 100_000_000);
+        assert!(AccrualRow::from_days("ACC-0001", "USD", vec![day(i64::MAX, 1_000_000)]).is_err());
+    }
 }
