@@ -1,8 +1,8 @@
 //! The handler queues one email per event, set-based, and never twice for one event id.
 
 use crate::helpers::{
-    SmtpSink, alice, count_rows, database, deliver, email_state, event, fast_settings, handle,
-    header, row, shuffled, start_sender, wait_for,
+    ReceivedMail, SmtpSink, alice, count_rows, database, deliver, email_state, event,
+    fast_settings, handle, row, shuffled, start_sender, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, Transport};
@@ -122,13 +122,13 @@ async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_deliv
         assert_eq!(email_state(&messy.pool).await, expected, "seed {seed}");
 
         // And each is delivered exactly once.
-        let sink = SmtpSink::start().await;
+        let sink = SmtpSink::start().await.expect("smtp sink");
         let sender = start_sender(
             &messy.pool,
             Mailer::new(
                 &Transport::Smtp {
                     host: "127.0.0.1".into(),
-                    port: sink.port,
+                    port: sink.port(),
                 },
                 Duration::from_secs(5),
             ),
@@ -145,9 +145,9 @@ async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_deliv
         .await;
         sender.stop().await;
         let mut ids: Vec<String> = sink
-            .received()
+            .messages()
             .iter()
-            .filter_map(|m| header(&m.data, "Message-ID"))
+            .filter_map(ReceivedMail::message_id)
             .collect();
         ids.sort();
         let mut want: Vec<String> = events
@@ -156,7 +156,7 @@ async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_deliv
             .collect();
         want.sort();
         assert_eq!(ids, want, "seed {seed}: each email exactly once");
-        sink.stop();
+        drop(sink);
         messy.drop_db().await.expect("drop");
     }
 }

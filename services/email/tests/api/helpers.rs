@@ -1,5 +1,6 @@
 //! Shared arrangements: sample events, running the handler in a transaction, a sender with
-//! short delays, polling with a deadline, and a minimal SMTP sink.
+//! short delays, polling with a deadline, and the SMTP sink
+//! of the runtime's test support.
 
 use chrono::{TimeZone, Utc};
 use email::store::{self, EmailDetail, EmailStatus};
@@ -11,10 +12,9 @@ use eventbank_runtime::testing::TestDatabase;
 use sqlx::PgPool;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -191,157 +191,12 @@ impl TempDir {
     }
 }
 
-/// One message as the SMTP sink received it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-    /// The DATA section, dot-unstuffed, without the terminating `.` line.
-    pub data: String,
-}
-
-/// A minimal SMTP server: enough of RFC 5321 for lettre to deliver plain, unauthenticated mail.
-pub struct SmtpSink {
-    pub port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-    connections: Arc<std::sync::atomic::AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl SmtpSink {
-    pub async fn start() -> Self {
-        Self::start_on(0).await
-    }
-
-    pub async fn start_on(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind smtp sink");
-        let port = listener.local_addr().expect("sink address").port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = Arc::clone(&received);
-        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let accepted = Arc::clone(&connections);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    let _ = serve_smtp(stream, store).await;
-                });
-            }
-        });
-        Self {
-            port,
-            received,
-            connections,
-            task,
-        }
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("sink lock").clone()
-    }
-
-    pub fn stop(self) {
-        self.task.abort();
-    }
-}
+pub use eventbank_runtime::testing::smtp::{ReceivedMail, SmtpSink, header};
 
 /// A port nothing listens on (bound, then released).
 pub async fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("address").port()
-}
-
-async fn serve_smtp(stream: TcpStream, store: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    write.write_all(b"220 sink ESMTP ready\r\n").await?;
-    let mut mail_from = String::new();
-    let mut rcpt_to = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let command = line.trim_end().to_owned();
-        let verb = command
-            .split([' ', ':'])
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        match verb.as_str() {
-            "EHLO" | "HELO" => write.write_all(b"250 sink\r\n").await?,
-            "MAIL" => {
-                mail_from = command.clone();
-                write.write_all(b"250 OK\r\n").await?;
-            }
-            "RCPT" => {
-                rcpt_to.push(command.clone());
-                write.write_all(b"250 OK\r\n").await?;
-            }
-            "RSET" | "NOOP" => write.write_all(b"250 OK\r\n").await?,
-            "DATA" => {
-                write
-                    .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
-                    .await?;
-                let mut data = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).await? == 0 {
-                        return Ok(());
-                    }
-                    if line == ".\r\n" {
-                        break;
-                    }
-                    // Dot-unstuffing: a line the client started with "." got a second one.
-                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
-                }
-                store.lock().expect("sink lock").push(Received {
-                    mail_from: std::mem::take(&mut mail_from),
-                    rcpt_to: std::mem::take(&mut rcpt_to),
-                    data,
-                });
-                write.write_all(b"250 OK queued\r\n").await?;
-            }
-            "QUIT" => {
-                write.write_all(b"221 bye\r\n").await?;
-                return Ok(());
-            }
-            _ => write.write_all(b"502 command not implemented\r\n").await?,
-        }
-    }
-}
-
-/// The value of header `name` (case-insensitive, folded lines joined), from a raw message.
-pub fn header(message: &str, name: &str) -> Option<String> {
-    let head = message.split("\r\n\r\n").next().unwrap_or("");
-    let mut lines = head.split("\r\n").peekable();
-    while let Some(line) = lines.next() {
-        if line.starts_with([' ', '\t']) {
-            continue;
-        }
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        if !key.eq_ignore_ascii_case(name) {
-            continue;
-        }
-        let mut value = rest.trim().to_owned();
-        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
-            value.push(' ');
-            value.push_str(next.trim());
-        }
-        return Some(value);
-    }
-    None
 }
 
 /// Delivers `events` through the consumer runtime's own dedup transaction, then runs the
@@ -382,30 +237,4 @@ pub async fn email_state(pool: &PgPool) -> Vec<EmailState> {
     .fetch_all(pool)
     .await
     .expect("emails")
-}
-
-/// The decoded `text/plain` part of a raw MIME message, with LF line ends. Handles the
-/// transfer encodings lettre picks for text: 7bit/8bit as is, quoted-printable decoded.
-pub fn text_part(message: &str) -> Option<String> {
-    let start = message.find("Content-Type: text/plain")?;
-    let part = &message[start..];
-    let (head, rest) = part.split_once("\r\n\r\n")?;
-    let body = rest.split("\r\n--").next()?;
-    let quoted = head
-        .to_ascii_lowercase()
-        .contains("content-transfer-encoding: quoted-printable");
-    let body = if quoted {
-        decode_quoted_printable(body)
-    } else {
-        body.to_owned()
-    };
-    Some(body.replace("\r\n", "\n"))
-}
-
-/// Quoted-printable (RFC 2045) decoded by the `quoted_printable` crate, strictly (lettre's
-/// encoding is strict: upper-case hex, lines of at most 76).
-fn decode_quoted_printable(body: &str) -> String {
-    let bytes = quoted_printable::decode(body, quoted_printable::ParseMode::Strict)
-        .expect("quoted-printable");
-    String::from_utf8(bytes).expect("utf-8")
 }

@@ -1,8 +1,8 @@
-//! The sender with the SMTP transport, against a minimal in-test SMTP sink.
+//! The sender with the SMTP transport, against the runtime's test SMTP sink.
 
 use crate::helpers::{
-    SmtpSink, alice, closed_port, database, fast_settings, handle, header, row, start_sender,
-    text_part, wait_all_sent, wait_for,
+    ReceivedMail, SmtpSink, alice, closed_port, database, fast_settings, handle, row, start_sender,
+    wait_all_sent, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, SenderSettings, Transport};
@@ -21,15 +21,15 @@ fn smtp_mailer(port: u16) -> Mailer {
 #[tokio::test]
 async fn the_smtp_transport_delivers_the_message_to_the_server() {
     let db = database().await;
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
     let e = alice(123_450);
     handle(&db.pool, std::slice::from_ref(&e)).await;
 
-    let sender = start_sender(&db.pool, smtp_mailer(sink.port), fast_settings());
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port()), fast_settings());
     wait_all_sent(&db.pool, std::slice::from_ref(&e), Duration::from_secs(20)).await;
     sender.stop().await;
 
-    let received = sink.received();
+    let received = sink.messages();
     assert_eq!(received.len(), 1);
     let message = &received[0];
     assert!(
@@ -44,30 +44,31 @@ async fn the_smtp_transport_delivers_the_message_to_the_server() {
         message.rcpt_to
     );
     assert_eq!(
-        header(&message.data, "Message-ID").as_deref(),
+        message.message_id().as_deref(),
         Some(format!("<{}@eventbank.example>", e.event_id).as_str())
     );
     assert_eq!(
-        header(&message.data, "Subject").as_deref(),
+        message.header("Subject").as_deref(),
         Some("Deposit of 1,234.50 USD received")
     );
     assert_eq!(
-        header(&message.data, "From").as_deref(),
+        message.header("From").as_deref(),
         Some("eventbank <no-reply@eventbank.example>")
     );
     assert_eq!(
-        header(&message.data, "To").as_deref(),
+        message.header("To").as_deref(),
         Some("\"Alice Example\" <alice@example.com>")
     );
-    assert!(header(&message.data, "Date").is_some());
+    assert!(message.header("Date").is_some());
     assert!(
-        header(&message.data, "Content-Type")
+        message
+            .header("Content-Type")
             .is_some_and(|v| v.starts_with("multipart/alternative")),
         "{}",
         message.data
     );
     // The plain-text part as the recipient reads it: amount, masked account, deposit id.
-    let text = text_part(&message.data).expect("a text/plain part");
+    let text = message.text_body().expect("a text/plain part");
     assert!(
         text.starts_with("Hello Alice Example,\n\nWe received a deposit of 1,234.50 USD into your account ****0042.\n"),
         "{text}"
@@ -85,7 +86,7 @@ async fn the_smtp_transport_delivers_the_message_to_the_server() {
         "the full account number leaks"
     );
     assert!(message.data.contains("Content-Type: text/html"));
-    sink.stop();
+    drop(sink);
     db.drop_db().await.expect("drop");
 }
 
@@ -115,23 +116,23 @@ async fn while_the_server_is_down_emails_wait_and_are_sent_once_when_it_returns(
     }
     assert!(sender.metrics.retried.get() >= 2);
 
-    let sink = SmtpSink::start_on(port).await;
+    let sink = SmtpSink::start_on(port).await.expect("smtp sink");
     wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
     sender.stop().await;
 
-    let received = sink.received();
+    let received = sink.messages();
     for e in &events {
         let id = format!("<{}@eventbank.example>", e.event_id);
         let copies = received
             .iter()
-            .filter(|m| header(&m.data, "Message-ID").as_deref() == Some(id.as_str()))
+            .filter(|m| m.message_id().as_deref() == Some(id.as_str()))
             .count();
         assert_eq!(copies, 1, "{id} delivered exactly once");
         let stored = row(&db.pool, e.event_id).await.expect("row");
         assert!(stored.summary.attempts >= 2);
     }
     assert_eq!(received.len(), events.len());
-    sink.stop();
+    drop(sink);
     db.drop_db().await.expect("drop");
 }
 
@@ -175,7 +176,7 @@ async fn an_email_is_marked_failed_after_the_maximum_number_of_attempts() {
 #[tokio::test]
 async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
     let db = database().await;
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
     let events: Vec<_> = (1..=60).map(alice).collect();
     handle(&db.pool, &events).await;
 
@@ -184,8 +185,8 @@ async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
         batch_size: 5,
         ..fast_settings()
     };
-    let a = start_sender(&db.pool, smtp_mailer(sink.port), settings.clone());
-    let b = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    let a = start_sender(&db.pool, smtp_mailer(sink.port()), settings.clone());
+    let b = start_sender(&db.pool, smtp_mailer(sink.port()), settings);
     wait_for(
         "every email to be sent",
         Duration::from_secs(60),
@@ -202,23 +203,23 @@ async fn two_senders_side_by_side_deliver_each_email_exactly_once() {
     a.stop().await;
     b.stop().await;
 
-    let received = sink.received();
+    let received = sink.messages();
     assert_eq!(received.len(), events.len(), "no email delivered twice");
     let mut ids: Vec<String> = received
         .iter()
-        .filter_map(|m| header(&m.data, "Message-ID"))
+        .filter_map(ReceivedMail::message_id)
         .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), events.len());
-    sink.stop();
+    drop(sink);
     db.drop_db().await.expect("drop");
 }
 
 #[tokio::test]
 async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
     let db = database().await;
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
     let events: Vec<_> = (1..=60).map(|i| alice(100 * i)).collect();
     handle(&db.pool, &events).await;
 
@@ -227,16 +228,16 @@ async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
         batch_size: 25,
         ..fast_settings()
     };
-    let sender = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port()), settings);
     wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
     let metrics = sender.metrics.clone();
     sender.stop().await;
     let sent = metrics.sent.get();
 
     let mut ids: Vec<String> = sink
-        .received()
+        .messages()
         .iter()
-        .filter_map(|m| header(&m.data, "Message-ID"))
+        .filter_map(ReceivedMail::message_id)
         .collect();
     assert_eq!(ids.len(), events.len(), "one message per email");
     ids.sort();
@@ -253,7 +254,7 @@ async fn concurrent_sends_over_kept_connections_deliver_each_email_once() {
         let r = row(&db.pool, e.event_id).await.unwrap();
         assert_eq!(r.summary.attempts, 1);
     }
-    sink.stop();
+    drop(sink);
     db.drop_db().await.unwrap();
 }
 
@@ -300,7 +301,7 @@ async fn a_server_that_accepts_and_never_answers_is_a_transient_failure_within_t
 #[tokio::test]
 async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded() {
     let db = database().await;
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
     let events: Vec<_> = (0..40).map(|i| alice(100 + i)).collect();
     handle(&db.pool, &events).await;
     // Marking an email sent waits while `stall` holds a row.
@@ -322,17 +323,17 @@ async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded(
         concurrency,
         ..fast_settings()
     };
-    let sender = start_sender(&db.pool, smtp_mailer(sink.port), settings);
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port()), settings);
     wait_for(
         "the unrecorded sends to fill up",
         Duration::from_secs(20),
-        || async { (sink.received().len() >= 2 * concurrency).then_some(()) },
+        || async { (sink.messages().len() >= 2 * concurrency).then_some(()) },
     )
     .await;
     // Without the bound, the whole batch of 40 goes out within milliseconds here.
     let window = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < window {
-        let sent = sink.received().len();
+        let sent = sink.messages().len();
         assert!(
             sent <= 2 * concurrency,
             "{sent} sent while none could be recorded"
@@ -345,5 +346,5 @@ async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded(
         .expect("unstall");
     wait_all_sent(&db.pool, &events, Duration::from_secs(30)).await;
     sender.stop().await;
-    assert_eq!(sink.received().len(), events.len(), "each sent once");
+    assert_eq!(sink.messages().len(), events.len(), "each sent once");
 }
