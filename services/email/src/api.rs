@@ -84,37 +84,23 @@ async fn list_emails(
     // axum's plain-text rejection.
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Vec<EmailSummary>>, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest {
-        field: "query",
-        message: e.body_text(),
-    })?;
+    let Query(params) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let account_id = params
         .account_id
         .as_deref()
         .map(AccountId::parse)
         .transpose()
-        .map_err(|e| ApiError::BadRequest {
-            field: "account_id",
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ApiError::bad_request("account_id", e.to_string()))?;
     let status = params
         .status
         .as_deref()
         .map(|s| {
-            EmailStatus::parse(s).ok_or_else(|| ApiError::BadRequest {
-                field: "status",
-                message: "must be queued, sent or failed".into(),
-            })
+            EmailStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request("status", "must be queued, sent or failed"))
         })
         .transpose()?;
     let mut conn = state.pool.acquire().await?;
-    let rows = store::list(
-        &mut conn,
-        account_id.as_ref().map(AccountId::as_str),
-        status,
-        LIST_LIMIT,
-    )
-    .await?;
+    let rows = store::list(&mut conn, account_id.as_ref(), status, LIST_LIMIT).await?;
     Ok(Json(rows))
 }
 
@@ -140,14 +126,9 @@ async fn get_email(
     // 400 problem rather than axum's plain text.
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EmailDetail>, ApiError> {
-    let Path(event_id) = path.map_err(|e| ApiError::BadRequest {
-        field: "event_id",
-        message: e.body_text(),
-    })?;
-    let id = Uuid::parse_str(&event_id).map_err(|_| ApiError::BadRequest {
-        field: "event_id",
-        message: "must be a UUID".into(),
-    })?;
+    let Path(event_id) = path.map_err(|e| ApiError::bad_request("event_id", e.body_text()))?;
+    let id = Uuid::parse_str(&event_id)
+        .map_err(|_| ApiError::bad_request("event_id", "must be a UUID"))?;
     let mut conn = state.pool.acquire().await?;
     store::get(&mut conn, id)
         .await?

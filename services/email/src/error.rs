@@ -25,6 +25,15 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    pub fn bad_request(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {

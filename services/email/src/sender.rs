@@ -81,6 +81,68 @@ impl SenderSettings {
     }
 }
 
+/// Where the emails of one round's claim are: not started yet, delivered but not recorded,
+/// or handed back.
+struct Round<'a> {
+    queue: std::slice::Iter<'a, Outgoing>,
+    /// Claimed emails not to be attempted this round: handed back at its end.
+    unstarted: Vec<&'a Outgoing>,
+    /// The round's first database error: no send starts after it.
+    failure: Option<anyhow::Error>,
+    /// Delivered, waiting for the next recording statement.
+    delivered: Vec<&'a Outgoing>,
+    /// Deliveries in the recording statement under way. While the database stalls (a
+    /// restart), that statement waits and finished sends pile up unrecorded; each is sent again
+    /// if it fails. So no send starts while the unrecorded ones (under way, finished, being
+    /// recorded) reach twice the concurrency: a crash or a database outage resends at most
+    /// that many, not the rest of the batch.
+    recording_len: usize,
+}
+
+impl<'a> Round<'a> {
+    fn new(claimed: &'a [Outgoing]) -> Self {
+        Self {
+            queue: claimed.iter(),
+            unstarted: Vec::new(),
+            failure: None,
+            delivered: Vec::new(),
+            recording_len: 0,
+        }
+    }
+
+    /// The next email to send, while there is room (`in_flight` sends under way); none once
+    /// the round stops. When `stopping` says so (shutdown, or half the lease gone), the rest of
+    /// the claim is handed back instead.
+    fn next_to_start(
+        &mut self,
+        in_flight: usize,
+        concurrency: usize,
+        stopping: impl Fn() -> bool,
+    ) -> Option<&'a Outgoing> {
+        let room = in_flight < concurrency
+            && in_flight + self.delivered.len() + self.recording_len < 2 * concurrency;
+        if !room || !self.unstarted.is_empty() || self.failure.is_some() {
+            return None;
+        }
+        let email = self.queue.next()?;
+        if stopping() {
+            self.unstarted.push(email);
+            self.unstarted.extend(self.queue.by_ref());
+            return None;
+        }
+        Some(email)
+    }
+
+    /// A database error: no more sends start, the rest of the claim is handed back, and the
+    /// round answers the first error.
+    fn fail(&mut self, error: anyhow::Error) {
+        if self.failure.is_none() {
+            self.unstarted.extend(self.queue.by_ref());
+            self.failure = Some(error);
+        }
+    }
+}
+
 /// How often the sender refreshes the queue-depth gauge at most.
 const DEPTH_REFRESH: Duration = Duration::from_secs(1);
 
@@ -148,60 +210,38 @@ impl Sender {
             store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
         };
         let stop_by = tokio::time::Instant::now() + self.settings.lease / 2;
+        let stopping = || shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by;
         let concurrency = self.settings.concurrency.max(1);
-        let mut queue = claimed.iter();
+        let mut round = Round::new(&claimed);
         let mut in_flight = FuturesUnordered::new();
-        let mut unstarted: Vec<&Outgoing> = Vec::new();
-        let mut failure = None;
         // Deliveries are recorded while the other sends go on: one statement at a time, for
         // every delivery finished since the previous one began (a group commit). A delivery is
         // thus recorded as soon as a statement is free, and the sends never wait for the
         // database.
-        let mut delivered: Vec<&Outgoing> = Vec::new();
         let mut recording: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> =
             None;
-        // Deliveries in the statement under way. While the database stalls (a restart), that
-        // statement waits and finished sends pile up unrecorded; each is sent again if it
-        // fails. So no send starts while the unrecorded ones (under way, finished, being
-        // recorded) reach twice the concurrency: a crash or a database outage resends at most
-        // that many, not the rest of the batch.
-        let mut recording_len = 0usize;
         loop {
-            // Start sends while there is room, unless a stop condition says hand the rest back.
-            while in_flight.len() < concurrency
-                && in_flight.len() + delivered.len() + recording_len < 2 * concurrency
-                && unstarted.is_empty()
-                && failure.is_none()
-            {
-                let Some(email) = queue.next() else { break };
-                if shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by {
-                    unstarted.push(email);
-                    unstarted.extend(queue.by_ref());
-                    break;
-                }
+            while let Some(email) = round.next_to_start(in_flight.len(), concurrency, stopping) {
                 let span = tracing::info_span!("send_email", event_id = %email.event_id);
                 in_flight.push(self.send_one(email).instrument(span));
             }
-            if recording.is_none() && !delivered.is_empty() {
-                recording_len = delivered.len();
-                recording = Some(Box::pin(self.record_sent(std::mem::take(&mut delivered))));
+            if recording.is_none() && !round.delivered.is_empty() {
+                round.recording_len = round.delivered.len();
+                recording = Some(Box::pin(
+                    self.record_sent(std::mem::take(&mut round.delivered)),
+                ));
             }
             if in_flight.is_empty() && recording.is_none() {
                 break;
             }
             tokio::select! {
                 Some(result) = in_flight.next(), if !in_flight.is_empty() => match result {
-                    Ok(Some(email)) => delivered.push(email),
+                    Ok(Some(email)) => round.delivered.push(email),
                     Ok(None) => {}
                     // Most likely the database is away: stop starting sends, let the ones
                     // under way finish, and hand the rest back (if that fails too, the lease
                     // does it).
-                    Err(e) => {
-                        if failure.is_none() {
-                            unstarted.extend(queue.by_ref());
-                            failure = Some(e);
-                        }
-                    }
+                    Err(e) => round.fail(e),
                 },
                 recorded = async {
                     match recording.as_mut() {
@@ -210,18 +250,15 @@ impl Sender {
                     }
                 }, if recording.is_some() => {
                     recording = None;
-                    recording_len = 0;
-                    if let Err(e) = recorded
-                        && failure.is_none()
-                    {
-                        unstarted.extend(queue.by_ref());
-                        failure = Some(e);
+                    round.recording_len = 0;
+                    if let Err(e) = recorded {
+                        round.fail(e);
                     }
                 }
             }
         }
-        let released = self.release(&unstarted).await;
-        match failure {
+        let released = self.release(&round.unstarted).await;
+        match round.failure {
             Some(e) => Err(e),
             None => released.map(|()| claimed.len()),
         }
@@ -322,5 +359,62 @@ impl Sender {
             }
             Err(e) => tracing::debug!(error = %e, "cannot refresh email queue depth"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn claimed(n: usize) -> Vec<Outgoing> {
+        (0..n)
+            .map(|_| Outgoing {
+                event_id: Uuid::now_v7(),
+                to_name: "Alice".into(),
+                to_address: "alice@example.com".into(),
+                subject: "s".into(),
+                body_text: "t".into(),
+                body_html: "h".into(),
+                message_id: "m".into(),
+                attempts: 0,
+                created_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    fn ids(emails: &[&Outgoing]) -> Vec<Uuid> {
+        emails.iter().map(|e| e.event_id).collect()
+    }
+
+    #[test]
+    fn a_round_starts_sends_while_there_is_room_and_hands_the_rest_back_on_failure() {
+        let emails = claimed(4);
+        let mut round = Round::new(&emails);
+        let first = round.next_to_start(0, 1, || false).map(|e| e.event_id);
+        assert_eq!(first, Some(emails[0].event_id));
+        assert!(round.next_to_start(1, 1, || false).is_none(), "no room");
+        round.delivered.push(&emails[0]);
+        round.recording_len = 2;
+        // One under way, one delivered and two being recorded reach twice the concurrency.
+        assert!(round.next_to_start(1, 2, || false).is_none());
+        round.fail(anyhow::anyhow!("database away"));
+        round.fail(anyhow::anyhow!("a second error"));
+        assert_eq!(ids(&round.unstarted), ids(&[&emails[1], &emails[2], &emails[3]]));
+        assert!(round.next_to_start(0, 2, || false).is_none());
+        assert_eq!(
+            round.failure.map(|e| e.to_string()),
+            Some("database away".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_stopping_round_hands_back_every_email_not_started() {
+        let emails = claimed(3);
+        let mut round = Round::new(&emails);
+        assert!(round.next_to_start(0, 8, || false).is_some());
+        assert!(round.next_to_start(1, 8, || true).is_none());
+        assert_eq!(ids(&round.unstarted), ids(&[&emails[1], &emails[2]]));
+        assert!(round.failure.is_none());
     }
 }

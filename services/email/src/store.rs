@@ -6,7 +6,7 @@
 
 use crate::render::Rendered;
 use chrono::{DateTime, Utc};
-use eventbank_events::DepositCompleted;
+use eventbank_events::{AccountId, DepositCompleted};
 use serde::Serialize;
 use sqlx::PgConnection;
 use std::time::Duration;
@@ -42,8 +42,9 @@ pub struct EmailSummary {
     /// The `DepositCompleted` event the email confirms (one email per event).
     pub event_id: Uuid,
     pub deposit_id: Uuid,
-    #[schema(example = "ACC-0001")]
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "ACC-0001")]
+    pub account_id: AccountId,
     /// The recipient's address.
     #[serde(rename = "to")]
     #[schema(example = "alice@example.com")]
@@ -258,7 +259,7 @@ pub async fn queued_count(conn: &mut PgConnection) -> sqlx::Result<i64> {
 /// The newest emails first, at most `limit`, optionally of one account and/or one status.
 pub async fn list(
     conn: &mut PgConnection,
-    account_id: Option<&str>,
+    account_id: Option<&AccountId>,
     status: Option<EmailStatus>,
     limit: i64,
 ) -> sqlx::Result<Vec<EmailSummary>> {
@@ -269,7 +270,7 @@ pub async fn list(
           ORDER BY created_at DESC, event_id DESC
           LIMIT $3"
     )))
-    .bind(account_id)
+    .bind(account_id.map(AccountId::as_str))
     .bind(status)
     .bind(limit)
     .fetch_all(conn)

@@ -21,7 +21,7 @@ async fn a_batch_of_events_is_queued_in_one_call() {
         assert_eq!(stored.summary.status, EmailStatus::Queued);
         assert_eq!(stored.summary.attempts, 0);
         assert_eq!(stored.summary.deposit_id, e.deposit_id);
-        assert_eq!(stored.summary.account_id, "ACC-0042");
+        assert_eq!(stored.summary.account_id.as_str(), "ACC-0042");
         assert_eq!(stored.summary.to_address, "alice@example.com");
         assert_eq!(stored.sequence, e.sequence);
         assert_eq!(
