@@ -17,10 +17,11 @@
 use crate::changes::{self, Changes};
 use crate::domain::{AccountEvent, AccountState};
 use crate::error::ApiError;
-use crate::store::{self, Balance, Bound, RecordedEvent, Txn};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use crate::projection::BalanceRow;
+use crate::store::{self, Bound, RecordedEvent, Txn};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -89,8 +90,8 @@ pub fn app(state: AppState) -> Router {
 /// The balance projection of an account.
 #[derive(Serialize, ToSchema)]
 struct BalanceBody {
-    #[schema(example = "ACC-0001")]
-    account_id: String,
+    #[schema(value_type = String, example = "ACC-0001")]
+    account_id: AccountId,
     /// Decimal string in the currency's precision.
     #[schema(example = "260.00")]
     balance: String,
@@ -107,8 +108,8 @@ struct BalanceBody {
 /// A page of the transactions projection.
 #[derive(Serialize, ToSchema)]
 struct TransactionsBody {
-    #[schema(example = "ACC-0001")]
-    account_id: String,
+    #[schema(value_type = String, example = "ACC-0001")]
+    account_id: AccountId,
     items: Vec<Txn>,
     /// Pass as `after_sequence` for the next page; null on the last page.
     next_after_sequence: Option<i64>,
@@ -128,8 +129,8 @@ struct ComputedFrom {
 /// The balance at an instant, computed from the event store.
 #[derive(Serialize, ToSchema)]
 struct BalanceAsOfBody {
-    #[schema(example = "ACC-0001")]
-    account_id: String,
+    #[schema(value_type = String, example = "ACC-0001")]
+    account_id: AccountId,
     /// The instant asked for (now by default), RFC 3339 with microseconds.
     #[schema(example = "2026-11-27T07:31:02.118731Z")]
     as_of: String,
@@ -174,12 +175,25 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, ApiError>
 }
 
 /// The account id of the path. What is not an account id (not even UTF-8, or with a NUL, which
-/// Postgres refuses in text) names no account: a 404 problem, asked of no database.
-fn account_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    match path {
-        Ok(Path(raw)) if AccountId::parse(&raw).is_ok() => Ok(raw),
-        _ => Err(ApiError::NoSuchAccount),
+/// Postgres refuses in text) names no account: a 404 problem, asked of no database. Handlers
+/// take it after their query, so a malformed query is still the answer (a 400) whatever the path.
+struct AccountPath(AccountId);
+
+impl<S: Send + Sync> FromRequestParts<S> for AccountPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|Path(raw)| AccountId::parse(&raw).ok())
+            .map(AccountPath)
+            .ok_or(ApiError::NoSuchAccount)
     }
+}
+
+fn no_applied_deposits(account_id: &AccountId) -> ApiError {
+    ApiError::NotFound(format!("account {account_id} has no applied deposits"))
 }
 
 fn decimal(minor: i64, currency: Option<Currency>) -> String {
@@ -188,11 +202,11 @@ fn decimal(minor: i64, currency: Option<Currency>) -> String {
         .unwrap_or_default()
 }
 
-fn balance_body(b: Balance) -> BalanceBody {
+fn balance_body(b: BalanceRow) -> BalanceBody {
     BalanceBody {
-        balance: decimal(b.balance_minor, Currency::parse(&b.currency).ok()),
+        balance: decimal(b.balance_minor, Some(b.currency)),
         account_id: b.account_id,
-        currency: b.currency,
+        currency: b.currency.code().to_owned(),
         balance_minor: b.balance_minor,
         last_sequence: b.last_sequence,
         deposit_count: b.deposit_count,
@@ -229,10 +243,9 @@ const FALLBACK_POLL: Duration = Duration::from_millis(500);
 )]
 async fn get_account(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<Value>, ApiError> {
-    let account_id = account_of(path)?;
     let min_sequence = int_param(&params, "min_sequence", 0, 0, i64::MAX)?;
     let wait = parse_wait(params.get("wait"), state.max_wait)?;
     let deadline = Instant::now() + wait;
@@ -244,12 +257,10 @@ async fn get_account(
         drop(conn);
         let current = balance.as_ref().map_or(0, |b| b.last_sequence);
         if current >= min_sequence {
-            if let Some(b) = balance {
-                return to_json(balance_body(b));
-            }
-            return Err(ApiError::NotFound(format!(
-                "account {account_id} has no applied deposits"
-            )));
+            return match balance {
+                Some(b) => to_json(balance_body(b)),
+                None => Err(no_applied_deposits(&account_id)),
+            };
         }
         let now = Instant::now();
         if now >= deadline {
@@ -286,17 +297,14 @@ async fn get_account(
 )]
 async fn get_transactions(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<Value>, ApiError> {
-    let account_id = account_of(path)?;
     let after = int_param(&params, "after_sequence", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", 100, 1, 1000)?;
     let mut conn = state.pool.acquire().await?;
     if store::balance(&mut conn, &account_id).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "account {account_id} has no applied deposits"
-        )));
+        return Err(no_applied_deposits(&account_id));
     }
     let items = store::transactions(&mut conn, &account_id, after, limit).await?;
     let pending = store::pending_count(&mut conn, &account_id).await?;
@@ -337,10 +345,9 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 )]
 async fn get_balance_as_of(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<Value>, ApiError> {
-    let account_id = account_of(path)?;
     let as_of = match params.get("as_of") {
         None => Utc::now(),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
@@ -377,7 +384,7 @@ async fn get_balance_as_of(
     })
 }
 
-fn state_json(account_id: &str, s: &AccountState) -> Value {
+fn state_json(account_id: &AccountId, s: &AccountState) -> Value {
     json!({
         "account_id": account_id,
         "version": s.version,
@@ -453,10 +460,9 @@ const SSE_FALLBACK_POLL: Duration = Duration::from_secs(5);
 )]
 async fn stream_changes(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    AccountPath(account_id): AccountPath,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let account_id = account_of(path)?;
     let resume_from = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -519,7 +525,7 @@ async fn stream_changes(
 /// a database error is logged and retried at the next wake-up.
 async fn catch_up(
     pool: &PgPool,
-    account_id: &str,
+    account_id: &AccountId,
     current: &mut AccountState,
     tx: &mpsc::Sender<Event>,
 ) -> Result<(), ()> {
@@ -532,7 +538,7 @@ async fn catch_up(
         let page = match page {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(account_id, error = %e, "SSE catch-up failed; retrying later");
+                tracing::warn!(account_id = %account_id, error = %e, "SSE catch-up failed; retrying later");
                 return Ok(());
             }
         };

@@ -15,6 +15,7 @@
 //! account service's most expensive statement (BENCHMARKS.md, Optimisations).
 
 use crate::domain::AccountState;
+use eventbank_events::AccountId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -25,7 +26,7 @@ pub const CAPACITY: usize = 20_000;
 
 #[derive(Debug, Default)]
 pub struct StateCache {
-    entries: Mutex<HashMap<String, Cached>>,
+    entries: Mutex<HashMap<AccountId, Cached>>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub struct Head {
 
 impl StateCache {
     /// The cached state of `account_id` if it is exactly the store's `head`.
-    pub fn get(&self, account_id: &str, head: Head) -> Option<AccountState> {
+    pub fn get(&self, account_id: &AccountId, head: Head) -> Option<AccountState> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(account_id)
@@ -56,7 +57,7 @@ impl StateCache {
     pub fn put<'a>(
         &self,
         txid: i64,
-        states: impl IntoIterator<Item = (&'a str, &'a AccountState)>,
+        states: impl IntoIterator<Item = (&'a AccountId, &'a AccountState)>,
     ) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for (account_id, state) in states {
@@ -64,7 +65,7 @@ impl StateCache {
                 entries.clear();
             }
             entries.insert(
-                account_id.to_owned(),
+                account_id.clone(),
                 Cached {
                     state: state.clone(),
                     txid,
@@ -92,7 +93,12 @@ impl StateCache {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn id(raw: &str) -> AccountId {
+        AccountId::parse(raw).unwrap()
+    }
 
     fn state(version: i64) -> AccountState {
         AccountState {
@@ -105,10 +111,10 @@ mod tests {
     #[test]
     fn an_entry_is_used_only_for_the_same_version_and_transaction() {
         let cache = StateCache::default();
-        cache.put(7, [("ACC-0001", &state(3))]);
+        cache.put(7, [(&id("ACC-0001"), &state(3))]);
         assert_eq!(
             cache.get(
-                "ACC-0001",
+                &id("ACC-0001"),
                 Head {
                     version: 3,
                     txid: 7
@@ -119,7 +125,7 @@ mod tests {
         // Someone appended since, or the same version came from another transaction.
         assert_eq!(
             cache.get(
-                "ACC-0001",
+                &id("ACC-0001"),
                 Head {
                     version: 4,
                     txid: 9
@@ -129,7 +135,7 @@ mod tests {
         );
         assert_eq!(
             cache.get(
-                "ACC-0001",
+                &id("ACC-0001"),
                 Head {
                     version: 3,
                     txid: 8
@@ -139,7 +145,7 @@ mod tests {
         );
         assert_eq!(
             cache.get(
-                "ACC-0002",
+                &id("ACC-0002"),
                 Head {
                     version: 3,
                     txid: 7
@@ -152,11 +158,11 @@ mod tests {
     #[test]
     fn a_full_cache_starts_over() {
         let cache = StateCache::default();
-        let ids: Vec<String> = (0..CAPACITY).map(|i| format!("ACC-{i}")).collect();
+        let ids: Vec<AccountId> = (0..CAPACITY).map(|i| id(&format!("ACC-{i}"))).collect();
         let s = state(1);
-        cache.put(1, ids.iter().map(|id| (id.as_str(), &s)));
+        cache.put(1, ids.iter().map(|id| (id, &s)));
         assert_eq!(cache.len(), CAPACITY);
-        cache.put(1, [("ACC-new", &s)]);
+        cache.put(1, [(&id("ACC-NEW"), &s)]);
         assert_eq!(cache.len(), 1);
     }
 }

@@ -8,6 +8,7 @@
 //! (re)connect a [`Signal::Resync`] tells every receiver to re-read.
 
 use crate::projection::CHANGES_CHANNEL;
+use eventbank_events::AccountId;
 use eventbank_runtime::backoff::Backoff;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// The NOTIFY payload.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Change {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub version: i64,
     pub last_sequence: i64,
 }
@@ -107,10 +108,10 @@ impl Changes {
 }
 
 /// Waits until `account_id` may have changed: a change of it, a resync, or a lag.
-pub async fn changed(rx: &mut broadcast::Receiver<Signal>, account_id: &str) {
+pub async fn changed(rx: &mut broadcast::Receiver<Signal>, account_id: &AccountId) {
     loop {
         match rx.recv().await {
-            Ok(Signal::Change(c)) if c.account_id == account_id => return,
+            Ok(Signal::Change(c)) if c.account_id == *account_id => return,
             Ok(Signal::Change(_)) => {}
             Ok(Signal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
             // The sender lives as long as the app: never, in practice; wait forever then.

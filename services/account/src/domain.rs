@@ -6,7 +6,7 @@
 //! one [`Deposited`] per applied deposit, so stream version = last applied sequence + 1.
 
 use chrono::{DateTime, Utc};
-use eventbank_events::{Currency, DepositCompleted};
+use eventbank_events::{AccountId, Currency, DepositCompleted};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -122,13 +122,10 @@ pub fn replay<'a>(
 /// The command: apply this deposit (from a `DepositCompleted`) to the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deposit {
-    pub account_id: String,
-    pub event_id: Uuid,
-    pub sequence: i64,
-    pub deposit_id: Uuid,
-    pub amount_minor: i64,
-    pub currency: Currency,
-    pub occurred_at: DateTime<Utc>,
+    pub account_id: AccountId,
+    /// The event that applying it records.
+    pub deposited: Deposited,
+    /// Carried for the `AccountOpened` of a first deposit; not kept when parked.
     pub holder_name: Option<String>,
     pub email: Option<String>,
 }
@@ -136,16 +133,23 @@ pub struct Deposit {
 impl Deposit {
     pub fn from_event(e: &DepositCompleted) -> Self {
         Self {
-            account_id: e.account_id.to_string(),
-            event_id: e.event_id,
-            sequence: e.sequence,
-            deposit_id: e.deposit_id,
-            amount_minor: e.amount_minor,
-            currency: e.currency,
-            occurred_at: e.occurred_at,
+            account_id: e.account_id.clone(),
+            deposited: Deposited {
+                event_id: e.event_id,
+                sequence: e.sequence,
+                deposit_id: e.deposit_id,
+                amount_minor: e.amount_minor,
+                currency: e.currency,
+                occurred_at: e.occurred_at,
+            },
             holder_name: Some(e.account.holder_name.clone()),
             email: Some(e.account.email.clone()),
         }
+    }
+
+    /// The deposit service's per-account sequence number.
+    pub fn sequence(&self) -> i64 {
+        self.deposited.sequence
     }
 }
 
@@ -180,53 +184,47 @@ pub enum Rejection {
 
 /// Validates `cmd` against `state` and decides, without changing anything.
 pub fn decide(state: &AccountState, cmd: &Deposit) -> Result<Decision, Rejection> {
-    if cmd.sequence < 1 {
-        return Err(Rejection::InvalidSequence(cmd.sequence));
+    let d = &cmd.deposited;
+    if d.sequence < 1 {
+        return Err(Rejection::InvalidSequence(d.sequence));
     }
-    if cmd.sequence <= state.last_sequence {
+    if d.sequence <= state.last_sequence {
         return Ok(Decision::Duplicate {
             last_sequence: state.last_sequence,
         });
     }
     let expected = state.last_sequence + 1;
-    if cmd.sequence > expected {
+    if d.sequence > expected {
         return Ok(Decision::Early { expected });
     }
-    if cmd.amount_minor <= 0 {
-        return Err(Rejection::NonPositiveAmount(cmd.amount_minor));
+    if d.amount_minor <= 0 {
+        return Err(Rejection::NonPositiveAmount(d.amount_minor));
     }
     if let Some(currency) = state.currency
-        && currency != cmd.currency
+        && currency != d.currency
     {
         return Err(Rejection::CurrencyMismatch {
             account: currency.code().to_owned(),
-            given: cmd.currency.code().to_owned(),
+            given: d.currency.code().to_owned(),
         });
     }
-    if state.balance_minor.checked_add(cmd.amount_minor).is_none() {
+    if state.balance_minor.checked_add(d.amount_minor).is_none() {
         return Err(Rejection::BalanceOverflow {
             balance_minor: state.balance_minor,
-            amount_minor: cmd.amount_minor,
+            amount_minor: d.amount_minor,
         });
     }
     let mut events = Vec::with_capacity(2);
     if !state.is_open() {
         events.push(AccountEvent::Opened(AccountOpened {
-            currency: cmd.currency,
+            currency: d.currency,
             holder_name: cmd.holder_name.clone(),
             email: cmd.email.clone(),
-            opened_at: cmd.occurred_at,
-            source_event_id: cmd.event_id,
+            opened_at: d.occurred_at,
+            source_event_id: d.event_id,
         }));
     }
-    events.push(AccountEvent::Deposited(Deposited {
-        event_id: cmd.event_id,
-        sequence: cmd.sequence,
-        deposit_id: cmd.deposit_id,
-        amount_minor: cmd.amount_minor,
-        currency: cmd.currency,
-        occurred_at: cmd.occurred_at,
-    }));
+    events.push(AccountEvent::Deposited(d.clone()));
     Ok(Decision::Apply(events))
 }
 
@@ -237,13 +235,15 @@ mod tests {
 
     fn deposit(sequence: i64, amount_minor: i64, currency: &str) -> Deposit {
         Deposit {
-            account_id: "ACC-1".into(),
-            event_id: Uuid::now_v7(),
-            sequence,
-            deposit_id: Uuid::now_v7(),
-            amount_minor,
-            currency: Currency::parse(currency).unwrap(),
-            occurred_at: Utc::now(),
+            account_id: AccountId::parse("ACC-1").unwrap(),
+            deposited: Deposited {
+                event_id: Uuid::now_v7(),
+                sequence,
+                deposit_id: Uuid::now_v7(),
+                amount_minor,
+                currency: Currency::parse(currency).unwrap(),
+                occurred_at: Utc::now(),
+            },
             holder_name: Some("A".into()),
             email: None,
         }

@@ -5,6 +5,7 @@
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use eventbank_events::AccountId;
 use eventbank_runtime::http::{self, Problem};
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("account {account_id} has applied sequence {current_sequence}, not {min_sequence}")]
     NotYetConsistent {
-        account_id: String,
+        account_id: AccountId,
         current_sequence: i64,
         min_sequence: i64,
         waited: Duration,

@@ -5,6 +5,7 @@
 //!
 //! Every replica computes the same value from the database, so any one of them can be scraped.
 
+use eventbank_events::AccountId;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sqlx::{PgConnection, PgPool};
@@ -15,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// One account whose gap has been open longer than the threshold.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OpenGap {
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    pub account_id: AccountId,
     /// The sequence the account waits for.
     pub expected_sequence: i64,
     pub parked: i64,
@@ -58,7 +60,7 @@ pub struct GapMonitor {
     pub interval: Duration,
     pub gauge: Gauge,
     /// Accounts reported open at the last check (to log crossings once).
-    reported: BTreeSet<String>,
+    reported: BTreeSet<AccountId>,
 }
 
 impl GapMonitor {
@@ -80,7 +82,7 @@ impl GapMonitor {
         let gaps = open_gaps(&mut conn, self.threshold).await?;
         drop(conn);
         self.gauge.set(gaps.len() as i64);
-        let now_open: BTreeSet<String> = gaps.iter().map(|g| g.account_id.clone()).collect();
+        let now_open: BTreeSet<AccountId> = gaps.iter().map(|g| g.account_id.clone()).collect();
         for gap in &gaps {
             if !self.reported.contains(&gap.account_id) {
                 tracing::warn!(account_id = %gap.account_id, expected_sequence = gap.expected_sequence,

@@ -23,7 +23,7 @@ use crate::cache::StateCache;
 use crate::domain::{self, AccountEvent, AccountState, Decision, Deposit, Rejection};
 use crate::projection::{self, BalanceRow, TxnRow};
 use crate::store::{self, NewEvent, StoreError};
-use eventbank_events::DepositCompleted;
+use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use sqlx::PgConnection;
 use std::collections::btree_map::Entry;
@@ -97,16 +97,41 @@ pub async fn apply_batch(
     snapshot_every: i64,
     cache: &StateCache,
 ) -> Result<(), HandlerError> {
-    let mut accounts: Vec<String> = deposits.iter().map(|d| d.account_id.clone()).collect();
+    let mut accounts: Vec<AccountId> = deposits.iter().map(|d| d.account_id.clone()).collect();
     accounts.sort();
     accounts.dedup();
     store::lock_accounts(tx, &accounts).await?;
-    // Streams whose newest event this process cached are not read again; the rest are loaded
-    // (snapshot + tail) and cached at the head they were read at.
-    let (heads, txid) = store::stream_heads(tx, &accounts).await?;
-    let mut states: HashMap<String, AccountState> = HashMap::with_capacity(accounts.len());
+    let (states, txid) = current_states(tx, &accounts, cache).await?;
+    let parked = store::load_parked(tx, &accounts).await?;
+    let plan = plan(states, parked, deposits).map_err(rejected)?;
+    if !plan.appends.is_empty() {
+        write_appended(tx, &plan, snapshot_every).await?;
+        // This transaction appended these versions: entries tagged with its id match only if
+        // it commits.
+        cache.put(
+            txid,
+            plan.changed.iter().map(|c| (&c.account_id, &c.state)),
+        );
+    }
+    let to_park: Vec<&Deposit> = plan.park.iter().collect();
+    store::park(tx, &to_park).await?;
+    store::unpark(tx, &plan.unpark).await?;
+    log(&plan);
+    Ok(())
+}
+
+/// The current state of each of the (locked) accounts, and the transaction's id. Streams whose
+/// newest event this process cached are not read again; the rest are loaded (snapshot + tail)
+/// and cached at the head they were read at.
+async fn current_states(
+    tx: &mut PgConnection,
+    accounts: &[AccountId],
+    cache: &StateCache,
+) -> Result<(HashMap<AccountId, AccountState>, i64), HandlerError> {
+    let (heads, txid) = store::stream_heads(tx, accounts).await?;
+    let mut states = HashMap::with_capacity(accounts.len());
     let mut misses = Vec::new();
-    for account_id in &accounts {
+    for account_id in accounts {
         match heads
             .get(account_id)
             .and_then(|h| cache.get(account_id, *h))
@@ -126,63 +151,57 @@ pub async fn apply_batch(
                 .get(&account_id)
                 .filter(|h| h.version == l.state.version)
             {
-                cache.put(head.txid, [(account_id.as_str(), &l.state)]);
+                cache.put(head.txid, [(&account_id, &l.state)]);
             }
             states.insert(account_id, l.state);
         }
     }
-    let parked = store::load_parked(tx, &accounts).await?;
-    let plan = plan(states, parked, deposits).map_err(|unplannable| {
-        let (d, rejection) = *unplannable;
-        HandlerError::Rejected(format!(
-            "deposit {} (event {}, account {}, sequence {}): {rejection}",
-            d.deposit_id, d.event_id, d.account_id, d.sequence
-        ))
-    })?;
+    Ok((states, txid))
+}
 
-    if !plan.appends.is_empty() {
-        let recorded_at = store::append(tx, &plan.appends)
-            .await
-            .map_err(store_error)?;
-        let mut balances: Vec<BalanceRow> = Vec::with_capacity(plan.changed.len());
-        let mut versions = Vec::with_capacity(plan.changed.len());
-        let mut snapshots: Vec<(&str, &AccountState)> = Vec::new();
-        for c in &plan.changed {
-            if let Some(row) = projection::balance_row(&c.account_id, &c.state, recorded_at) {
-                balances.push(row);
-                versions.push(c.state.version);
-            }
-            if c.before_version / snapshot_every < c.state.version / snapshot_every {
-                snapshots.push((c.account_id.as_str(), &c.state));
-            }
+fn rejected(unplannable: Box<(Deposit, Rejection)>) -> HandlerError {
+    let (deposit, rejection) = *unplannable;
+    let d = &deposit.deposited;
+    HandlerError::Rejected(format!(
+        "deposit {} (event {}, account {}, sequence {}): {rejection}",
+        d.deposit_id, d.event_id, deposit.account_id, d.sequence
+    ))
+}
+
+/// Appends the plan's events, then writes what follows from them: the projections (with their
+/// NOTIFY) and a snapshot of each stream whose version crossed a multiple of `snapshot_every`.
+async fn write_appended(
+    tx: &mut PgConnection,
+    plan: &Plan,
+    snapshot_every: i64,
+) -> Result<(), HandlerError> {
+    let recorded_at = store::append(tx, &plan.appends)
+        .await
+        .map_err(store_error)?;
+    let mut balances: Vec<BalanceRow> = Vec::with_capacity(plan.changed.len());
+    let mut versions = Vec::with_capacity(plan.changed.len());
+    let mut snapshots: Vec<(&AccountId, &AccountState)> = Vec::new();
+    for c in &plan.changed {
+        if let Some(row) = projection::balance_row(&c.account_id, &c.state, recorded_at) {
+            balances.push(row);
+            versions.push(c.state.version);
         }
-        let txns: Vec<TxnRow> = plan
-            .appends
-            .iter()
-            .filter_map(|e| match &e.event {
-                AccountEvent::Deposited(d) => {
-                    Some(projection::txn_row(&e.account_id, d, recorded_at))
-                }
-                AccountEvent::Opened(_) => None,
-            })
-            .collect();
-        projection::write_live(tx, &balances, &versions, &txns).await?;
-        store::write_snapshots(tx, &snapshots)
-            .await
-            .map_err(store_error)?;
-        // This transaction appended these versions: entries tagged with its id match only if
-        // it commits.
-        cache.put(
-            txid,
-            plan.changed
-                .iter()
-                .map(|c| (c.account_id.as_str(), &c.state)),
-        );
+        if c.before_version / snapshot_every < c.state.version / snapshot_every {
+            snapshots.push((&c.account_id, &c.state));
+        }
     }
-    let to_park: Vec<&Deposit> = plan.park.iter().collect();
-    store::park(tx, &to_park).await?;
-    store::unpark(tx, &plan.unpark).await?;
-    log(&plan);
+    let txns: Vec<TxnRow> = plan
+        .appends
+        .iter()
+        .filter_map(|e| match &e.event {
+            AccountEvent::Deposited(d) => Some(projection::txn_row(&e.account_id, d, recorded_at)),
+            AccountEvent::Opened(_) => None,
+        })
+        .collect();
+    projection::write_live(tx, &balances, &versions, &txns).await?;
+    store::write_snapshots(tx, &snapshots)
+        .await
+        .map_err(store_error)?;
     Ok(())
 }
 
@@ -190,37 +209,35 @@ fn log(plan: &Plan) {
     for outcome in &plan.outcomes {
         match outcome {
             Outcome::Applied {
-                deposit: d,
+                deposit,
                 balance_minor,
-                from_parking: false,
+                from_parking,
             } => {
-                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
-                sequence = d.sequence, amount_minor = d.amount_minor, balance_minor, "balance updated")
-            }
-            Outcome::Applied {
-                deposit: d,
-                balance_minor,
-                from_parking: true,
-            } => {
-                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
-                sequence = d.sequence, amount_minor = d.amount_minor, balance_minor, "parked event applied after the gap filled")
+                let d = &deposit.deposited;
+                let message = if *from_parking {
+                    "parked event applied after the gap filled"
+                } else {
+                    "balance updated"
+                };
+                tracing::info!(event_id = %d.event_id, account_id = %deposit.account_id, deposit_id = %d.deposit_id,
+                sequence = d.sequence, amount_minor = d.amount_minor, balance_minor, "{message}")
             }
             Outcome::Duplicate {
-                deposit: d,
+                deposit,
                 last_sequence,
             } => {
-                tracing::info!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+                let d = &deposit.deposited;
+                tracing::info!(event_id = %d.event_id, account_id = %deposit.account_id, deposit_id = %d.deposit_id,
                 sequence = d.sequence, last = last_sequence, "sequence already applied; skipped")
             }
-            Outcome::Parked {
-                deposit: d,
-                expected,
-            } => {
-                tracing::warn!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+            Outcome::Parked { deposit, expected } => {
+                let d = &deposit.deposited;
+                tracing::warn!(event_id = %d.event_id, account_id = %deposit.account_id, deposit_id = %d.deposit_id,
                 sequence = d.sequence, expected, "sequence gap: event parked until the gap fills")
             }
-            Outcome::StuckParked { deposit: d, reason } => {
-                tracing::error!(event_id = %d.event_id, account_id = %d.account_id, deposit_id = %d.deposit_id,
+            Outcome::StuckParked { deposit, reason } => {
+                let d = &deposit.deposited;
+                tracing::error!(event_id = %d.event_id, account_id = %deposit.account_id, deposit_id = %d.deposit_id,
                 sequence = d.sequence, reason = %reason, "parked event cannot be applied; it stays parked and its gap open")
             }
         }
@@ -230,7 +247,7 @@ fn log(plan: &Plan) {
 /// An account whose state this batch changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changed {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub before_version: i64,
     pub state: AccountState,
 }
@@ -267,10 +284,11 @@ pub struct Plan {
     /// Deposits to park.
     pub park: Vec<Deposit>,
     /// Parked rows to remove (applied now, or stale).
-    pub unpark: Vec<(String, i64)>,
+    pub unpark: Vec<(AccountId, i64)>,
     pub outcomes: Vec<Outcome>,
 }
 
+/// One account while the plan works on it.
 struct Work {
     before_version: i64,
     state: AccountState,
@@ -278,103 +296,118 @@ struct Work {
     parked: BTreeMap<i64, (Deposit, bool)>,
 }
 
-/// The ordering rule over a batch, as pure code: given the accounts' current states and parked
-/// deposits, and the batch in delivery order, what to append, park and unpark. A deposit that
-/// can never be applied fails the whole plan (the runtime then isolates it and dead-letters it
-/// with the reason); a parked one that cannot be applied stays parked.
-pub fn plan(
-    states: HashMap<String, AccountState>,
-    parked: Vec<Deposit>,
-    incoming: &[Deposit],
-) -> Result<Plan, Box<(Deposit, Rejection)>> {
-    let mut states = states;
-    let mut work: BTreeMap<String, Work> = BTreeMap::new();
-    let mut out = Plan::default();
-    let mut take = |account_id: &str, work: &mut BTreeMap<String, Work>| {
-        work.entry(account_id.to_owned()).or_insert_with(|| {
+/// The batch's accounts: the states given, taken into [`Work`] when first met.
+struct Accounts {
+    states: HashMap<AccountId, AccountState>,
+    work: BTreeMap<AccountId, Work>,
+}
+
+impl Accounts {
+    fn get(&mut self, account_id: &AccountId) -> &mut Work {
+        let states = &mut self.states;
+        self.work.entry(account_id.clone()).or_insert_with(|| {
             let state = states.remove(account_id).unwrap_or_default();
             Work {
                 before_version: state.version,
                 state,
                 parked: BTreeMap::new(),
             }
-        });
+        })
+    }
+}
+
+/// The ordering rule over a batch, as pure code: given the accounts' current states and parked
+/// deposits, and the batch in delivery order, what to append, park and unpark. A deposit that
+/// can never be applied fails the whole plan (the runtime then isolates it and dead-letters it
+/// with the reason); a parked one that cannot be applied stays parked.
+pub fn plan(
+    states: HashMap<AccountId, AccountState>,
+    parked: Vec<Deposit>,
+    incoming: &[Deposit],
+) -> Result<Plan, Box<(Deposit, Rejection)>> {
+    let mut accounts = Accounts {
+        states,
+        work: BTreeMap::new(),
     };
+    let mut out = Plan::default();
     for p in parked {
-        take(&p.account_id, &mut work);
-        if let Some(w) = work.get_mut(&p.account_id) {
-            w.parked.insert(p.sequence, (p, true));
-        }
+        let w = accounts.get(&p.account_id);
+        w.parked.insert(p.sequence(), (p, true));
     }
     // Parked deposits that are already contiguous (possible only after an interrupted
     // history) are applied first, so they can never stay behind.
-    let accounts: Vec<String> = work.keys().cloned().collect();
-    for account_id in accounts {
-        if let Some(w) = work.get_mut(&account_id) {
-            drain(&account_id, w, &mut out);
-        }
+    for (account_id, w) in &mut accounts.work {
+        drain(account_id, w, &mut out);
     }
     for cmd in incoming {
-        take(&cmd.account_id, &mut work);
-        let Some(w) = work.get_mut(&cmd.account_id) else {
-            continue;
-        };
-        match domain::decide(&w.state, cmd).map_err(|r| Box::new((cmd.clone(), r)))? {
-            Decision::Duplicate { last_sequence } => out.outcomes.push(Outcome::Duplicate {
-                deposit: cmd.clone(),
-                last_sequence,
-            }),
-            Decision::Early { expected } => match w.parked.entry(cmd.sequence) {
-                Entry::Occupied(_) => out.outcomes.push(Outcome::Duplicate {
-                    deposit: cmd.clone(),
-                    last_sequence: w.state.last_sequence,
-                }),
-                Entry::Vacant(slot) => {
-                    slot.insert((cmd.clone(), false));
-                    out.outcomes.push(Outcome::Parked {
-                        deposit: cmd.clone(),
-                        expected,
-                    });
-                }
-            },
-            Decision::Apply(events) => {
-                append(&cmd.account_id, w, events, &mut out);
-                out.outcomes.push(Outcome::Applied {
-                    deposit: cmd.clone(),
-                    balance_minor: w.state.balance_minor,
-                    from_parking: false,
-                });
-                drain(&cmd.account_id, w, &mut out);
-            }
-        }
+        let w = accounts.get(&cmd.account_id);
+        let decision = domain::decide(&w.state, cmd).map_err(|r| Box::new((cmd.clone(), r)))?;
+        follow(cmd, decision, w, &mut out);
     }
-    for (account_id, w) in work {
-        for (sequence, (deposit, stored)) in w.parked {
-            if sequence <= w.state.last_sequence {
-                // Applied through another copy: a stored row is stale, a new one never stored.
-                if stored {
-                    out.unpark.push((account_id.clone(), sequence));
-                }
-            } else if !stored {
-                out.park.push(deposit);
-            }
-        }
-        if w.state.version != w.before_version {
-            out.changed.push(Changed {
-                account_id,
-                before_version: w.before_version,
-                state: w.state,
-            });
-        }
+    for (account_id, w) in accounts.work {
+        settle(account_id, w, &mut out);
     }
     Ok(out)
 }
 
-fn append(account_id: &str, w: &mut Work, events: Vec<AccountEvent>, out: &mut Plan) {
+/// Carries out the decision on an incoming deposit.
+fn follow(cmd: &Deposit, decision: Decision, w: &mut Work, out: &mut Plan) {
+    match decision {
+        Decision::Duplicate { last_sequence } => out.outcomes.push(Outcome::Duplicate {
+            deposit: cmd.clone(),
+            last_sequence,
+        }),
+        Decision::Early { expected } => match w.parked.entry(cmd.sequence()) {
+            Entry::Occupied(_) => out.outcomes.push(Outcome::Duplicate {
+                deposit: cmd.clone(),
+                last_sequence: w.state.last_sequence,
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert((cmd.clone(), false));
+                out.outcomes.push(Outcome::Parked {
+                    deposit: cmd.clone(),
+                    expected,
+                });
+            }
+        },
+        Decision::Apply(events) => {
+            append(&cmd.account_id, w, events, out);
+            out.outcomes.push(Outcome::Applied {
+                deposit: cmd.clone(),
+                balance_minor: w.state.balance_minor,
+                from_parking: false,
+            });
+            drain(&cmd.account_id, w, out);
+        }
+    }
+}
+
+/// What the batch leaves of an account: its parked rows to write or remove, and its change.
+fn settle(account_id: AccountId, w: Work, out: &mut Plan) {
+    for (sequence, (deposit, stored)) in w.parked {
+        if sequence <= w.state.last_sequence {
+            // Applied through another copy: a stored row is stale, a new one never stored.
+            if stored {
+                out.unpark.push((account_id.clone(), sequence));
+            }
+        } else if !stored {
+            out.park.push(deposit);
+        }
+    }
+    if w.state.version != w.before_version {
+        out.changed.push(Changed {
+            account_id,
+            before_version: w.before_version,
+            state: w.state,
+        });
+    }
+}
+
+fn append(account_id: &AccountId, w: &mut Work, events: Vec<AccountEvent>, out: &mut Plan) {
     for event in events {
         w.state = domain::apply(std::mem::take(&mut w.state), &event);
         out.appends.push(NewEvent {
-            account_id: account_id.to_owned(),
+            account_id: account_id.clone(),
             version: w.state.version,
             event,
         });
@@ -382,7 +415,7 @@ fn append(account_id: &str, w: &mut Work, events: Vec<AccountEvent>, out: &mut P
 }
 
 /// Applies parked successors while they are contiguous.
-fn drain(account_id: &str, w: &mut Work, out: &mut Plan) {
+fn drain(account_id: &AccountId, w: &mut Work, out: &mut Plan) {
     loop {
         let next = w.state.last_sequence + 1;
         let Some((deposit, stored)) = w.parked.remove(&next) else {
@@ -392,7 +425,7 @@ fn drain(account_id: &str, w: &mut Work, out: &mut Plan) {
             Ok(Decision::Apply(events)) => {
                 append(account_id, w, events, out);
                 if stored {
-                    out.unpark.push((account_id.to_owned(), deposit.sequence));
+                    out.unpark.push((account_id.clone(), deposit.sequence()));
                 }
                 out.outcomes.push(Outcome::Applied {
                     deposit,

@@ -111,13 +111,15 @@ pub async fn run(
     };
     let (router, _) = http::service_router(api, ops);
     let router = http::with_cors(router, &config.common.cors_allow_origins);
-    tracing::info!(addr = %config.common.http_addr, "listening (query only: CONSUME_EVENTS=false)");
-    let served = http::serve(listener, router, shutdown.clone()).await;
-    shutdown.trigger();
-    shutdown.drain(config.common.drain_timeout).await;
-    pool.close().await;
-    tracing::info!("stopped");
-    served
+    tracing::info!("query only (CONSUME_EVENTS=false): serving without a consumer");
+    http::serve_then_drain(
+        listener,
+        router,
+        shutdown,
+        config.common.drain_timeout,
+        pool,
+    )
+    .await
 }
 
 /// `account rebuild [--check]`: exit 0 when the live projections were identical, 1 when they

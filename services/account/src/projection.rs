@@ -9,6 +9,7 @@
 
 use crate::domain::{AccountState, Deposited};
 use chrono::{DateTime, Utc};
+use eventbank_events::{AccountId, Currency};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -17,11 +18,13 @@ use uuid::Uuid;
 /// the SSE clients and read-your-writes waiters of all.
 pub const CHANGES_CHANNEL: &str = "account_changes";
 
-/// One row of `balances`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of `balances`, as written here and read by the API.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct BalanceRow {
-    pub account_id: String,
-    pub currency: String,
+    #[sqlx(try_from = "String")]
+    pub account_id: AccountId,
+    #[sqlx(try_from = "String")]
+    pub currency: Currency,
     pub balance_minor: i64,
     pub last_sequence: i64,
     pub deposit_count: i64,
@@ -32,11 +35,11 @@ pub struct BalanceRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnRow {
     pub event_id: Uuid,
-    pub account_id: String,
+    pub account_id: AccountId,
     pub sequence: i64,
     pub deposit_id: Uuid,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub occurred_at: DateTime<Utc>,
     pub applied_at: DateTime<Utc>,
 }
@@ -44,14 +47,13 @@ pub struct TxnRow {
 /// The balance row of an account in `state`, whose latest event was recorded at `updated_at`.
 /// `None` before the account is opened (no row).
 pub fn balance_row(
-    account_id: &str,
+    account_id: &AccountId,
     state: &AccountState,
     updated_at: DateTime<Utc>,
 ) -> Option<BalanceRow> {
-    let currency = state.currency?;
     Some(BalanceRow {
-        account_id: account_id.to_owned(),
-        currency: currency.code().to_owned(),
+        account_id: account_id.clone(),
+        currency: state.currency?,
         balance_minor: state.balance_minor,
         last_sequence: state.last_sequence,
         deposit_count: state.deposit_count,
@@ -60,14 +62,18 @@ pub fn balance_row(
 }
 
 /// The transaction row of a `Deposited` recorded at `applied_at`.
-pub fn txn_row(account_id: &str, deposited: &Deposited, applied_at: DateTime<Utc>) -> TxnRow {
+pub fn txn_row(
+    account_id: &AccountId,
+    deposited: &Deposited,
+    applied_at: DateTime<Utc>,
+) -> TxnRow {
     TxnRow {
         event_id: deposited.event_id,
-        account_id: account_id.to_owned(),
+        account_id: account_id.clone(),
         sequence: deposited.sequence,
         deposit_id: deposited.deposit_id,
         amount_minor: deposited.amount_minor,
-        currency: deposited.currency.code().to_owned(),
+        currency: deposited.currency,
         occurred_at: deposited.occurred_at,
         applied_at,
     }
@@ -86,7 +92,7 @@ pub async fn write_live(
         return Ok(());
     }
     let b_account: Vec<&str> = balances.iter().map(|b| b.account_id.as_str()).collect();
-    let b_currency: Vec<&str> = balances.iter().map(|b| b.currency.as_str()).collect();
+    let b_currency: Vec<&str> = balances.iter().map(|b| b.currency.code()).collect();
     let b_balance: Vec<i64> = balances.iter().map(|b| b.balance_minor).collect();
     let b_sequence: Vec<i64> = balances.iter().map(|b| b.last_sequence).collect();
     let b_count: Vec<i64> = balances.iter().map(|b| b.deposit_count).collect();
@@ -96,7 +102,7 @@ pub async fn write_live(
     let t_sequence: Vec<i64> = txns.iter().map(|t| t.sequence).collect();
     let t_deposit: Vec<Uuid> = txns.iter().map(|t| t.deposit_id).collect();
     let t_amount: Vec<i64> = txns.iter().map(|t| t.amount_minor).collect();
-    let t_currency: Vec<&str> = txns.iter().map(|t| t.currency.as_str()).collect();
+    let t_currency: Vec<&str> = txns.iter().map(|t| t.currency.code()).collect();
     let t_occurred: Vec<DateTime<Utc>> = txns.iter().map(|t| t.occurred_at).collect();
     let t_applied: Vec<DateTime<Utc>> = txns.iter().map(|t| t.applied_at).collect();
     sqlx::query(

@@ -22,12 +22,14 @@ use crate::projection::{self, BalanceRow, TxnRow};
 use crate::store::{self, Cursor, RecordedEvent, StoreError};
 use anyhow::{Context, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
+use eventbank_events::AccountId;
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::{Acquire, Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -135,7 +137,7 @@ struct AccountFold {
 /// The in-memory fold of the whole store.
 #[derive(Default)]
 struct Fold {
-    accounts: HashMap<String, AccountFold>,
+    accounts: HashMap<AccountId, AccountFold>,
     events: u64,
     transactions: u64,
     /// COPY text rows of `transactions` not sent yet.
@@ -165,6 +167,36 @@ impl Fold {
             self.transactions += apply(account, &mut self.copy, &next);
         }
         Ok(())
+    }
+
+    /// Folds a page of the global order; returns the position of its last event (`after` when
+    /// the page is empty).
+    fn push_page(
+        &mut self,
+        page: Vec<(Cursor, RecordedEvent)>,
+        after: Cursor,
+    ) -> anyhow::Result<Cursor> {
+        let mut cursor = after;
+        for (at, event) in page {
+            cursor = at;
+            self.push(event)?;
+        }
+        Ok(cursor)
+    }
+
+    /// The `balances` rows of the opened accounts, as COPY text, and how many there are.
+    fn balance_rows(&self) -> (Vec<u8>, u64) {
+        let mut rows = Vec::with_capacity(self.accounts.len() * 64);
+        let mut accounts = 0;
+        for (account_id, a) in &self.accounts {
+            if let Some(updated_at) = a.updated_at
+                && let Some(row) = projection::balance_row(account_id, &a.state, updated_at)
+            {
+                copy_balance(&mut rows, &row);
+                accounts += 1;
+            }
+        }
+        (rows, accounts)
     }
 
     /// A stream with an event still waiting for its predecessor has a hole: the store is
@@ -198,7 +230,36 @@ fn apply(account: &mut AccountFold, copy: &mut Vec<u8>, event: &RecordedEvent) -
     }
 }
 
-/// COPY text format: tab-separated, `\N` for NULL, backslash escapes.
+/// One field of a COPY text row.
+enum Field<'a> {
+    Text(&'a str),
+    Int(i64),
+    Uuid(uuid::Uuid),
+    Time(DateTime<Utc>),
+}
+
+/// Appends one row in COPY text format: tab-separated, newline-terminated, backslash escapes
+/// in text.
+fn copy_row(buf: &mut Vec<u8>, fields: &[Field<'_>]) {
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b'\t');
+        }
+        match field {
+            Field::Text(s) => copy_text(buf, s),
+            Field::Int(n) => buf.extend_from_slice(n.to_string().as_bytes()),
+            Field::Uuid(id) => {
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                buf.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+            }
+            Field::Time(t) => {
+                buf.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes())
+            }
+        }
+    }
+    buf.push(b'\n');
+}
+
 fn copy_text(buf: &mut Vec<u8>, s: &str) {
     for b in s.bytes() {
         match b {
@@ -211,51 +272,36 @@ fn copy_text(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn copy_time(buf: &mut Vec<u8>, t: DateTime<Utc>) {
-    buf.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
-}
-
-fn copy_uuid(buf: &mut Vec<u8>, id: uuid::Uuid) {
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    buf.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
-}
-
-fn copy_int(buf: &mut Vec<u8>, n: i64) {
-    buf.extend_from_slice(n.to_string().as_bytes());
-}
-
+/// In the order of [`TXN_COLUMNS`].
 fn copy_txn(buf: &mut Vec<u8>, t: &TxnRow) {
-    copy_uuid(buf, t.event_id);
-    buf.push(b'\t');
-    copy_text(buf, &t.account_id);
-    buf.push(b'\t');
-    copy_int(buf, t.sequence);
-    buf.push(b'\t');
-    copy_uuid(buf, t.deposit_id);
-    buf.push(b'\t');
-    copy_int(buf, t.amount_minor);
-    buf.push(b'\t');
-    copy_text(buf, &t.currency);
-    buf.push(b'\t');
-    copy_time(buf, t.occurred_at);
-    buf.push(b'\t');
-    copy_time(buf, t.applied_at);
-    buf.push(b'\n');
+    copy_row(
+        buf,
+        &[
+            Field::Uuid(t.event_id),
+            Field::Text(t.account_id.as_str()),
+            Field::Int(t.sequence),
+            Field::Uuid(t.deposit_id),
+            Field::Int(t.amount_minor),
+            Field::Text(t.currency.code()),
+            Field::Time(t.occurred_at),
+            Field::Time(t.applied_at),
+        ],
+    );
 }
 
+/// In the order of [`BALANCE_COLUMNS`].
 fn copy_balance(buf: &mut Vec<u8>, b: &BalanceRow) {
-    copy_text(buf, &b.account_id);
-    buf.push(b'\t');
-    copy_text(buf, &b.currency);
-    buf.push(b'\t');
-    copy_int(buf, b.balance_minor);
-    buf.push(b'\t');
-    copy_int(buf, b.last_sequence);
-    buf.push(b'\t');
-    copy_int(buf, b.deposit_count);
-    buf.push(b'\t');
-    copy_time(buf, b.updated_at);
-    buf.push(b'\n');
+    copy_row(
+        buf,
+        &[
+            Field::Text(b.account_id.as_str()),
+            Field::Text(b.currency.code()),
+            Field::Int(b.balance_minor),
+            Field::Int(b.last_sequence),
+            Field::Int(b.deposit_count),
+            Field::Time(b.updated_at),
+        ],
+    );
 }
 
 fn progress_bar(options: &Options, total: u64) -> ProgressBar {
@@ -298,6 +344,46 @@ async fn run(
     options: &Options,
     started: Instant,
 ) -> anyhow::Result<Report> {
+    prepare(writer).await?;
+    // An estimate for the progress bar (the tail may add a few).
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *writer)
+        .await?;
+    let bar = progress_bar(options, u64::try_from(total).unwrap_or(0));
+    let page_size = options.page_size.max(1);
+    let mut fold = Fold::default();
+    let cursor = bulk_phase(pool, writer, page_size, &mut fold, &bar).await?;
+    let bulk = started.elapsed();
+
+    let mut tx = Connection::begin(&mut *writer).await?;
+    let accounts = final_phase(&mut tx, cursor, page_size, &mut fold, &bar).await?;
+    let mut report = compare(&mut tx).await?;
+    if !report.identical() && !options.check_only {
+        replace(&mut tx).await?;
+        report.replaced = true;
+    }
+    tx.commit().await?;
+    bar.finish_and_clear();
+    sqlx::raw_sql("DROP TABLE IF EXISTS rebuild_transactions, rebuild_balances")
+        .execute(&mut *writer)
+        .await?;
+    report.events = fold.events;
+    report.accounts = accounts;
+    report.transactions = fold.transactions;
+    report.elapsed = started.elapsed();
+    report.phases = vec![
+        ("read and fold", bulk),
+        (
+            "final (writers paused)",
+            report.elapsed.saturating_sub(bulk),
+        ),
+    ];
+    Ok(report)
+}
+
+/// Takes the rebuild lock (or fails: another rebuild is running) and creates the session's
+/// empty rebuild tables.
+async fn prepare(writer: &mut PgConnection) -> anyhow::Result<()> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, 0)")
         .bind(store::REBUILD_LOCK_CLASS)
         .fetch_one(&mut *writer)
@@ -311,23 +397,20 @@ async fn run(
          CREATE TEMP TABLE rebuild_transactions (LIKE transactions);
          CREATE TEMP TABLE rebuild_balances (LIKE balances);",
     )
-    .execute(&mut *writer)
+    .execute(writer)
     .await
     .context("creating the rebuild tables")?;
-    // An estimate for the progress bar (the tail may add a few).
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut *writer)
-        .await?;
-    let bar = progress_bar(options, u64::try_from(total).unwrap_or(0));
-    let mut fold = Fold::default();
+    Ok(())
+}
 
-    // Phase 1: follow the store while it is being written, reading ahead on another connection.
-    let (pages_tx, mut pages_rx) =
-        mpsc::channel::<Result<Vec<(Cursor, RecordedEvent)>, StoreError>>(4);
-    let reader_pool = pool.clone();
-    let page_size = options.page_size.max(1);
+type Page = Result<Vec<(Cursor, RecordedEvent)>, StoreError>;
+
+/// Reads the whole store in its gap-safe global order on a connection of its own, a few pages
+/// ahead of the receiver; ends after the first short page or error.
+fn spawn_reader(pool: PgPool, page_size: i64) -> (JoinHandle<()>, mpsc::Receiver<Page>) {
+    let (pages_tx, pages_rx) = mpsc::channel::<Page>(4);
     let reader = tokio::spawn(async move {
-        let mut conn = match reader_pool.acquire().await {
+        let mut conn = match pool.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
                 let _ = pages_tx.send(Err(e.into())).await;
@@ -351,34 +434,48 @@ async fn run(
             }
         }
     });
+    (reader, pages_rx)
+}
+
+/// Phase 1, writers running: folds the store as the reader delivers it and streams the
+/// transaction rows into `rebuild_transactions`. Returns where the reader stopped.
+async fn bulk_phase(
+    pool: &PgPool,
+    writer: &mut PgConnection,
+    page_size: i64,
+    fold: &mut Fold,
+    bar: &ProgressBar,
+) -> anyhow::Result<Cursor> {
+    let (reader, mut pages) = spawn_reader(pool.clone(), page_size);
     let mut cursor = Cursor::default();
-    {
-        let mut copy = writer
-            .copy_in_raw(&format!(
-                "COPY rebuild_transactions ({TXN_COLUMNS}) FROM STDIN"
-            ))
-            .await?;
-        while let Some(page) = pages_rx.recv().await {
-            let page = page.context("reading the event store")?;
-            for (at, event) in page {
-                cursor = at;
-                fold.push(event)?;
-            }
-            bar.set_position(fold.events);
-            if fold.copy.len() >= COPY_CHUNK {
-                copy.send(std::mem::take(&mut fold.copy)).await?;
-            }
-        }
-        if !fold.copy.is_empty() {
+    let mut copy = writer
+        .copy_in_raw(&copy_statement("rebuild_transactions", TXN_COLUMNS))
+        .await?;
+    while let Some(page) = pages.recv().await {
+        cursor = fold.push_page(page.context("reading the event store")?, cursor)?;
+        bar.set_position(fold.events);
+        if fold.copy.len() >= COPY_CHUNK {
             copy.send(std::mem::take(&mut fold.copy)).await?;
         }
-        copy.finish().await?;
     }
+    if !fold.copy.is_empty() {
+        copy.send(std::mem::take(&mut fold.copy)).await?;
+    }
+    copy.finish().await?;
     reader.await.context("the store reader failed")?;
-    let bulk = started.elapsed();
+    Ok(cursor)
+}
 
-    // Phase 2: writers paused; the tail, the balances, the comparison, the replacement.
-    let mut tx = Connection::begin(&mut *writer).await?;
+/// Phase 2, writers paused (until `tx` ends): folds the tail after `cursor`, checks every
+/// stream is complete and writes the rest of `rebuild_transactions` and all of
+/// `rebuild_balances`. Returns the number of balance rows.
+async fn final_phase(
+    tx: &mut PgConnection,
+    mut cursor: Cursor,
+    page_size: i64,
+    fold: &mut Fold,
+    bar: &ProgressBar,
+) -> anyhow::Result<u64> {
     sqlx::raw_sql(
         "SET LOCAL work_mem = '256MB';
          LOCK TABLE events IN SHARE MODE;",
@@ -387,12 +484,9 @@ async fn run(
     .await
     .context("pausing the writers of the event store")?;
     loop {
-        let page = store::read_all_page(&mut tx, cursor, page_size, false).await?;
+        let page = store::read_all_page(tx, cursor, page_size, false).await?;
         let done = (page.len() as i64) < page_size;
-        for (at, event) in page {
-            cursor = at;
-            fold.push(event)?;
-        }
+        cursor = fold.push_page(page, cursor)?;
         if done {
             break;
         }
@@ -401,60 +495,32 @@ async fn run(
     bar.set_position(fold.events);
     fold.ensure_complete()?;
     if !fold.copy.is_empty() {
-        let conn = tx.acquire().await?;
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY rebuild_transactions ({TXN_COLUMNS}) FROM STDIN"
-            ))
-            .await?;
-        copy.send(std::mem::take(&mut fold.copy)).await?;
-        copy.finish().await?;
+        let rows = std::mem::take(&mut fold.copy);
+        copy_in(tx, "rebuild_transactions", TXN_COLUMNS, rows).await?;
     }
-    let mut balances = Vec::with_capacity(fold.accounts.len() * 64);
-    let mut accounts = 0;
-    for (account_id, a) in &fold.accounts {
-        if let Some(updated_at) = a.updated_at
-            && let Some(row) = projection::balance_row(account_id, &a.state, updated_at)
-        {
-            copy_balance(&mut balances, &row);
-            accounts += 1;
-        }
-    }
-    {
-        let conn = tx.acquire().await?;
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY rebuild_balances ({BALANCE_COLUMNS}) FROM STDIN"
-            ))
-            .await?;
-        copy.send(balances).await?;
-        copy.finish().await?;
-    }
+    let (balances, accounts) = fold.balance_rows();
+    copy_in(tx, "rebuild_balances", BALANCE_COLUMNS, balances).await?;
     sqlx::query("ANALYZE rebuild_transactions, rebuild_balances")
         .execute(&mut *tx)
         .await?;
-    let mut report = compare(&mut tx).await?;
-    if !report.identical() && !options.check_only {
-        replace(&mut tx).await?;
-        report.replaced = true;
-    }
-    tx.commit().await?;
-    bar.finish_and_clear();
-    sqlx::raw_sql("DROP TABLE IF EXISTS rebuild_transactions, rebuild_balances")
-        .execute(&mut *writer)
-        .await?;
-    report.events = fold.events;
-    report.accounts = accounts;
-    report.transactions = fold.transactions;
-    report.elapsed = started.elapsed();
-    report.phases = vec![
-        ("read and fold", bulk),
-        (
-            "final (writers paused)",
-            report.elapsed.saturating_sub(bulk),
-        ),
-    ];
-    Ok(report)
+    Ok(accounts)
+}
+
+fn copy_statement(table: &str, columns: &str) -> String {
+    format!("COPY {table} ({columns}) FROM STDIN")
+}
+
+/// Sends COPY text `rows` into `table` in one go.
+async fn copy_in(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    rows: Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut copy = conn.copy_in_raw(&copy_statement(table, columns)).await?;
+    copy.send(rows).await?;
+    copy.finish().await?;
+    Ok(())
 }
 
 /// Compares the rebuilt and live projections row by row in one pass each (a full join on the

@@ -4,9 +4,10 @@
 
 use crate::cache::Head;
 use crate::codec::{self, CodecError};
-use crate::domain::{self, AccountEvent, AccountState, Deposit};
+use crate::domain::{self, AccountEvent, AccountState, Deposit, Deposited};
+use crate::projection::BalanceRow;
 use chrono::{DateTime, Utc};
-use eventbank_events::Currency;
+use eventbank_events::{AccountId, Currency};
 use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 /// One event as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub version: i64,
     pub position: i64,
     pub recorded_at: DateTime<Utc>,
@@ -24,7 +25,8 @@ pub struct RecordedEvent {
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
-    account_id: String,
+    #[sqlx(try_from = "String")]
+    account_id: AccountId,
     version: i64,
     position: i64,
     recorded_at: DateTime<Utc>,
@@ -61,7 +63,7 @@ pub enum StoreError {
     Conflict { detail: String },
     #[error("stored event {account_id} v{version} cannot be read: {source}")]
     Corrupt {
-        account_id: String,
+        account_id: AccountId,
         version: i64,
         source: CodecError,
     },
@@ -72,7 +74,7 @@ pub enum StoreError {
 /// An event to append at a given stream version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub version: i64,
     pub event: AccountEvent,
 }
@@ -135,8 +137,8 @@ pub async fn append(
     }
 }
 
-/// Where a loaded state came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a loaded state came from (by default: nothing, the stream does not exist).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loaded {
     pub state: AccountState,
     /// Version of the snapshot used (0: none, the stream was replayed from the start).
@@ -151,23 +153,24 @@ pub struct Loaded {
 /// lock's previous holder committed.
 pub async fn stream_heads(
     conn: &mut PgConnection,
-    account_ids: &[String],
-) -> sqlx::Result<(HashMap<String, Head>, i64)> {
-    let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
-        "SELECT f.a, h.version, h.txid::text::bigint, pg_current_xact_id()::text::bigint
+    account_ids: &[AccountId],
+) -> sqlx::Result<(HashMap<AccountId, Head>, i64)> {
+    let rows: Vec<HeadRow> = sqlx::query_as(
+        "SELECT f.a AS account_id, h.version, h.txid::text::bigint AS txid,
+                pg_current_xact_id()::text::bigint AS current_txid
            FROM unnest($1::text[]) AS f(a)
            LEFT JOIN LATERAL (SELECT version, txid FROM events
                                WHERE account_id = f.a ORDER BY version DESC LIMIT 1) h ON true",
     )
-    .bind(account_ids)
+    .bind(id_strs(account_ids))
     .fetch_all(&mut *conn)
     .await?;
     let mut current = None;
     let mut heads = HashMap::with_capacity(rows.len());
-    for (account_id, version, txid, now) in rows {
-        current = Some(now);
-        if let (Some(version), Some(txid)) = (version, txid) {
-            heads.insert(account_id, Head { version, txid });
+    for row in rows {
+        current = Some(row.current_txid);
+        if let (Some(version), Some(txid)) = (row.version, row.txid) {
+            heads.insert(row.account_id, Head { version, txid });
         }
     }
     let current = match current {
@@ -181,36 +184,42 @@ pub async fn stream_heads(
     Ok((heads, current))
 }
 
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    #[sqlx(try_from = "String")]
+    account_id: AccountId,
+    version: Option<i64>,
+    txid: Option<i64>,
+    current_txid: i64,
+}
+
+/// The ids as the `text[]` a statement binds.
+fn id_strs(account_ids: &[AccountId]) -> Vec<&str> {
+    account_ids.iter().map(AccountId::as_str).collect()
+}
+
 /// Loads many streams at once (latest usable snapshot + tail), in three statements whatever
 /// their number. Streams that do not exist load as the empty state.
 pub async fn load_streams(
     conn: &mut PgConnection,
-    account_ids: &[String],
-) -> Result<HashMap<String, Loaded>, StoreError> {
-    let mut loaded: HashMap<String, Loaded> = account_ids
+    account_ids: &[AccountId],
+) -> Result<HashMap<AccountId, Loaded>, StoreError> {
+    let mut loaded: HashMap<AccountId, Loaded> = account_ids
         .iter()
-        .map(|a| {
-            (
-                a.clone(),
-                Loaded {
-                    state: AccountState::default(),
-                    snapshot_version: 0,
-                    replayed: 0,
-                },
-            )
-        })
+        .map(|a| (a.clone(), Loaded::default()))
         .collect();
+    // The id read back only finds the entry asked for, so it stays text here.
     let snapshots: Vec<(String, i64, i32, String)> = sqlx::query_as(
         "SELECT DISTINCT ON (account_id) account_id, version, schema_version, state::text
          FROM snapshots WHERE account_id = ANY($1) ORDER BY account_id, version DESC",
     )
-    .bind(account_ids)
+    .bind(id_strs(account_ids))
     .fetch_all(&mut *conn)
     .await?;
     for (account_id, version, schema_version, body) in snapshots {
         match codec::decode_snapshot(schema_version, &body) {
             Some(state) if state.version == version => {
-                if let Some(l) = loaded.get_mut(&account_id) {
+                if let Some(l) = loaded.get_mut(account_id.as_str()) {
                     l.state = state;
                     l.snapshot_version = version;
                 }
@@ -269,20 +278,19 @@ fn ensure_next(state: &AccountState, event: &RecordedEvent) -> Result<(), StoreE
 }
 
 /// Loads one stream (snapshot + tail).
-pub async fn load_stream(conn: &mut PgConnection, account_id: &str) -> Result<Loaded, StoreError> {
-    let ids = [account_id.to_owned()];
+pub async fn load_stream(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+) -> Result<Loaded, StoreError> {
+    let ids = [account_id.clone()];
     let mut all = load_streams(conn, &ids).await?;
-    Ok(all.remove(account_id).unwrap_or(Loaded {
-        state: AccountState::default(),
-        snapshot_version: 0,
-        replayed: 0,
-    }))
+    Ok(all.remove(account_id).unwrap_or_default())
 }
 
 /// Events of one stream after `after_version`, in version order.
 pub async fn read_stream(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
     after_version: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -290,7 +298,7 @@ pub async fn read_stream(
         "SELECT {EVENT_COLUMNS} FROM events WHERE account_id = $1 AND version > $2
          ORDER BY version LIMIT $3"
     )))
-    .bind(account_id)
+    .bind(account_id.as_str())
     .bind(after_version)
     .bind(limit)
     .fetch_all(conn)
@@ -313,37 +321,14 @@ pub enum Bound {
 /// the bound are always a prefix of the stream and the walk stops at the first one outside.
 pub async fn load_prefix(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
     bound: Bound,
 ) -> Result<Loaded, StoreError> {
-    // A few candidates, newest first, in case the newest no longer deserialises.
-    let candidates: Vec<(i64, i32, String)> = match bound {
-        Bound::AsOf(at) => {
-            sqlx::query_as(
-                "SELECT version, schema_version, state::text FROM snapshots
-                 WHERE account_id = $1 AND effective_at <= $2 ORDER BY version DESC LIMIT 3",
-            )
-            .bind(account_id)
-            .bind(at)
-            .fetch_all(&mut *conn)
-            .await?
-        }
-        Bound::Version(v) => {
-            sqlx::query_as(
-                "SELECT version, schema_version, state::text FROM snapshots
-                 WHERE account_id = $1 AND version <= $2 ORDER BY version DESC LIMIT 3",
-            )
-            .bind(account_id)
-            .bind(v)
-            .fetch_all(&mut *conn)
-            .await?
-        }
+    let candidates = match bound {
+        Bound::AsOf(at) => snapshots_within(conn, account_id, "effective_at", at).await?,
+        Bound::Version(v) => snapshots_within(conn, account_id, "version", v).await?,
     };
-    let mut loaded = Loaded {
-        state: AccountState::default(),
-        snapshot_version: 0,
-        replayed: 0,
-    };
+    let mut loaded = Loaded::default();
     for (version, schema_version, body) in candidates {
         match codec::decode_snapshot(schema_version, &body) {
             Some(state) if state.version == version => {
@@ -352,7 +337,7 @@ pub async fn load_prefix(
                 break;
             }
             _ => tracing::warn!(
-                account_id,
+                account_id = %account_id,
                 version,
                 "snapshot unreadable; trying an older one or the stream"
             ),
@@ -381,11 +366,32 @@ pub async fn load_prefix(
     Ok(loaded)
 }
 
+/// A few snapshots (version, schema version, body) whose `column` is at most `limit`, newest
+/// first, in case the newest no longer deserialises.
+async fn snapshots_within<'q, T>(
+    conn: &mut PgConnection,
+    account_id: &'q AccountId,
+    column: &'static str,
+    limit: T,
+) -> sqlx::Result<Vec<(i64, i32, String)>>
+where
+    T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT version, schema_version, state::text FROM snapshots
+         WHERE account_id = $1 AND {column} <= $2 ORDER BY version DESC LIMIT 3"
+    )))
+    .bind(account_id.as_str())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// The state of a stream as of an instant (see [`load_prefix`]); `None` if the account had not
 /// been opened by then.
 pub async fn state_as_of(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
     as_of: DateTime<Utc>,
 ) -> Result<Option<Loaded>, StoreError> {
     let loaded = load_prefix(conn, account_id, Bound::AsOf(as_of)).await?;
@@ -395,7 +401,7 @@ pub async fn state_as_of(
 /// Writes snapshots (account, state) in one statement; an existing one is kept.
 pub async fn write_snapshots(
     conn: &mut PgConnection,
-    snapshots: &[(&str, &AccountState)],
+    snapshots: &[(&AccountId, &AccountState)],
 ) -> Result<(), StoreError> {
     if snapshots.is_empty() {
         return Ok(());
@@ -408,7 +414,7 @@ pub async fn write_snapshots(
         let Some(at) = state.effective_at else {
             continue;
         };
-        accounts.push(*account_id);
+        accounts.push(account_id.as_str());
         versions.push(state.version);
         bodies.push(codec::encode_snapshot(state));
         effective.push(at);
@@ -487,8 +493,9 @@ struct GlobalRow {
 /// Serialises the handling of these accounts against every other transaction doing the same,
 /// until commit: transaction-scoped advisory locks, taken in one sorted order so that two
 /// batches sharing accounts cannot deadlock.
-pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[String]) -> sqlx::Result<()> {
-    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, account_ids).await
+pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -> sqlx::Result<()> {
+    let keys: Vec<String> = account_ids.iter().cloned().map(String::from).collect();
+    eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
 }
 
 /// Advisory lock class of the per-account handling locks (the other key is hashtext(account)).
@@ -500,7 +507,8 @@ pub const REBUILD_LOCK_CLASS: i32 = 0x4143_0002;
 
 #[derive(sqlx::FromRow)]
 struct ParkedRow {
-    account_id: String,
+    #[sqlx(try_from = "String")]
+    account_id: AccountId,
     sequence: i64,
     event_id: Uuid,
     deposit_id: Uuid,
@@ -513,13 +521,13 @@ struct ParkedRow {
 /// not know cannot be applied: it is left parked (its gap stays open and is reported).
 pub async fn load_parked(
     conn: &mut PgConnection,
-    account_ids: &[String],
+    account_ids: &[AccountId],
 ) -> sqlx::Result<Vec<Deposit>> {
     let rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT account_id, sequence, event_id, deposit_id, amount_minor, currency, occurred_at
          FROM pending_events WHERE account_id = ANY($1) ORDER BY account_id, sequence",
     )
-    .bind(account_ids)
+    .bind(id_strs(account_ids))
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -528,12 +536,14 @@ pub async fn load_parked(
             let currency = Currency::parse(&r.currency).ok()?;
             Some(Deposit {
                 account_id: r.account_id,
-                event_id: r.event_id,
-                sequence: r.sequence,
-                deposit_id: r.deposit_id,
-                amount_minor: r.amount_minor,
-                currency,
-                occurred_at: r.occurred_at,
+                deposited: Deposited {
+                    event_id: r.event_id,
+                    sequence: r.sequence,
+                    deposit_id: r.deposit_id,
+                    amount_minor: r.amount_minor,
+                    currency,
+                    occurred_at: r.occurred_at,
+                },
                 holder_name: None,
                 email: None,
             })
@@ -546,12 +556,13 @@ pub async fn park(conn: &mut PgConnection, deposits: &[&Deposit]) -> sqlx::Resul
         return Ok(());
     }
     let accounts: Vec<&str> = deposits.iter().map(|d| d.account_id.as_str()).collect();
-    let sequences: Vec<i64> = deposits.iter().map(|d| d.sequence).collect();
-    let event_ids: Vec<Uuid> = deposits.iter().map(|d| d.event_id).collect();
-    let deposit_ids: Vec<Uuid> = deposits.iter().map(|d| d.deposit_id).collect();
-    let amounts: Vec<i64> = deposits.iter().map(|d| d.amount_minor).collect();
-    let currencies: Vec<&str> = deposits.iter().map(|d| d.currency.code()).collect();
-    let times: Vec<DateTime<Utc>> = deposits.iter().map(|d| d.occurred_at).collect();
+    let deposited = deposits.iter().map(|d| &d.deposited);
+    let sequences: Vec<i64> = deposited.clone().map(|d| d.sequence).collect();
+    let event_ids: Vec<Uuid> = deposited.clone().map(|d| d.event_id).collect();
+    let deposit_ids: Vec<Uuid> = deposited.clone().map(|d| d.deposit_id).collect();
+    let amounts: Vec<i64> = deposited.clone().map(|d| d.amount_minor).collect();
+    let currencies: Vec<&str> = deposited.clone().map(|d| d.currency.code()).collect();
+    let times: Vec<DateTime<Utc>> = deposited.map(|d| d.occurred_at).collect();
     sqlx::query(
         "INSERT INTO pending_events (account_id, sequence, event_id, deposit_id, amount_minor, currency, occurred_at)
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::timestamptz[])
@@ -570,7 +581,7 @@ pub async fn park(conn: &mut PgConnection, deposits: &[&Deposit]) -> sqlx::Resul
 }
 
 /// Removes parked rows (applied now, or made stale by an applied duplicate).
-pub async fn unpark(conn: &mut PgConnection, keys: &[(String, i64)]) -> sqlx::Result<()> {
+pub async fn unpark(conn: &mut PgConnection, keys: &[(AccountId, i64)]) -> sqlx::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -593,41 +604,36 @@ pub async fn unpark(conn: &mut PgConnection, keys: &[(String, i64)]) -> sqlx::Re
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Txn {
     pub event_id: Uuid,
-    #[schema(example = "ACC-0001")]
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "ACC-0001")]
+    pub account_id: AccountId,
     /// The deposit's per-account sequence number.
     pub sequence: i64,
     pub deposit_id: Uuid,
     #[schema(example = 25000)]
     pub amount_minor: i64,
-    #[schema(example = "USD")]
-    pub currency: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
     pub occurred_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct Balance {
-    pub account_id: String,
-    pub currency: String,
-    pub balance_minor: i64,
-    pub last_sequence: i64,
-    pub deposit_count: i64,
-    pub updated_at: DateTime<Utc>,
-}
-
-pub async fn balance(conn: &mut PgConnection, account_id: &str) -> sqlx::Result<Option<Balance>> {
+pub async fn balance(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+) -> sqlx::Result<Option<BalanceRow>> {
     sqlx::query_as(
         "SELECT account_id, currency, balance_minor, last_sequence, deposit_count, updated_at
          FROM balances WHERE account_id = $1",
     )
-    .bind(account_id)
+    .bind(account_id.as_str())
     .fetch_optional(conn)
     .await
 }
 
 pub async fn transactions(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
     after_sequence: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<Txn>> {
@@ -635,16 +641,16 @@ pub async fn transactions(
         "SELECT event_id, account_id, sequence, deposit_id, amount_minor, currency, occurred_at
          FROM transactions WHERE account_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
     )
-    .bind(account_id)
+    .bind(account_id.as_str())
     .bind(after_sequence)
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
-pub async fn pending_count(conn: &mut PgConnection, account_id: &str) -> sqlx::Result<i64> {
+pub async fn pending_count(conn: &mut PgConnection, account_id: &AccountId) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM pending_events WHERE account_id = $1")
-        .bind(account_id)
+        .bind(account_id.as_str())
         .fetch_one(conn)
         .await
 }

@@ -1,6 +1,7 @@
 //! Identifiers parsed at the edge. A value of these types is valid by construction.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::fmt;
 
 /// An account number such as `ACC-0042`.
@@ -49,6 +50,20 @@ impl From<AccountId> for String {
     }
 }
 
+impl AsRef<str> for AccountId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Maps and sets keyed by `AccountId` can be asked with a `&str` (the derived `Hash`, `Eq` and
+/// `Ord` are those of the inner string, as `Borrow` requires).
+impl Borrow<str> for AccountId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -78,5 +93,13 @@ mod tests {
             );
         }
         assert!(AccountId::parse(&"A".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn a_map_keyed_by_account_id_answers_a_str() {
+        let id = AccountId::parse("ACC-0042").unwrap();
+        let map = std::collections::HashMap::from([(id.clone(), 1)]);
+        assert_eq!(map.get("ACC-0042"), Some(&1));
+        assert_eq!(id.as_ref(), "ACC-0042");
     }
 }

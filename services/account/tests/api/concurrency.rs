@@ -3,7 +3,7 @@
 //! after a reload succeeds. The handler serialises its own work per account and fails cleanly
 //! (for the runtime to retry) when a writer outside it got there first.
 
-use crate::{event, fresh_db, handle_with, state};
+use crate::{event, fresh_db, handle_with, id, state};
 use account::domain::{AccountEvent, Decision, Deposit, decide};
 use account::handler::AccountHandler;
 use account::store::{self, NewEvent, StoreError};
@@ -16,8 +16,8 @@ use tokio::time::Instant;
 fn new_events(account: &str, from_version: i64, deposit: &Deposit) -> Vec<NewEvent> {
     let state = account::domain::AccountState {
         version: from_version,
-        last_sequence: deposit.sequence - 1,
-        currency: (from_version > 0).then_some(deposit.currency),
+        last_sequence: deposit.sequence() - 1,
+        currency: (from_version > 0).then_some(deposit.deposited.currency),
         ..Default::default()
     };
     let Ok(Decision::Apply(events)) = decide(&state, deposit) else {
@@ -27,7 +27,7 @@ fn new_events(account: &str, from_version: i64, deposit: &Deposit) -> Vec<NewEve
         .into_iter()
         .enumerate()
         .map(|(i, event)| NewEvent {
-            account_id: account.into(),
+            account_id: id(account),
             version: from_version + 1 + i as i64,
             event,
         })
@@ -82,7 +82,7 @@ async fn two_appends_at_the_same_version_one_wins_the_other_gets_a_conflict() {
 
     // Exactly the winner's events are stored.
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, "ACC-0001").await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
     assert_eq!((loaded.state.version, loaded.state.balance_minor), (2, 100));
 
     // The loser retries: reloads, decides again on the new state, appends the next version.
@@ -93,13 +93,13 @@ async fn two_appends_at_the_same_version_one_wins_the_other_gets_a_conflict() {
     let events: Vec<NewEvent> = events
         .into_iter()
         .map(|event| NewEvent {
-            account_id: "ACC-0001".into(),
+            account_id: id("ACC-0001"),
             version: 3,
             event,
         })
         .collect();
     store::append(&mut conn, &events).await.unwrap();
-    let loaded = store::load_stream(&mut conn, "ACC-0001").await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
     assert_eq!(
         (loaded.state.version, loaded.state.balance_minor),
         (3, 1_099)
@@ -170,10 +170,10 @@ async fn a_handler_beaten_by_an_outside_writer_fails_cleanly_and_its_retry_succe
     // What the runtime does next: the same events in a new transaction; now a duplicate.
     handle_with(&db, &AccountHandler::default(), &[deposit]).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, "ACC-0001").await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
     assert_eq!(loaded.state.version, 2);
     assert!(matches!(
-        store::read_stream(&mut conn, "ACC-0001", 1, 10)
+        store::read_stream(&mut conn, &id("ACC-0001"), 1, 10)
             .await
             .unwrap()[0]
             .event,

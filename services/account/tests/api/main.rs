@@ -61,6 +61,11 @@ pub fn event_at(
     }
 }
 
+/// The id of a test account (a valid literal).
+pub fn id(account: &str) -> AccountId {
+    AccountId::parse(account).unwrap()
+}
+
 /// Applies events in one transaction, as one consumer batch (snapshots every 50).
 pub async fn handle(db: &TestDatabase, events: &[DepositCompleted]) {
     handle_with(db, &AccountHandler::default(), events).await;
@@ -75,11 +80,11 @@ pub async fn handle_with(db: &TestDatabase, handler: &AccountHandler, events: &[
 /// (balance, last sequence, transaction sequences) from the projections.
 pub async fn state(db: &TestDatabase, account: &str) -> (i64, i64, Vec<i64>) {
     let mut conn = db.pool.acquire().await.unwrap();
-    let balance = account::store::balance(&mut conn, account)
+    let balance = account::store::balance(&mut conn, &id(account))
         .await
         .unwrap()
         .unwrap();
-    let txns = account::store::transactions(&mut conn, account, 0, 1000)
+    let txns = account::store::transactions(&mut conn, &id(account), 0, 1000)
         .await
         .unwrap();
     (

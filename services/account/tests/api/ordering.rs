@@ -1,7 +1,7 @@
 //! The ordering rule: duplicates skipped, early deposits parked and applied when the gap fills,
 //! whatever the delivery order, batch by batch and through the database.
 
-use crate::{event, fresh_db, handle, state};
+use crate::{event, fresh_db, handle, id, state};
 use account::domain::{AccountState, Deposit};
 use account::handler::plan;
 use eventbank_events::DepositCompleted;
@@ -89,7 +89,7 @@ fn the_plan_is_order_and_duplicate_insensitive() {
                 let size = (*sizes.next().unwrap()).min(rest.len());
                 let (batch, tail) = rest.split_at(size);
                 rest = tail;
-                let states = HashMap::from([("ACC-0001".to_owned(), st.clone())]);
+                let states = HashMap::from([(id("ACC-0001"), st.clone())]);
                 let p = plan(states, parked.clone(), batch).unwrap();
                 for e in &p.appends {
                     if let account::domain::AccountEvent::Deposited(d) = &e.event {
@@ -97,7 +97,7 @@ fn the_plan_is_order_and_duplicate_insensitive() {
                     }
                     st = account::domain::apply(st, &e.event);
                 }
-                parked.retain(|d| !p.unpark.contains(&(d.account_id.clone(), d.sequence)));
+                parked.retain(|d| !p.unpark.contains(&(d.account_id.clone(), d.sequence())));
                 parked.extend(p.park.iter().cloned());
             }
             prop_assert_eq!(applied, (1..=n as i64).collect::<Vec<_>>());

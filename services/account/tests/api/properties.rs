@@ -2,9 +2,11 @@
 //! replay, and an upcast older stored version reads exactly like the current one.
 
 use account::codec::{self, ACCOUNT_OPENED, DEPOSITED};
-use account::domain::{self, AccountEvent, AccountState, Decision, Deposit, apply, decide, replay};
+use account::domain::{
+    self, AccountEvent, AccountState, Decision, Deposit, Deposited, apply, decide, replay,
+};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use eventbank_events::{Currency, Money};
+use eventbank_events::{AccountId, Currency, Money};
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
@@ -32,13 +34,15 @@ fn deposits() -> impl Strategy<Value = Vec<Deposit>> {
                 .map(|(i, (amount_minor, dt_ms))| {
                     t += Duration::milliseconds(dt_ms);
                     Deposit {
-                        account_id: "ACC-0042".into(),
-                        event_id: Uuid::from_u128(i as u128 + 1),
-                        sequence: i as i64 + 1,
-                        deposit_id: Uuid::from_u128(1_000 + i as u128),
-                        amount_minor,
-                        currency,
-                        occurred_at: t,
+                        account_id: AccountId::parse("ACC-0042").unwrap(),
+                        deposited: Deposited {
+                            event_id: Uuid::from_u128(i as u128 + 1),
+                            sequence: i as i64 + 1,
+                            deposit_id: Uuid::from_u128(1_000 + i as u128),
+                            amount_minor,
+                            currency,
+                            occurred_at: t,
+                        },
                         holder_name: Some("Holder".into()),
                         email: Some("h@example.com".into()),
                     }
@@ -90,10 +94,10 @@ proptest! {
         let replayed = replay(AccountState::default(), &stored);
         prop_assert_eq!(&replayed, &incremental);
         prop_assert_eq!(replayed.version, deposits.len() as i64 + 1);
-        prop_assert_eq!(replayed.balance_minor, deposits.iter().map(|d| d.amount_minor).sum::<i64>());
+        prop_assert_eq!(replayed.balance_minor, deposits.iter().map(|d| d.deposited.amount_minor).sum::<i64>());
         prop_assert_eq!(
             replayed.effective_at,
-            deposits.iter().map(|d| d.occurred_at).max()
+            deposits.iter().map(|d| d.deposited.occurred_at).max()
         );
     }
 

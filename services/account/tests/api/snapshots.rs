@@ -1,7 +1,7 @@
 //! Snapshots: taken every N events; loading = latest snapshot + tail = full replay; a snapshot
 //! that no longer deserialises is ignored and the stream replayed, never a failure.
 
-use crate::{event, fresh_db, handle_with, state};
+use crate::{event, fresh_db, handle_with, id, state};
 use account::domain::{AccountState, replay};
 use account::handler::AccountHandler;
 use account::store;
@@ -9,7 +9,7 @@ use eventbank_runtime::testing::TestDatabase;
 
 async fn full_replay(db: &TestDatabase, account: &str) -> AccountState {
     let mut conn = db.pool.acquire().await.unwrap();
-    let events = store::read_stream(&mut conn, account, 0, 10_000)
+    let events = store::read_stream(&mut conn, &id(account), 0, 10_000)
         .await
         .unwrap();
     replay(AccountState::default(), events.iter().map(|e| &e.event))
@@ -37,10 +37,10 @@ async fn snapshots_every_n_events_and_loading_is_snapshot_plus_tail() {
     assert_eq!(snapshot_versions(&db).await, vec![5, 10, 20]);
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, "ACC-0001").await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
     assert_eq!((loaded.snapshot_version, loaded.replayed), (20, 0));
     assert_eq!(loaded.state, full_replay(&db, "ACC-0001").await);
-    let at_12 = store::load_prefix(&mut conn, "ACC-0001", store::Bound::Version(12))
+    let at_12 = store::load_prefix(&mut conn, &id("ACC-0001"), store::Bound::Version(12))
         .await
         .unwrap();
     assert_eq!((at_12.snapshot_version, at_12.replayed), (10, 2));
@@ -70,10 +70,10 @@ async fn an_unreadable_snapshot_is_ignored_and_the_stream_replayed() {
         .unwrap();
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, "ACC-0001").await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
     assert_eq!((loaded.snapshot_version, loaded.replayed), (0, 10));
     assert_eq!(loaded.state, full_replay(&db, "ACC-0001").await);
-    let as_of = store::state_as_of(&mut conn, "ACC-0001", chrono::Utc::now())
+    let as_of = store::state_as_of(&mut conn, &id("ACC-0001"), chrono::Utc::now())
         .await
         .unwrap()
         .unwrap();
