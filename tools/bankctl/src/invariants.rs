@@ -342,25 +342,62 @@ pub async fn check(pools: &Pools) -> Result<Report> {
 /// Checks every database invariant once (no broker: see [`check_dead_letters`] and
 /// [`check_system`]).
 pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
+    let accepted = accepted_deposits(&pools.deposit).await?;
+    let sums = sums_per_account(&accepted);
+    let mut findings = Findings::default();
+    check_outbox(&mut findings, &pools.deposit).await?;
+    for (service, table, rows) in &consumer_records(pools).await? {
+        once_per_deposit(&mut findings, service, table, &accepted, rows);
+    }
+    let accepted_events: BTreeMap<&str, &Accepted> =
+        accepted.iter().map(|d| (d.event_id.as_str(), d)).collect();
+    check_processed(&mut findings, pools, &accepted, &accepted_events).await?;
+    check_balances(&mut findings, pools, &sums).await?;
+    check_emails(&mut findings, &pools.email, options).await?;
+    check_ctr_alerts(
+        &mut findings,
+        &pools.compliance,
+        &accepted,
+        &accepted_events,
+        options.ctr_threshold_minor,
+    )
+    .await?;
+    check_audit_chain(&mut findings, &pools.compliance).await?;
+    Ok(Report {
+        deposits: i64::try_from(accepted.len()).unwrap_or(i64::MAX),
+        accounts: sums.len(),
+        violations: findings.finish(),
+    })
+}
+
+/// The deposit service's accepted deposits, by account and sequence.
+async fn accepted_deposits(pool: &PgPool) -> Result<Vec<Accepted>> {
     let mut accepted: Vec<Accepted> = sqlx::query_as(
         "SELECT deposit_id::text AS deposit_id, event_id::text AS event_id, account_id, sequence, \
                 amount_minor, currency \
            FROM deposits",
     )
-    .fetch_all(&pools.deposit)
+    .fetch_all(pool)
     .await
     .context("reading the deposit service's deposits")?;
     accepted.sort_by(|a, b| (&a.account_id, a.sequence).cmp(&(&b.account_id, b.sequence)));
+    Ok(accepted)
+}
+
+/// The sum of each account's accepted deposits: the balance every store must show.
+fn sums_per_account(accepted: &[Accepted]) -> BTreeMap<String, i64> {
     let mut sums: BTreeMap<String, i64> = BTreeMap::new();
-    for d in &accepted {
+    for d in accepted {
         let sum = sums.entry(d.account_id.clone()).or_insert(0);
         *sum = sum.saturating_add(d.amount_minor);
     }
-    let mut findings = Findings::default();
+    sums
+}
 
+async fn check_outbox(findings: &mut Findings, deposit: &PgPool) -> Result<()> {
     let unpublished: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&pools.deposit)
+            .fetch_one(deposit)
             .await?;
     if unpublished != 0 {
         findings.push(
@@ -370,7 +407,18 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         );
     }
 
-    let record_sets: [(&'static str, &str, BTreeMap<String, Rows>); 5] = [
+    Ok(())
+}
+
+/// interest's and compliance's `deposits` tables have the same shape: rows and amount per deposit.
+const DEPOSITS_PER_DEPOSIT: &str = "SELECT deposit_id::text, count(*), sum(amount_minor)::bigint \
+                   FROM deposits GROUP BY deposit_id";
+
+/// Each consumer's rows per deposit: (service, table, rows).
+async fn consumer_records(
+    pools: &Pools,
+) -> Result<[(&'static str, &'static str, BTreeMap<String, Rows>); 5]> {
+    Ok([
         (
             "account",
             "transactions",
@@ -393,35 +441,28 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         (
             "interest",
             "deposits",
-            rows_per_deposit(
-                &pools.interest,
-                "SELECT deposit_id::text, count(*), sum(amount_minor)::bigint \
-                   FROM deposits GROUP BY deposit_id",
-            )
-            .await?,
+            rows_per_deposit(&pools.interest, DEPOSITS_PER_DEPOSIT).await?,
         ),
         (
             "compliance",
             "deposits",
-            rows_per_deposit(
-                &pools.compliance,
-                "SELECT deposit_id::text, count(*), sum(amount_minor)::bigint \
-                   FROM deposits GROUP BY deposit_id",
-            )
-            .await?,
+            rows_per_deposit(&pools.compliance, DEPOSITS_PER_DEPOSIT).await?,
         ),
         (
             "compliance",
             "audit_log",
             audit_entries_per_deposit(&pools.compliance).await?,
         ),
-    ];
-    for (service, table, rows) in &record_sets {
-        once_per_deposit(&mut findings, service, table, &accepted, rows);
-    }
+    ])
+}
 
-    let accepted_events: BTreeMap<&str, &Accepted> =
-        accepted.iter().map(|d| (d.event_id.as_str(), d)).collect();
+/// Every consumer's `processed_events` holds exactly the accepted events.
+async fn check_processed(
+    findings: &mut Findings,
+    pools: &Pools,
+    accepted: &[Accepted],
+    accepted_events: &BTreeMap<&str, &Accepted>,
+) -> Result<()> {
     for (service, pool) in [
         ("account", &pools.account),
         ("email", &pools.email),
@@ -429,7 +470,7 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         ("compliance", &pools.compliance),
     ] {
         let processed = strings(pool, "SELECT event_id::text FROM processed_events").await?;
-        for deposit in &accepted {
+        for deposit in accepted {
             if !processed.contains(&deposit.event_id) {
                 findings.push(
                     Kind::EventNotProcessed,
@@ -453,16 +494,25 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         }
     }
 
+    Ok(())
+}
+
+/// account's balances and interest's latest closing balances equal the accepted sums.
+async fn check_balances(
+    findings: &mut Findings,
+    pools: &Pools,
+    sums: &BTreeMap<String, i64>,
+) -> Result<()> {
     let account_balances = per_account(
         &pools.account,
         "SELECT account_id, balance_minor FROM balances",
     )
     .await?;
     balances(
-        &mut findings,
+        findings,
         "account",
         "balance_minor",
-        &sums,
+        sums,
         &account_balances,
     );
     let interest_balances = per_account(
@@ -472,18 +522,22 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
     )
     .await?;
     balances(
-        &mut findings,
+        findings,
         "interest",
         "latest closing_balance_minor",
-        &sums,
+        sums,
         &interest_balances,
     );
 
+    Ok(())
+}
+
+async fn check_emails(findings: &mut Findings, email: &PgPool, options: &Options) -> Result<()> {
     let unsent: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT deposit_id::text, event_id::text, status, last_error FROM emails \
           WHERE status <> 'sent' ORDER BY account_id, sequence, event_id",
     )
-    .fetch_all(&pools.email)
+    .fetch_all(email)
     .await?;
     for (deposit_id, event_id, status, last_error) in unsent {
         if status == "queued" && options.allow_queued_emails {
@@ -499,12 +553,22 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         );
     }
 
+    Ok(())
+}
+
+/// Deposits at or over `threshold` have an active `ctr` alert, and no other deposit has one.
+async fn check_ctr_alerts(
+    findings: &mut Findings,
+    compliance: &PgPool,
+    accepted: &[Accepted],
+    accepted_events: &BTreeMap<&str, &Accepted>,
+    threshold: i64,
+) -> Result<()> {
     let ctr_alerts = strings(
-        &pools.compliance,
+        compliance,
         "SELECT event_id::text FROM alerts WHERE kind = 'ctr' AND superseded_at IS NULL",
     )
     .await?;
-    let threshold = options.ctr_threshold_minor;
     for deposit in accepted.iter().filter(|d| d.amount_minor >= threshold) {
         if !ctr_alerts.contains(&deposit.event_id) {
             findings.push(
@@ -534,7 +598,11 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         }
     }
 
-    match compliance::store::verify_snapshot(&pools.compliance).await? {
+    Ok(())
+}
+
+async fn check_audit_chain(findings: &mut Findings, compliance: &PgPool) -> Result<()> {
+    match compliance::store::verify_snapshot(compliance).await? {
         compliance::store::Verification::Intact { .. } => {}
         compliance::store::Verification::Broken {
             entries_checked,
@@ -549,11 +617,7 @@ pub async fn check_with(pools: &Pools, options: &Options) -> Result<Report> {
         ),
     }
 
-    Ok(Report {
-        deposits: i64::try_from(accepted.len()).unwrap_or(i64::MAX),
-        accounts: sums.len(),
-        violations: findings.finish(),
-    })
+    Ok(())
 }
 
 /// Every consumer's dead-letter queue must be empty. A queue that does not exist is an error

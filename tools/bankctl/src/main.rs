@@ -210,6 +210,17 @@ async fn http(cli: &Cli, request: reqwest::RequestBuilder) -> anyhow::Result<boo
     Ok(ok)
 }
 
+/// Runs `f` on a broker connection and closes it whatever `f` answered.
+async fn with_broker<T>(
+    conn: &Connections,
+    f: impl AsyncFnOnce(&lapin::Connection, &Names) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let connection = conn.broker().await?;
+    let outcome = f(&connection, &Names::new(&conn.namespace)).await;
+    let _ = connection.close(200, "bye".into()).await;
+    outcome
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let client = reqwest::Client::new();
     match &cli.command {
@@ -253,131 +264,129 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             http(&cli, client.get(url)).await
         }
-        Command::Tail { count } => {
-            let connection = cli.conn.broker().await?;
-            let outcome = tail::run(&connection, &Names::new(&cli.conn.namespace), *count).await;
-            let _ = connection.close(200, "bye".into()).await;
-            outcome.map(|()| true)
-        }
-        Command::Rebuild { check } => {
-            let exe = std::env::current_exe().context("locating bankctl")?;
-            let account = exe.with_file_name("account");
-            let mut command = std::process::Command::new(&account);
-            command
-                .arg("rebuild")
-                .env("DATABASE_URL", &cli.conn.account_db);
-            if *check {
-                command.arg("--check");
-            }
-            let status = command.status().with_context(|| {
-                format!(
-                    "running {} (build it with cargo build --bins)",
-                    account.display()
-                )
-            })?;
-            Ok(status.success())
-        }
+        Command::Tail { count } => with_broker(&cli.conn, async |connection, names| {
+            tail::run(connection, names, *count).await
+        })
+        .await
+        .map(|()| true),
+        Command::Rebuild { check } => rebuild(&cli.conn, *check),
         Command::Check {
             ctr_threshold_minor,
-        } => {
-            let options = invariants::Options {
-                ctr_threshold_minor: *ctr_threshold_minor,
-                allow_queued_emails: false,
-            };
-            let pools = Pools::connect(&cli.conn.urls()).await?;
-            let report = match cli.conn.broker().await {
-                Ok(connection) => {
-                    let names = Names::new(&cli.conn.namespace);
-                    let report =
-                        invariants::check_system(&pools, &connection, &names, &options).await;
-                    let _ = connection.close(200, "bye".into()).await;
-                    report
-                }
-                Err(e) => Err(e),
-            };
-            pools.close().await;
-            let report = report?;
-            if cli.json {
-                print_json(&report)?
-            } else {
-                println!("{report}")
-            }
-            Ok(report.ok())
-        }
-        Command::Verify => {
-            let pools = Pools::connect(&cli.conn.urls()).await?;
-            let outcome = compliance::store::verify_snapshot(&pools.compliance).await;
-            pools.close().await;
-            let outcome = outcome?;
-            let intact = matches!(outcome, compliance::store::Verification::Intact { .. });
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": intact, "detail": format!("{outcome:?}") })
-                );
-            } else {
-                println!("audit chain: {}", if intact { "intact" } else { "BROKEN" });
-                println!("{outcome:?}");
-            }
-            Ok(intact)
-        }
-        Command::Dlq(DlqCommand::List { service, limit }) => {
-            dlq::check_service(service)?;
-            let connection = cli.conn.broker().await?;
-            let letters = dlq::list(
-                &connection,
-                &Names::new(&cli.conn.namespace),
-                service,
-                *limit,
-            )
-            .await;
-            let _ = connection.close(200, "bye".into()).await;
-            let letters = letters?;
-            if cli.json {
-                print_json(&letters)?;
-            } else if letters.is_empty() {
-                println!("{service}: dead-letter queue is empty");
-            } else {
-                println!(
-                    "{:<38} {:<12} {:>5} {:>8}  reason",
-                    "message_id", "account", "count", "age_s"
-                );
-                for l in &letters {
-                    println!(
-                        "{:<38} {:<12} {:>5} {:>8}  {}",
-                        l.message_id.as_deref().unwrap_or("-"),
-                        l.account_id.as_deref().unwrap_or("-"),
-                        l.times_dead_lettered,
-                        l.age_seconds.map_or("-".into(), |a| a.to_string()),
-                        l.reason
-                    );
-                }
-            }
-            Ok(true)
-        }
+        } => check(&cli, *ctr_threshold_minor).await,
+        Command::Verify => verify(&cli).await,
+        Command::Dlq(DlqCommand::List { service, limit }) => dlq_list(&cli, service, *limit).await,
         Command::Dlq(DlqCommand::Redrive { service, id, all }) => {
-            dlq::check_service(service)?;
             let selection = match (id, all) {
                 (Some(id), false) => dlq::Selection::MessageId(id.clone()),
                 _ => dlq::Selection::All,
             };
-            let connection = cli.conn.broker().await?;
-            let count = dlq::redrive(
-                &connection,
-                &Names::new(&cli.conn.namespace),
-                service,
-                &selection,
-            )
-            .await;
-            let _ = connection.close(200, "bye".into()).await;
-            let count = count?;
-            if cli.json {
-                println!("{}", serde_json::json!({ "redriven": count }));
-            } else {
-                println!("{service}: {count} message(s) redriven");
-            }
-            Ok(count > 0)
+            dlq_redrive(&cli, service, &selection).await
         }
+    }
+}
+
+async fn dlq_list(cli: &Cli, service: &str, limit: usize) -> anyhow::Result<bool> {
+    dlq::check_service(service)?;
+    let letters = with_broker(&cli.conn, async |connection, names| {
+        dlq::list(connection, names, service, limit).await
+    })
+    .await?;
+    if cli.json {
+        print_json(&letters)?;
+    } else {
+        print_letters(service, &letters);
+    }
+    Ok(true)
+}
+
+async fn dlq_redrive(cli: &Cli, service: &str, selection: &dlq::Selection) -> anyhow::Result<bool> {
+    dlq::check_service(service)?;
+    let count = with_broker(&cli.conn, async |connection, names| {
+        dlq::redrive(connection, names, service, selection).await
+    })
+    .await?;
+    if cli.json {
+        println!("{}", serde_json::json!({ "redriven": count }));
+    } else {
+        println!("{service}: {count} message(s) redriven");
+    }
+    Ok(count > 0)
+}
+
+/// Runs `account rebuild` next to this binary on the account database.
+fn rebuild(conn: &Connections, check: bool) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe().context("locating bankctl")?;
+    let account = exe.with_file_name("account");
+    let mut command = std::process::Command::new(&account);
+    command.arg("rebuild").env("DATABASE_URL", &conn.account_db);
+    if check {
+        command.arg("--check");
+    }
+    let status = command.status().with_context(|| {
+        format!(
+            "running {} (build it with cargo build --bins)",
+            account.display()
+        )
+    })?;
+    Ok(status.success())
+}
+
+async fn check(cli: &Cli, ctr_threshold_minor: i64) -> anyhow::Result<bool> {
+    let options = invariants::Options {
+        ctr_threshold_minor,
+        allow_queued_emails: false,
+    };
+    let pools = Pools::connect(&cli.conn.urls()).await?;
+    let report = with_broker(&cli.conn, async |connection, names| {
+        invariants::check_system(&pools, connection, names, &options).await
+    })
+    .await;
+    pools.close().await;
+    let report = report?;
+    if cli.json {
+        print_json(&report)?
+    } else {
+        println!("{report}")
+    }
+    Ok(report.ok())
+}
+
+async fn verify(cli: &Cli) -> anyhow::Result<bool> {
+    let pools = Pools::connect(&cli.conn.urls()).await?;
+    let outcome = compliance::store::verify_snapshot(&pools.compliance).await;
+    pools.close().await;
+    let outcome = outcome?;
+    let intact = matches!(outcome, compliance::store::Verification::Intact { .. });
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": intact, "detail": format!("{outcome:?}") })
+        );
+    } else {
+        println!("audit chain: {}", if intact { "intact" } else { "BROKEN" });
+        println!("{outcome:?}");
+    }
+    Ok(intact)
+}
+
+fn print_letters(service: &str, letters: &[dlq::DeadLetter]) {
+    if letters.is_empty() {
+        println!("{service}: dead-letter queue is empty");
+        return;
+    }
+    println!(
+        "{:<38} {:<12} {:>5} {:>8}  reason",
+        "message_id", "account", "count", "age_s"
+    );
+    for l in letters {
+        println!(
+            "{:<38} {:<12} {:>5} {:>8}  {}",
+            l.message_id.as_deref().unwrap_or("-"),
+            l.account_id.as_deref().unwrap_or("-"),
+            l.times_dead_lettered,
+            l.age_seconds.map_or("-".into(), |a| a.to_string()),
+            l.reason
+        );
     }
 }
 

@@ -13,6 +13,7 @@
 use anyhow::{Context as _, Result};
 use eventbank_runtime::publisher::{Outgoing, Publisher};
 use futures_util::{FutureExt as _, StreamExt as _};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -20,7 +21,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection as _, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -88,7 +89,7 @@ pub async fn postgres(
     Ok(out)
 }
 
-async fn setup_schema(pool: &PgPool) -> Result<()> {
+pub async fn setup_schema(pool: &PgPool) -> Result<()> {
     for sql in [
         "CREATE TABLE processed_events (event_id uuid PRIMARY KEY, \
          processed_at timestamptz NOT NULL DEFAULT now())",
@@ -132,58 +133,76 @@ async fn measure_pg(
                 let amounts: Vec<i64> = (0..batch)
                     .map(|_| rand::random_range(100..10_000))
                     .collect();
-                let mut tx = conn.begin().await?;
-                let fresh: Vec<Uuid> = sqlx::query_scalar(
-                    "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
-                     ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                )
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-                anyhow::ensure!(fresh.len() == batch, "dedup insert lost ids");
-                sqlx::query(
-                    "INSERT INTO entries (event_id, account_id, amount_minor) \
-                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])",
-                )
-                .bind(&ids)
-                .bind(&account_ids)
-                .bind(&amounts)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO balances (account_id, balance_minor, deposit_count, updated_at) \
-                     SELECT a, sum(m), count(*), now() FROM UNNEST($1::text[], $2::bigint[]) \
-                     AS t(a, m) GROUP BY a ORDER BY a \
-                     ON CONFLICT (account_id) DO UPDATE SET \
-                     balance_minor = balances.balance_minor + EXCLUDED.balance_minor, \
-                     deposit_count = balances.deposit_count + EXCLUDED.deposit_count, \
-                     updated_at = EXCLUDED.updated_at",
-                )
-                .bind(&account_ids)
-                .bind(&amounts)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                let fresh = apply_batch(&mut conn, &ids, &account_ids, &amounts).await?;
+                anyhow::ensure!(fresh == batch, "dedup insert lost ids");
                 commits.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         });
     }
-    tokio::time::sleep(WARMUP).await;
-    let (c0, t0) = (commits.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let (c1, t1) = (commits.load(Ordering::Relaxed), Instant::now());
+    let commits_per_s = rate_after_warmup(&commits, secs).await;
     stop.store(true, Ordering::Relaxed);
     while let Some(joined) = tasks.join_next().await {
         joined.context("ceiling worker panicked")??;
     }
-    let commits_per_s = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
     Ok(PgCeiling {
         connections,
         events_per_transaction: batch,
         commits_per_s,
         events_per_s: commits_per_s * batch as f64,
     })
+}
+
+/// Per second, how fast `counter` grows over `secs` after [`WARMUP`].
+pub async fn rate_after_warmup(counter: &AtomicU64, secs: f64) -> f64 {
+    tokio::time::sleep(WARMUP).await;
+    let (c0, t0) = (counter.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (c1, t1) = (counter.load(Ordering::Relaxed), Instant::now());
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// One consumer-shaped transaction over a batch of events (the tables of [`setup_schema`]):
+/// dedup insert, one row per event, one balance upsert per account (`account_ids` sorted, so
+/// concurrent batches lock accounts in the same order). Answers how many ids were new.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    account_ids: &[String],
+    amounts: &[i64],
+) -> Result<usize> {
+    let mut tx = conn.begin().await?;
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (event_id) SELECT DISTINCT UNNEST($1::uuid[]) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO entries (event_id, account_id, amount_minor) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])",
+    )
+    .bind(ids)
+    .bind(account_ids)
+    .bind(amounts)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO balances (account_id, balance_minor, deposit_count, updated_at) \
+         SELECT a, sum(m), count(*), now() FROM UNNEST($1::text[], $2::bigint[]) \
+         AS t(a, m) GROUP BY a ORDER BY a \
+         ON CONFLICT (account_id) DO UPDATE SET \
+         balance_minor = balances.balance_minor + EXCLUDED.balance_minor, \
+         deposit_count = balances.deposit_count + EXCLUDED.deposit_count, \
+         updated_at = EXCLUDED.updated_at",
+    )
+    .bind(account_ids)
+    .bind(amounts)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(fresh.len())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -224,23 +243,7 @@ pub async fn broker(
         secs,
     )
     .await;
-    // Clean up on a channel of its own: the measuring channels may be gone after a failure.
-    let cleanup = async {
-        let channel = connection.create_channel().await?;
-        for q in &queue_names {
-            channel
-                .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
-                .await?;
-        }
-        channel
-            .exchange_delete(
-                ShortString::from(exchange.as_str()),
-                ExchangeDeleteOptions::default(),
-            )
-            .await?;
-        anyhow::Ok(())
-    }
-    .await;
+    let cleanup = delete_fanout(&connection, &exchange, &queue_names).await;
     let _ = connection.close(200, "ceiling measured".into()).await;
     let out = outcome?;
     cleanup.context("deleting the ceiling's queues")?;
@@ -256,6 +259,87 @@ async fn measure_broker(
     prefetch: u16,
     secs: f64,
 ) -> Result<BrokerCeiling> {
+    declare_fanout(connection, exchange, queues, &message.routing_key).await?;
+    message.exchange = exchange.to_owned();
+    let message_bytes = message.body.len();
+
+    let consumed: Arc<Vec<AtomicU64>> =
+        Arc::new(queues.iter().map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = tokio::task::JoinSet::new();
+    for (i, q) in queues.iter().enumerate() {
+        let channel = connection.create_channel().await?;
+        let deliveries = consume(&channel, q, prefetch, &format!("ceiling-{i}")).await?;
+        let consumed = Arc::clone(&consumed);
+        let stop = Arc::clone(&stop);
+        consumers.spawn(async move {
+            run_batches(
+                &channel,
+                deliveries,
+                &stop,
+                async |_| Ok(()),
+                |n| {
+                    consumed[i].fetch_add(n as u64, Ordering::Relaxed);
+                },
+            )
+            .await
+        });
+    }
+
+    let publisher = Publisher::new(connection).await?;
+    let batch: Vec<Outgoing> = (0..window).map(|_| message.clone()).collect();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut published = 0u64;
+    while Instant::now() < deadline {
+        let (confirmed, failure) = publisher.publish_all(&batch).await;
+        published += confirmed as u64;
+        if let Some(e) = failure {
+            stop.store(true, Ordering::Relaxed);
+            return Err(anyhow::anyhow!(e).context("publishing"));
+        }
+    }
+    let drained = wait_until(Duration::from_secs(60), || {
+        consumed
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) >= published)
+    })
+    .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    drained.context("the ceiling's consumers did not drain within 60 s")?;
+    while let Some(joined) = consumers.join_next().await {
+        joined.context("ceiling consumer panicked")??;
+    }
+    let publishes_per_s = published as f64 / elapsed;
+    Ok(BrokerCeiling {
+        queues: queues.len(),
+        message_bytes,
+        publish_window: window,
+        prefetch,
+        published,
+        publishes_per_s,
+        deliveries_per_s: publishes_per_s * queues.len() as f64,
+    })
+}
+
+/// Checks `done` every 5 ms until it holds; an error once `limit` has passed.
+pub async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        anyhow::ensure!(Instant::now() <= deadline, "not done within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// A durable topic exchange and durable quorum queues, each bound to it with `routing_key`.
+pub async fn declare_fanout(
+    connection: &Connection,
+    exchange: &str,
+    queues: &[String],
+    routing_key: &str,
+) -> Result<()> {
     let setup = connection.create_channel().await?;
     setup
         .exchange_declare(
@@ -288,101 +372,88 @@ async fn measure_broker(
             .queue_bind(
                 ShortString::from(q.as_str()),
                 ShortString::from(exchange),
-                ShortString::from(message.routing_key.as_str()),
+                ShortString::from(routing_key),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
-    message.exchange = exchange.to_owned();
-    let message_bytes = message.body.len();
+    Ok(())
+}
 
-    let consumed: Arc<Vec<AtomicU64>> =
-        Arc::new(queues.iter().map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut consumers = tokio::task::JoinSet::new();
-    for (i, q) in queues.iter().enumerate() {
-        let channel = connection.create_channel().await?;
+/// Deletes what [`declare_fanout`] declared, on a channel of its own (the measuring channels
+/// may be gone after a failure).
+pub async fn delete_fanout(
+    connection: &Connection,
+    exchange: &str,
+    queues: &[String],
+) -> Result<()> {
+    let channel = connection.create_channel().await?;
+    for q in queues {
         channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
             .await?;
-        let mut deliveries = channel
-            .basic_consume(
-                ShortString::from(q.as_str()),
-                ShortString::from(format!("ceiling-{i}")),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumed = Arc::clone(&consumed);
-        let stop = Arc::clone(&stop);
-        consumers.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let first = tokio::select! {
-                    next = deliveries.next() => next,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                };
-                let Some(first) = first else { break };
-                let mut last = first?;
-                let mut n = 1u64;
-                // Take what is waiting, as the consumer runtime does, then ack it at once.
-                while n < 50 {
-                    match deliveries.next().now_or_never() {
-                        Some(Some(Ok(d))) => {
-                            last = d;
-                            n += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                channel
-                    .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
-                    .await?;
-                consumed[i].fetch_add(n, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        });
     }
+    channel
+        .exchange_delete(
+            ShortString::from(exchange),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    Ok(())
+}
 
-    let publisher = Publisher::new(connection).await?;
-    let batch: Vec<Outgoing> = (0..window).map(|_| message.clone()).collect();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(secs);
-    let mut published = 0u64;
-    while Instant::now() < deadline {
-        let (confirmed, failure) = publisher.publish_all(&batch).await;
-        published += confirmed as u64;
-        if let Some(e) = failure {
-            stop.store(true, Ordering::Relaxed);
-            return Err(anyhow::anyhow!(e).context("publishing"));
+/// Consumes `queue` on `channel` with manual acks and `prefetch` unacked deliveries.
+pub async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<lapin::Consumer> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    Ok(channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(tag),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Until `stop`: takes what is waiting (up to 50, as the consumer runtime does), hands the
+/// batch to `handle`, acks it at once with `multiple`, then tells `acked` how many that was.
+pub async fn run_batches(
+    channel: &lapin::Channel,
+    mut deliveries: lapin::Consumer,
+    stop: &AtomicBool,
+    mut handle: impl AsyncFnMut(&[Delivery]) -> Result<()>,
+    mut acked: impl FnMut(usize),
+) -> Result<()> {
+    let mut batch: Vec<Delivery> = Vec::with_capacity(50);
+    while !stop.load(Ordering::Relaxed) {
+        let first = tokio::select! {
+            next = deliveries.next() => next,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let Some(first) = first else { break };
+        batch.clear();
+        batch.push(first?);
+        while batch.len() < 50 {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                _ => break,
+            }
         }
-    }
-    let drain_deadline = Instant::now() + Duration::from_secs(60);
-    let all_consumed = || {
-        consumed
-            .iter()
-            .all(|c| c.load(Ordering::Relaxed) >= published)
-    };
-    while !all_consumed() {
-        if Instant::now() > drain_deadline {
-            stop.store(true, Ordering::Relaxed);
-            anyhow::bail!("the ceiling's consumers did not drain within 60 s");
+        handle(&batch).await?;
+        if let Some(last) = batch.last() {
+            channel
+                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        acked(batch.len());
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    while let Some(joined) = consumers.join_next().await {
-        joined.context("ceiling consumer panicked")??;
-    }
-    let publishes_per_s = published as f64 / elapsed;
-    Ok(BrokerCeiling {
-        queues: queues.len(),
-        message_bytes,
-        publish_window: window,
-        prefetch,
-        published,
-        publishes_per_s,
-        deliveries_per_s: publishes_per_s * queues.len() as f64,
-    })
+    Ok(())
 }

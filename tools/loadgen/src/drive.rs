@@ -172,8 +172,8 @@ pub struct LoadOutcome {
     pub elapsed: Duration,
 }
 
+#[derive(Default)]
 struct WorkerOutcome {
-    accept: Histogram<u64>,
     errors: u64,
     error_samples: Vec<String>,
     event_ids: Vec<Uuid>,
@@ -182,6 +182,40 @@ struct WorkerOutcome {
 #[derive(serde::Deserialize)]
 struct Accepted {
     event_id: Uuid,
+}
+
+/// When a worker's requests are due: open loop takes the next ticket's slot, closed loop sends
+/// at once until the deadline.
+#[derive(Clone)]
+struct Schedule {
+    mode: Mode,
+    start: Instant,
+    deadline: Instant,
+    /// Open loop: how many requests in all.
+    total: Option<u64>,
+    ticket: Arc<AtomicU64>,
+}
+
+impl Schedule {
+    /// Waits until the next request is due and answers when that was; `None` when the phase
+    /// is over.
+    async fn next_due(&self) -> Option<Instant> {
+        match (self.mode, self.total) {
+            (Mode::Open(rate), Some(total)) => {
+                let i = self.ticket.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return None;
+                }
+                let due = self.start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                tokio::time::sleep_until(due.into()).await;
+                Some(due)
+            }
+            _ => {
+                let now = Instant::now();
+                (now < self.deadline).then_some(now)
+            }
+        }
+    }
 }
 
 /// Runs one phase; `progress` counts answered requests as they come.
@@ -193,79 +227,27 @@ pub async fn run_phase(
     open_connections: u32,
     progress: Arc<AtomicU64>,
 ) -> Result<LoadOutcome> {
-    let duration = Duration::from_secs(spec.secs);
     let start = Instant::now();
-    let deadline = start + duration;
     let (workers, total) = match spec.mode {
         Mode::Open(rate) => (open_connections, Some(u64::from(rate) * spec.secs)),
         Mode::Closed(concurrency) => (concurrency, None),
     };
-    let ticket = Arc::new(AtomicU64::new(0));
+    let schedule = Schedule {
+        mode: spec.mode,
+        start,
+        deadline: start + Duration::from_secs(spec.secs),
+        total,
+        ticket: Arc::new(AtomicU64::new(0)),
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let mut conn = Conn::new(addr, api_key)?;
-        let picker = Arc::clone(&picker);
-        let ticket = Arc::clone(&ticket);
-        let progress = Arc::clone(&progress);
-        let mode = spec.mode;
-        tasks.spawn(async move {
-            let mut out = WorkerOutcome {
-                accept: new_histogram()?,
-                errors: 0,
-                error_samples: Vec::new(),
-                event_ids: Vec::new(),
-            };
-            loop {
-                let due = match (mode, total) {
-                    (Mode::Open(rate), Some(total)) => {
-                        let i = ticket.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
-                            break;
-                        }
-                        let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    _ => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            break;
-                        }
-                        now
-                    }
-                };
-                let body = deposit_body(picker.pick());
-                let answer = conn.post_json("/deposits", body).await;
-                let latency = due.elapsed();
-                progress.fetch_add(1, Ordering::Relaxed);
-                let failure = match answer {
-                    Ok((201, body)) => match serde_json::from_slice::<Accepted>(&body) {
-                        Ok(a) => {
-                            out.event_ids.push(a.event_id);
-                            out.accept
-                                .saturating_record(latency.as_micros().max(1) as u64);
-                            None
-                        }
-                        Err(e) => Some(format!("201 with an unreadable body: {e}")),
-                    },
-                    Ok((status, body)) => Some(format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body)
-                            .chars()
-                            .take(200)
-                            .collect::<String>()
-                    )),
-                    Err(e) => Some(format!("{e:#}")),
-                };
-                if let Some(failure) = failure {
-                    out.errors += 1;
-                    if out.error_samples.len() < 3 {
-                        out.error_samples.push(failure);
-                    }
-                }
-            }
-            anyhow::Ok(out)
-        });
+        let conn = Conn::new(addr, api_key)?;
+        tasks.spawn(worker(
+            conn,
+            Arc::clone(&picker),
+            schedule.clone(),
+            Arc::clone(&progress),
+        ));
     }
     let mut outcome = LoadOutcome {
         accept: new_histogram()?,
@@ -276,8 +258,8 @@ pub async fn run_phase(
         elapsed: Duration::ZERO,
     };
     while let Some(joined) = tasks.join_next().await {
-        let worker = joined.context("load worker panicked")??;
-        outcome.accept.add(&worker.accept)?;
+        let (accept, worker) = joined.context("load worker panicked")??;
+        outcome.accept.add(&accept)?;
         outcome.errors += worker.errors;
         for sample in worker.error_samples {
             if outcome.error_samples.len() < 5 {
@@ -289,6 +271,54 @@ pub async fn run_phase(
     outcome.elapsed = start.elapsed();
     outcome.accepted = outcome.event_ids.len() as u64;
     Ok(outcome)
+}
+
+/// One connection's requests: each due one is sent, its accept latency recorded from when it
+/// was due.
+async fn worker(
+    mut conn: Conn,
+    picker: Arc<Picker>,
+    schedule: Schedule,
+    progress: Arc<AtomicU64>,
+) -> Result<(Histogram<u64>, WorkerOutcome)> {
+    let mut accept = new_histogram()?;
+    let mut out = WorkerOutcome::default();
+    while let Some(due) = schedule.next_due().await {
+        let body = deposit_body(picker.pick());
+        let answer = conn.post_json("/deposits", body).await;
+        let latency = due.elapsed();
+        progress.fetch_add(1, Ordering::Relaxed);
+        match accepted_event(answer) {
+            Ok(event_id) => {
+                out.event_ids.push(event_id);
+                accept.saturating_record(latency.as_micros().max(1) as u64);
+            }
+            Err(failure) => {
+                out.errors += 1;
+                if out.error_samples.len() < 3 {
+                    out.error_samples.push(failure);
+                }
+            }
+        }
+    }
+    Ok((accept, out))
+}
+
+/// The event id of a `201 Created`, or what went wrong, in a line.
+fn accepted_event(answer: Result<(u16, Bytes)>) -> std::result::Result<Uuid, String> {
+    match answer {
+        Ok((201, body)) => serde_json::from_slice::<Accepted>(&body)
+            .map(|a| a.event_id)
+            .map_err(|e| format!("201 with an unreadable body: {e}")),
+        Ok((status, body)) => Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// Opens `count` USD accounts through `POST /accounts` and answers their ids.
@@ -363,6 +393,27 @@ mod tests {
         ] {
             assert!(bad.parse::<PhaseSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_answer_is_an_event_id_or_one_line_of_what_went_wrong() {
+        let id = Uuid::now_v7();
+        let body = Bytes::from(format!(r#"{{"event_id":"{id}"}}"#));
+        assert_eq!(accepted_event(Ok((201, body))), Ok(id));
+        let unreadable = accepted_event(Ok((201, Bytes::from_static(b"{}")))).unwrap_err();
+        assert!(
+            unreadable.starts_with("201 with an unreadable body"),
+            "{unreadable}"
+        );
+        let long = Bytes::from("x".repeat(500));
+        assert_eq!(
+            accepted_event(Ok((503, long))),
+            Err(format!("HTTP 503: {}", "x".repeat(200)))
+        );
+        assert_eq!(
+            accepted_event(Err(anyhow::anyhow!("refused"))),
+            Err("refused".to_owned())
+        );
     }
 
     #[test]

@@ -223,35 +223,9 @@ async fn bench(
         EmailTransport::Smtp => Some(MailCounter::start().await?),
         EmailTransport::File => None,
     };
-    let mut all_env: Vec<(String, String)> = Vec::new();
-    if let Some(sink) = &sink {
-        all_env.push(("EMAIL_TRANSPORT".into(), "smtp".into()));
-        all_env.push(("SMTP_HOST".into(), "127.0.0.1".into()));
-        all_env.push(("SMTP_PORT".into(), sink.port.to_string()));
-    }
-    all_env.extend(env.iter().cloned());
-    let env_refs: Vec<(&str, &str)> = all_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    eprintln!("loadgen: starting the five services");
-    let services = world.start_all(&env_refs).await?;
+    let services = start_services(world, env, sink.as_ref()).await?;
     let deposit_addr: SocketAddr = format!("127.0.0.1:{}", services.deposit.port()).parse()?;
-
-    let progress = Arc::new(AtomicU64::new(0));
-    let bar = bar(u64::from(args.accounts), "opening accounts")?;
-    let ticker = tick(&bar, &progress);
-    let accounts = drive::create_accounts(
-        deposit_addr,
-        eventbank_e2e::API_KEY,
-        args.accounts,
-        Arc::clone(&progress),
-    )
-    .await;
-    ticker.abort();
-    bar.finish_and_clear();
-    let accounts = accounts?;
-    eprintln!("loadgen: {} accounts opened", accounts.len());
+    let accounts = open_accounts(deposit_addr, args.accounts).await?;
 
     let mut phases = Vec::new();
     for (i, spec) in args.phases.iter().enumerate() {
@@ -274,22 +248,7 @@ async fn bench(
         bail!("invariants violated after the load: {invariants:?}");
     }
     let emails = match sink {
-        Some(sink) => {
-            let tally = sink.finish().await;
-            let deposits: u64 = phases.iter().map(|p| p.accepted).sum();
-            let overridden = env
-                .iter()
-                .any(|(k, _)| k == "EMAIL_TRANSPORT" || k == "SMTP_PORT");
-            // Every phase drained only once the email service had marked every email sent, so
-            // each deposit's email must have reached the server by now.
-            if !overridden && tally.distinct != deposits {
-                bail!(
-                    "the SMTP server received {} distinct emails for {deposits} deposits",
-                    tally.distinct
-                );
-            }
-            Some(tally)
-        }
+        Some(sink) => Some(count_emails(sink, &phases, env).await?),
         None => None,
     };
     Ok(report::Result::new(report::Inputs {
@@ -305,6 +264,69 @@ async fn bench(
         rebuild_events: args.rebuild_events,
         emails,
     }))
+}
+
+/// Starts the five services with `env`, delivering email to `sink` when there is one.
+async fn start_services(
+    world: &TestWorld,
+    env: &[(String, String)],
+    sink: Option<&MailCounter>,
+) -> Result<Services> {
+    let mut all_env: Vec<(String, String)> = Vec::new();
+    if let Some(sink) = sink {
+        all_env.push(("EMAIL_TRANSPORT".into(), "smtp".into()));
+        all_env.push(("SMTP_HOST".into(), "127.0.0.1".into()));
+        all_env.push(("SMTP_PORT".into(), sink.port.to_string()));
+    }
+    all_env.extend(env.iter().cloned());
+    let env_refs: Vec<(&str, &str)> = all_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    eprintln!("loadgen: starting the five services");
+    world.start_all(&env_refs).await
+}
+
+/// Opens `count` accounts through the deposit service, with a progress bar.
+async fn open_accounts(deposit_addr: SocketAddr, count: u32) -> Result<Vec<String>> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = bar(u64::from(count), "opening accounts")?;
+    let ticker = tick(&bar, &progress);
+    let accounts = drive::create_accounts(
+        deposit_addr,
+        eventbank_e2e::API_KEY,
+        count,
+        Arc::clone(&progress),
+    )
+    .await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let accounts = accounts?;
+    eprintln!("loadgen: {} accounts opened", accounts.len());
+    Ok(accounts)
+}
+
+/// What the SMTP server received over the run; one email per accepted deposit unless `env`
+/// sent the emails elsewhere.
+async fn count_emails(
+    sink: MailCounter,
+    phases: &[report::Phase],
+    env: &[(String, String)],
+) -> Result<report::EmailTally> {
+    let tally = sink.finish().await;
+    let deposits: u64 = phases.iter().map(|p| p.accepted).sum();
+    let overridden = env
+        .iter()
+        .any(|(k, _)| k == "EMAIL_TRANSPORT" || k == "SMTP_PORT");
+    // Every phase drained only once the email service had marked every email sent, so
+    // each deposit's email must have reached the server by now.
+    if !overridden && tally.distinct != deposits {
+        bail!(
+            "the SMTP server received {} distinct emails for {deposits} deposits",
+            tally.distinct
+        );
+    }
+    Ok(tally)
 }
 
 /// An SMTP server that counts what it receives: messages and distinct Message-IDs.
@@ -544,6 +566,9 @@ struct Samples {
     pipeline_lag_max: f64,
 }
 
+/// The services' processes whose CPU and memory a phase records.
+type Pids = Vec<(Svc, u32)>;
+
 async fn run_phase(
     world: &TestWorld,
     services: &Services,
@@ -555,34 +580,11 @@ async fn run_phase(
 ) -> Result<report::Phase> {
     eprintln!("loadgen: phase {spec}");
     let picker = Arc::new(Picker::new(accounts.to_vec(), spec.dist));
-    let handles: Vec<(Svc, u32)> = Svc::ALL
+    let handles: Pids = Svc::ALL
         .iter()
         .filter_map(|svc| services.get(*svc).pid().map(|pid| (*svc, pid)))
         .collect();
-    let cpu = |handles: &[(Svc, u32)]| -> BTreeMap<String, f64> {
-        let mut m: BTreeMap<String, f64> = handles
-            .iter()
-            .map(|(svc, pid)| {
-                (
-                    svc.name().to_owned(),
-                    observe::process_cpu_seconds(*pid).unwrap_or(0.0),
-                )
-            })
-            .collect();
-        m.extend(
-            observe::server_cpu_seconds()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v)),
-        );
-        m.insert(
-            "loadgen".into(),
-            observe::process_cpu_seconds(std::process::id()).unwrap_or(0.0),
-        );
-        m
-    };
-    let cpu_before = cpu(&handles);
-    let machine_before = observe::machine_cpu_seconds();
-    let db_before = latency::db_stats(world).await?;
+    let before = Usage::read(world, &handles).await?;
 
     let mut readers = Readers::new(services)?;
     let at_start = readers.read().await?;
@@ -593,54 +595,16 @@ async fn run_phase(
         Mode::Closed(_) => (spec.secs * 1000, "ms"),
     };
     let bar = bar(len, unit)?;
-    let sampler = {
-        let samples = Arc::clone(&samples);
-        let handles = handles.clone();
-        let progress = Arc::clone(&progress);
-        let bar = bar.clone();
-        let mode = spec.mode;
-        let started = Instant::now();
-        let mut readers = Readers::new(services)?;
-        tokio::spawn(async move {
-            loop {
-                let now = readers.read().await.ok();
-                {
-                    let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
-                    for (svc, pid) in &handles {
-                        if let Some(rss) = observe::process_rss_bytes(*pid) {
-                            let peak = s.rss_peak.entry(svc.name().to_owned()).or_default();
-                            *peak = (*peak).max(rss);
-                        }
-                    }
-                    if let Some(p) = now {
-                        s.outbox_backlog_max = s.outbox_backlog_max.max(p.outbox_backlog());
-                        s.pipeline_lag_max = s.pipeline_lag_max.max(p.pipeline_lag());
-                        bar.set_message(format!(
-                            "accepted {:.0}, outbox backlog {:.0}, not yet in every consumer {:.0}",
-                            p.accepted - at_start.accepted,
-                            p.outbox_backlog(),
-                            p.pipeline_lag()
-                        ));
-                    }
-                }
-                bar.set_position(match mode {
-                    Mode::Open(_) => progress.load(Ordering::Relaxed),
-                    Mode::Closed(_) => started.elapsed().as_millis() as u64,
-                });
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
-    let killer = match kill_leader_at {
-        Some(secs) => {
-            let node = cluster::leader_of_most(&format!("{}.", world.ns())).await?;
-            eprintln!("loadgen: {node} leads most of the run's queues: SIGKILL at {secs} s");
-            Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                cluster::kill_after(node, Duration::from_secs_f64(secs.max(0.0)), Instant::now()),
-            )))
-        }
-        None => None,
-    };
+    let sampler = spawn_sampler(
+        Readers::new(services)?,
+        handles.clone(),
+        Arc::clone(&samples),
+        Arc::clone(&progress),
+        bar.clone(),
+        spec.mode,
+        at_start,
+    );
+    let killer = arm_killer(world, kill_leader_at).await?;
     let load = drive::run_phase(
         deposit_addr,
         eventbank_e2e::API_KEY,
@@ -661,8 +625,187 @@ async fn run_phase(
     };
     let at_end = at_end?;
 
-    // Wait until every consumer has committed every deposit of this phase, and every email of
-    // it has been sent.
+    let drained = drain(world, &mut readers, spec, args, &load, at_start, at_end).await;
+    sampler.abort();
+    let drain_s = drained?;
+    let killed = match killer {
+        Some(task) => Some(restart_killed(task).await?),
+        None => None,
+    };
+    let used = Usage::read(world, &handles).await?.since(&before);
+    let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let e2e = latency::compute(world, &load.event_ids).await?;
+    Ok(report::Phase::new(report::PhaseInputs {
+        spec: spec.clone(),
+        hottest_share: match spec.dist {
+            Dist::Uniform => None,
+            Dist::Zipf(_) => Some(picker.hottest_share()),
+        },
+        load,
+        e2e,
+        drain_s,
+        cpu_used: used.cpu,
+        machine_busy: used.machine,
+        rss_peak: samples.rss_peak,
+        outbox_backlog_max: samples.outbox_backlog_max,
+        pipeline_lag_max: samples.pipeline_lag_max,
+        outbox_backlog_at_end: at_end.outbox_backlog(),
+        pipeline_lag_at_end: at_end.pipeline_lag(),
+        lag_at_end_by_stage: at_end.lag_by_stage(),
+        db: used.db,
+        killed,
+    }))
+}
+
+/// CPU seconds so far of each service, of Postgres and RabbitMQ, and of loadgen itself.
+fn cpu_seconds(handles: &[(Svc, u32)]) -> BTreeMap<String, f64> {
+    let mut m: BTreeMap<String, f64> = handles
+        .iter()
+        .map(|(svc, pid)| {
+            (
+                svc.name().to_owned(),
+                observe::process_cpu_seconds(*pid).unwrap_or(0.0),
+            )
+        })
+        .collect();
+    m.extend(
+        observe::server_cpu_seconds()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    m.insert(
+        "loadgen".into(),
+        observe::process_cpu_seconds(std::process::id()).unwrap_or(0.0),
+    );
+    m
+}
+
+/// CPU seconds (per process, and the machine's busy and total) and per-database statistics:
+/// cumulative when read, used during a phase after [`Usage::since`].
+struct Usage {
+    cpu: BTreeMap<String, f64>,
+    machine: Option<(f64, f64)>,
+    db: BTreeMap<String, latency::DbStats>,
+}
+
+impl Usage {
+    async fn read(world: &TestWorld, handles: &[(Svc, u32)]) -> Result<Self> {
+        let cpu = cpu_seconds(handles);
+        let machine = observe::machine_cpu_seconds();
+        let db = latency::db_stats(world)
+            .await?
+            .into_iter()
+            .map(|(svc, stats)| (svc.name().to_owned(), stats))
+            .collect();
+        Ok(Self { cpu, machine, db })
+    }
+
+    /// What was used between `before` and this reading.
+    fn since(self, before: &Usage) -> Usage {
+        Usage {
+            cpu: self
+                .cpu
+                .iter()
+                .map(|(k, v)| (k.clone(), v - before.cpu.get(k).copied().unwrap_or(0.0)))
+                .collect(),
+            machine: match (before.machine, self.machine) {
+                (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0, t1 - t0)),
+                _ => None,
+            },
+            db: self
+                .db
+                .iter()
+                .filter_map(|(svc, after)| Some((svc.clone(), after.minus(before.db.get(svc)?))))
+                .collect(),
+        }
+    }
+}
+
+/// Waits for the node killer, then starts the node it killed again; answers the node and
+/// when it died.
+async fn restart_killed(
+    task: tokio_util::task::AbortOnDropHandle<Result<(String, f64)>>,
+) -> Result<(String, f64)> {
+    let (node, at) = task.await.context("the node killer panicked")??;
+    eprintln!("loadgen: starting {node} again");
+    cluster::run(&["start", &node]).await?;
+    Ok((node, at))
+}
+
+/// Every 250 ms while the phase runs: peak RSS per service, the outbox and pipeline backlogs,
+/// and the progress bar.
+fn spawn_sampler(
+    mut readers: Readers,
+    handles: Pids,
+    samples: Arc<std::sync::Mutex<Samples>>,
+    progress: Arc<AtomicU64>,
+    bar: ProgressBar,
+    mode: Mode,
+    at_start: Progress,
+) -> tokio::task::JoinHandle<()> {
+    let started = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            let now = readers.read().await.ok();
+            {
+                let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+                for (svc, pid) in &handles {
+                    if let Some(rss) = observe::process_rss_bytes(*pid) {
+                        let peak = s.rss_peak.entry(svc.name().to_owned()).or_default();
+                        *peak = (*peak).max(rss);
+                    }
+                }
+                if let Some(p) = now {
+                    s.outbox_backlog_max = s.outbox_backlog_max.max(p.outbox_backlog());
+                    s.pipeline_lag_max = s.pipeline_lag_max.max(p.pipeline_lag());
+                    bar.set_message(format!(
+                        "accepted {:.0}, outbox backlog {:.0}, not yet in every consumer {:.0}",
+                        p.accepted - at_start.accepted,
+                        p.outbox_backlog(),
+                        p.pipeline_lag()
+                    ));
+                }
+            }
+            bar.set_position(match mode {
+                Mode::Open(_) => progress.load(Ordering::Relaxed),
+                Mode::Closed(_) => started.elapsed().as_millis() as u64,
+            });
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+/// With `--kill-leader-at`: the task that SIGKILLs the node leading most of the run's queues
+/// that many seconds from now, answering the node and when.
+async fn arm_killer(
+    world: &TestWorld,
+    kill_leader_at: Option<f64>,
+) -> Result<Option<tokio_util::task::AbortOnDropHandle<Result<(String, f64)>>>> {
+    let Some(secs) = kill_leader_at else {
+        return Ok(None);
+    };
+    let node = cluster::leader_of_most(&format!("{}.", world.ns())).await?;
+    eprintln!("loadgen: {node} leads most of the run's queues: SIGKILL at {secs} s");
+    Ok(Some(tokio_util::task::AbortOnDropHandle::new(
+        tokio::spawn(cluster::kill_after(
+            node,
+            Duration::from_secs_f64(secs.max(0.0)),
+            Instant::now(),
+        )),
+    )))
+}
+
+/// Waits until every consumer has committed every deposit of this phase, and every email of
+/// it has been sent; answers how long that took, in seconds.
+async fn drain(
+    world: &TestWorld,
+    readers: &mut Readers,
+    spec: &PhaseSpec,
+    args: &Args,
+    load: &drive::LoadOutcome,
+    at_start: Progress,
+    at_end: Progress,
+) -> Result<f64> {
     let drain_started = Instant::now();
     let spinner = bar_spinner("waiting for every consumer to commit every deposit")?;
     let target = at_start.accepted + load.accepted as f64;
@@ -681,7 +824,6 @@ async fn run_phase(
             }
         }
         if drain_started.elapsed() > Duration::from_secs(args.drain_timeout) {
-            sampler.abort();
             spinner.finish_and_clear();
             let counts = latency::consumer_counts(world, &load.event_ids).await?;
             bail!(
@@ -695,56 +837,7 @@ async fn run_phase(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     spinner.finish_and_clear();
-    let drain_s = drain_started.elapsed().as_secs_f64();
-    sampler.abort();
-    let killed = match killer {
-        Some(task) => {
-            let (node, at) = task.await.context("the node killer panicked")??;
-            eprintln!("loadgen: starting {node} again");
-            cluster::run(&["start", &node]).await?;
-            Some((node, at))
-        }
-        None => None,
-    };
-    let cpu_after = cpu(&handles);
-    let machine_after = observe::machine_cpu_seconds();
-    let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
-
-    let db_after = latency::db_stats(world).await?;
-    let db: BTreeMap<String, latency::DbStats> = db_after
-        .iter()
-        .zip(&db_before)
-        .map(|((svc, after), (_, before))| (svc.name().to_owned(), after.minus(before)))
-        .collect();
-    let e2e = latency::compute(world, &load.event_ids).await?;
-    let cpu_used: BTreeMap<String, f64> = cpu_after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - cpu_before.get(k).copied().unwrap_or(0.0)))
-        .collect();
-    let machine_busy = match (machine_before, machine_after) {
-        (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0, t1 - t0)),
-        _ => None,
-    };
-    Ok(report::Phase::new(report::PhaseInputs {
-        spec: spec.clone(),
-        hottest_share: match spec.dist {
-            Dist::Uniform => None,
-            Dist::Zipf(_) => Some(picker.hottest_share()),
-        },
-        load,
-        e2e,
-        drain_s,
-        cpu_used,
-        machine_busy,
-        rss_peak: samples.rss_peak,
-        outbox_backlog_max: samples.outbox_backlog_max,
-        pipeline_lag_max: samples.pipeline_lag_max,
-        outbox_backlog_at_end: at_end.outbox_backlog(),
-        pipeline_lag_at_end: at_end.pipeline_lag(),
-        lag_at_end_by_stage: at_end.lag_by_stage(),
-        db,
-        killed,
-    }))
+    Ok(drain_started.elapsed().as_secs_f64())
 }
 
 fn bar_spinner(message: &str) -> Result<ProgressBar> {

@@ -191,30 +191,8 @@ impl Phase {
             }
         };
         let services_cpu: f64 = SERVICES.iter().filter_map(|s| i.cpu_used.get(*s)).sum();
-        let deposits = i.load.accepted.max(1) as f64;
-        let mut cpu_ms_per_deposit: BTreeMap<String, f64> = i
-            .cpu_used
-            .iter()
-            .map(|(k, v)| (k.clone(), round3(v * 1000.0 / deposits)))
-            .collect();
-        if let Some((busy, _)) = i.machine_busy {
-            let ours: f64 = i.cpu_used.values().sum();
-            cpu_ms_per_deposit.insert(
-                "other".into(),
-                round3((busy - ours).max(0.0) * 1000.0 / deposits),
-            );
-        }
-        let stack_ms: f64 = cpu_ms_per_deposit
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "loadgen" | "other"))
-            .map(|(_, v)| v)
-            .sum();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let stack_cpu_bound_deposits_per_s = if stack_ms > 0.0 {
-            round1(cores * 1000.0 / stack_ms)
-        } else {
-            0.0
-        };
+        let cpu_ms_per_deposit = cpu_ms_per_deposit(&i.cpu_used, i.machine_busy, i.load.accepted);
+        let stack_cpu_bound_deposits_per_s = stack_cpu_bound(&cpu_ms_per_deposit);
         Self {
             name: i.spec.name(),
             mode,
@@ -272,6 +250,44 @@ impl Phase {
                 .collect(),
             db: i.db,
         }
+    }
+}
+
+/// CPU ms per deposit of each process in `cpu_used` (CPU seconds), and `other`: the rest of
+/// the machine's busy seconds.
+fn cpu_ms_per_deposit(
+    cpu_used: &BTreeMap<String, f64>,
+    machine_busy: Option<(f64, f64)>,
+    accepted: u64,
+) -> BTreeMap<String, f64> {
+    let deposits = accepted.max(1) as f64;
+    let mut out: BTreeMap<String, f64> = cpu_used
+        .iter()
+        .map(|(k, v)| (k.clone(), round3(v * 1000.0 / deposits)))
+        .collect();
+    if let Some((busy, _)) = machine_busy {
+        let ours: f64 = cpu_used.values().sum();
+        out.insert(
+            "other".into(),
+            round3((busy - ours).max(0.0) * 1000.0 / deposits),
+        );
+    }
+    out
+}
+
+/// Deposits/s the machine's cores allow the stack (every process but loadgen and `other`) at
+/// these CPU ms per deposit.
+fn stack_cpu_bound(cpu_ms_per_deposit: &BTreeMap<String, f64>) -> f64 {
+    let stack_ms: f64 = cpu_ms_per_deposit
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "loadgen" | "other"))
+        .map(|(_, v)| v)
+        .sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if stack_ms > 0.0 {
+        round1(cores * 1000.0 / stack_ms)
+    } else {
+        0.0
     }
 }
 
@@ -429,122 +445,11 @@ pub fn table(r: &Result) -> String {
         r.machine.load_average_before
     );
     if let Some(c) = &r.ceilings {
-        let _ = writeln!(
-            out,
-            "\nceilings (each measured with the machine to itself):"
-        );
-        for pg in &c.postgres {
-            let _ = writeln!(
-                out,
-                "  postgres  {:>2} conns x {:>3} events/tx  {:>9.0} commits/s  {:>9.0} events/s",
-                pg.connections, pg.events_per_transaction, pg.commits_per_s, pg.events_per_s
-            );
-        }
-        let _ = writeln!(
-            out,
-            "  rabbitmq  {} quorum queues, {} B msgs   {:>9.0} publishes/s {:>8.0} deliveries/s",
-            c.rabbitmq.queues,
-            c.rabbitmq.message_bytes,
-            c.rabbitmq.publishes_per_s,
-            c.rabbitmq.deliveries_per_s
-        );
-        let _ = writeln!(
-            out,
-            "  => deposits/s: postgres {:.0}, rabbitmq {:.0}; ceiling {:.0} (bound by {})",
-            c.postgres_deposits_per_s, c.rabbitmq_deposits_per_s, c.deposits_per_s, c.bound_by
-        );
+        ceilings_lines(&mut out, c);
     }
-    let _ = writeln!(
-        out,
-        "\n{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
-        "phase",
-        "acc/s",
-        "e2e/s",
-        "acc p50",
-        "acc p99",
-        "acc p999",
-        "e2e p50",
-        "e2e p99",
-        "e2e p999",
-        "cpu/1k",
-        "lag max"
-    );
+    phase_rows(&mut out, &r.phases);
     for p in &r.phases {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>8.0} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>7.0}",
-            p.name,
-            p.accepted_per_s,
-            p.e2e_per_s,
-            p.accept.p50_ms,
-            p.accept.p99_ms,
-            p.accept.p999_ms,
-            p.e2e.p50_ms,
-            p.e2e.p99_ms,
-            p.e2e.p999_ms,
-            p.services_cpu_s_per_1000,
-            p.pipeline_lag_max
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n(latencies in ms; cpu/1k = the five services' CPU seconds per 1,000 deposits)"
-    );
-    for p in &r.phases {
-        let rss: Vec<String> = p
-            .rss_peak_mb
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.1}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{}: peak RSS MB: {}; outbox backlog max {:.0}; machine busy {}; errors {}",
-            p.name,
-            rss.join(", "),
-            p.outbox_backlog_max,
-            p.machine_busy
-                .map_or("?".into(), |b| format!("{:.0}%", b * 100.0)),
-            p.errors
-        );
-        let lag: Vec<String> = p
-            .lag_at_end_by_stage
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.0}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{}: behind when the load stopped: {}",
-            p.name,
-            lag.join(", ")
-        );
-        let db: Vec<String> = p
-            .db_commits_per_1000
-            .iter()
-            .map(|(k, c)| {
-                format!(
-                    "{k} {c:.0} ({:.2} ms)",
-                    p.db_active_ms_per_deposit.get(k).copied().unwrap_or(0.0)
-                )
-            })
-            .collect();
-        let cpu: Vec<String> = p
-            .cpu_ms_per_deposit
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.2}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{}: CPU ms per deposit: {}; the stack's CPU alone allows {:.0} deposits/s",
-            p.name,
-            cpu.join(", "),
-            p.stack_cpu_bound_deposits_per_s
-        );
-        let _ = writeln!(
-            out,
-            "{}: commits per 1,000 deposits (statement ms per deposit): {}",
-            p.name,
-            db.join(", ")
-        );
+        phase_details(&mut out, p);
     }
     let _ = writeln!(
         out,
@@ -571,6 +476,131 @@ pub fn table(r: &Result) -> String {
         );
     }
     out
+}
+
+fn ceilings_lines(out: &mut String, c: &Ceilings) {
+    let _ = writeln!(
+        out,
+        "\nceilings (each measured with the machine to itself):"
+    );
+    for pg in &c.postgres {
+        let _ = writeln!(
+            out,
+            "  postgres  {:>2} conns x {:>3} events/tx  {:>9.0} commits/s  {:>9.0} events/s",
+            pg.connections, pg.events_per_transaction, pg.commits_per_s, pg.events_per_s
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  rabbitmq  {} quorum queues, {} B msgs   {:>9.0} publishes/s {:>8.0} deliveries/s",
+        c.rabbitmq.queues,
+        c.rabbitmq.message_bytes,
+        c.rabbitmq.publishes_per_s,
+        c.rabbitmq.deliveries_per_s
+    );
+    let _ = writeln!(
+        out,
+        "  => deposits/s: postgres {:.0}, rabbitmq {:.0}; ceiling {:.0} (bound by {})",
+        c.postgres_deposits_per_s, c.rabbitmq_deposits_per_s, c.deposits_per_s, c.bound_by
+    );
+}
+
+/// One row per phase: rates, latencies, services' CPU, lag.
+fn phase_rows(out: &mut String, phases: &[Phase]) {
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "phase",
+        "acc/s",
+        "e2e/s",
+        "acc p50",
+        "acc p99",
+        "acc p999",
+        "e2e p50",
+        "e2e p99",
+        "e2e p999",
+        "cpu/1k",
+        "lag max"
+    );
+    for p in phases {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8.0} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.2} {:>7.0}",
+            p.name,
+            p.accepted_per_s,
+            p.e2e_per_s,
+            p.accept.p50_ms,
+            p.accept.p99_ms,
+            p.accept.p999_ms,
+            p.e2e.p50_ms,
+            p.e2e.p99_ms,
+            p.e2e.p999_ms,
+            p.services_cpu_s_per_1000,
+            p.pipeline_lag_max
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n(latencies in ms; cpu/1k = the five services' CPU seconds per 1,000 deposits)"
+    );
+}
+
+/// A phase's memory, backlog, CPU and commits, in lines of their own.
+fn phase_details(out: &mut String, p: &Phase) {
+    let rss: Vec<String> = p
+        .rss_peak_mb
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.1}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{}: peak RSS MB: {}; outbox backlog max {:.0}; machine busy {}; errors {}",
+        p.name,
+        rss.join(", "),
+        p.outbox_backlog_max,
+        p.machine_busy
+            .map_or("?".into(), |b| format!("{:.0}%", b * 100.0)),
+        p.errors
+    );
+    let lag: Vec<String> = p
+        .lag_at_end_by_stage
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{}: behind when the load stopped: {}",
+        p.name,
+        lag.join(", ")
+    );
+    let db: Vec<String> = p
+        .db_commits_per_1000
+        .iter()
+        .map(|(k, c)| {
+            format!(
+                "{k} {c:.0} ({:.2} ms)",
+                p.db_active_ms_per_deposit.get(k).copied().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    let cpu: Vec<String> = p
+        .cpu_ms_per_deposit
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{}: CPU ms per deposit: {}; the stack's CPU alone allows {:.0} deposits/s",
+        p.name,
+        cpu.join(", "),
+        p.stack_cpu_bound_deposits_per_s
+    );
+    let _ = writeln!(
+        out,
+        "{}: commits per 1,000 deposits (statement ms per deposit): {}",
+        p.name,
+        db.join(", ")
+    );
 }
 
 fn round1(x: f64) -> f64 {

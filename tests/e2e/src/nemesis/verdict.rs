@@ -8,6 +8,7 @@ use crate::invariants;
 use crate::poll::eventually;
 use crate::svc::Svc;
 use anyhow::{Result, ensure};
+use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
@@ -150,16 +151,41 @@ pub async fn judge(
 ) -> Result<Verdict> {
     let mut v = Verdict::default();
     let accepted = accepted(history);
-    let refused: Vec<&HistoryEntry> = history
-        .iter()
-        .filter(|h| matches!(h.answer, Answer::Refused { .. }))
-        .collect();
     let deposit = stack.pool(Svc::Deposit).await?;
+    check_stored(&mut v, &deposit, &accepted).await?;
+    check_refused(&mut v, &deposit, history).await?;
+    check_sequences(&mut v, &deposit).await?;
+    // Every consumer: once per deposit, amounts, balances, processed ids, alerts, chain, all
+    // emails sent (the checker of bankctl).
+    let report = checker(stack).await?;
+    v.check(
+        "invariant checker (every service)",
+        report.ok() && usize::try_from(report.deposits)? == accepted.len(),
+        report.to_string(),
+    );
 
+    check_emails(&mut v, stack, history, faults);
+    check_dead_letters(&mut v, stack, faults).await?;
+    let injected: u64 = faults.iter().map(|f| f.duplicates).sum();
+    v.check(
+        "duplicates skipped",
+        injected > 0 && faults.iter().any(|f| f.kind == "duplicates-at-rest"),
+        format!("{injected} duplicate deliveries injected, none applied (checker); at rest every consumer counted each skipped"),
+    );
+
+    check_answers(&mut v, history);
+    Ok(v)
+}
+
+async fn check_stored(
+    v: &mut Verdict,
+    deposit: &PgPool,
+    accepted: &BTreeMap<Uuid, &HistoryEntry>,
+) -> Result<()> {
     // Every 201 is stored with what the client sent, and nothing else is.
     let rows: Vec<(Uuid, String, i64, String)> =
         sqlx::query_as("SELECT deposit_id, account_id, amount_minor, currency FROM deposits")
-            .fetch_all(&deposit)
+            .fetch_all(deposit)
             .await?;
     let stored: BTreeMap<Uuid, (String, i64, String)> = rows
         .into_iter()
@@ -197,11 +223,19 @@ pub async fn judge(
         unanswered.is_empty(),
         format!("{} stored deposits no client was told of", unanswered.len()),
     );
+    Ok(())
+}
+
+async fn check_refused(v: &mut Verdict, deposit: &PgPool, history: &[HistoryEntry]) -> Result<()> {
+    let refused: Vec<&HistoryEntry> = history
+        .iter()
+        .filter(|h| matches!(h.answer, Answer::Refused { .. }))
+        .collect();
     let refused_keys: Vec<&str> = refused.iter().map(|h| h.key.as_str()).collect();
     let refused_kept: i64 =
         sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE key = ANY($1)")
             .bind(&refused_keys)
-            .fetch_one(&deposit)
+            .fetch_one(deposit)
             .await?;
     v.check(
         "refused deposits left nothing",
@@ -223,13 +257,17 @@ pub async fn judge(
         ),
     );
 
+    Ok(())
+}
+
+async fn check_sequences(v: &mut Verdict, deposit: &PgPool) -> Result<()> {
     // Per account, the sequences handed out are 1..n: none skipped, none twice.
     let gaps: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT account_id FROM deposits GROUP BY account_id \
          HAVING min(sequence) <> 1 OR max(sequence) <> count(*) \
          OR count(DISTINCT sequence) <> count(*)) g",
     )
-    .fetch_one(&deposit)
+    .fetch_one(deposit)
     .await?;
     v.check(
         "per-account sequences 1..n",
@@ -237,15 +275,10 @@ pub async fn judge(
         format!("{gaps} accounts with a gap or a repeat"),
     );
 
-    // Every consumer: once per deposit, amounts, balances, processed ids, alerts, chain, all
-    // emails sent (the checker of bankctl).
-    let report = checker(stack).await?;
-    v.check(
-        "invariant checker (every service)",
-        report.ok() && usize::try_from(report.deposits)? == accepted.len(),
-        report.to_string(),
-    );
+    Ok(())
+}
 
+fn check_emails(v: &mut Verdict, stack: &Stack, history: &[HistoryEntry], faults: &[FaultRecord]) {
     // One email per accepted deposit at the SMTP sink; resends only after a fault that can
     // leave sends unrecorded, at most the sends under way then.
     let events = accepted_events(history);
@@ -267,7 +300,9 @@ pub async fn judge(
             events.len()
         ),
     );
+}
 
+async fn check_dead_letters(v: &mut Verdict, stack: &Stack, faults: &[FaultRecord]) -> Result<()> {
     // Each dead-letter queue holds the poison messages and nothing else, each with a reason.
     let poison: BTreeSet<&str> = faults
         .iter()
@@ -312,13 +347,10 @@ pub async fn judge(
         ),
     );
 
-    let injected: u64 = faults.iter().map(|f| f.duplicates).sum();
-    v.check(
-        "duplicates skipped",
-        injected > 0 && faults.iter().any(|f| f.kind == "duplicates-at-rest"),
-        format!("{injected} duplicate deliveries injected, none applied (checker); at rest every consumer counted each skipped"),
-    );
+    Ok(())
+}
 
+fn check_answers(v: &mut Verdict, history: &[HistoryEntry]) {
     // Clients were told the truth: a dependency down is a 503 to retry, never a 500.
     let attempts: Vec<_> = history.iter().flat_map(|h| h.attempts.iter()).collect();
     let count = |s: u16| attempts.iter().filter(|a| a.status == Some(s)).count();
@@ -333,5 +365,4 @@ pub async fn judge(
             count(503)
         ),
     );
-    Ok(v)
 }

@@ -16,9 +16,10 @@ use eventbank_e2e::lapin::options::{
 };
 use eventbank_e2e::lapin::types::FieldTable;
 use eventbank_e2e::lapin::{Connection, ConnectionProperties};
-use eventbank_e2e::{Svc, TestWorld, eventually, http_client, publish_event};
+use eventbank_e2e::{Services, Svc, TestWorld, eventually, http_client, publish_event};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -288,6 +289,56 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
     for name in ["Nora Notify", "Sam State", "Fay Fat", "Tim Thin"] {
         accounts.push(open_account(&s, name, "USD").await?);
     }
+    let m = measure(&s, &fat, &note, &accounts).await?;
+    let deposit_db = world.pool(Svc::Deposit).await?;
+    let o = outage(world, &s, &deposit_db, &fat, &note, &m.last).await?;
+    let (stale, fresh) = late_email(&s, &deposit_db, &fat, &note, &accounts[0]).await?;
+    let _ = conn.close(200, "demo done".into()).await;
+    print_table(&m, &o, &stale, &fresh);
+    look(
+        "the notification consumer pays in calls, latency and source load, and stops with the \
+         source; the fat event pays in bytes and in a copy that is as of the event, not as of now",
+    );
+
+    Ok(Outcome::new(
+        format!(
+            "ran a fat-event consumer and a thin-notification consumer on the same {N} deposits, \
+             stopped deposit while {OUTAGE_EVENTS} more events arrived, changed a holder's email after a deposit"
+        ),
+        format!(
+            "notification: {} calls per event, mean {} ms vs {} ms, \
+             +{} requests on deposit, 0/{OUTAGE_EVENTS} during the outage ({} failed calls) \
+             then caught up; state transfer: no calls, applied all during the outage (so did the real four), \
+             {} vs {} bytes per event, and its email copy was stale ({stale} vs {fresh})",
+            m.note_calls,
+            millis(m.note_mean),
+            millis(m.fat_mean),
+            m.note_requests,
+            o.failed,
+            m.fat_bytes,
+            m.thin_bytes,
+        ),
+    ))
+}
+
+/// The two consumers on the same `N` deposits, side by side.
+struct Measured {
+    fat_calls: String,
+    note_calls: String,
+    note_requests: u64,
+    fat_mean: Duration,
+    fat_p99: Duration,
+    note_mean: Duration,
+    note_p99: Duration,
+    fat_bytes: u64,
+    thin_bytes: u64,
+    fetched: u64,
+    /// The last deposit's answer: the outage copies its event.
+    last: Value,
+}
+
+/// POSTs `N` deposits, waits until both consumers have them all and checks they agree.
+async fn measure(s: &Services, fat: &Tally, note: &Tally, accounts: &[String]) -> Result<Measured> {
     say(&format!(
         "POST {N} deposits over {} accounts",
         accounts.len()
@@ -297,13 +348,7 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
     let mut last = Value::Null;
     for i in 0..N {
         let account = &accounts[i % accounts.len()];
-        let d = deposit(
-            &s,
-            account,
-            &format!("{}.{:02}", 1 + i % 50, i % 100),
-            "USD",
-        )
-        .await?;
+        let d = deposit(s, account, &format!("{}.{:02}", 1 + i % 50, i % 100), "USD").await?;
         let id = d["deposit_id"].as_str().context("deposit_id")?.to_owned();
         let at = d["created_at"].as_str().context("created_at")?.parse()?;
         created.insert(id.clone(), at);
@@ -319,31 +364,43 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
         Ok(())
     })
     .await?;
-    let (fat_mean, fat_p99) = latency(&fat, &created)?;
-    let (note_mean, note_p99) = latency(&note, &created)?;
-    let fat_calls = ratio(&fat.calls_ok, N);
-    let note_calls = ratio(&note.calls_ok, N);
-    let note_requests = note.calls_ok.load(Ordering::SeqCst);
-    let fat_bytes = per_event(&fat.event_bytes, N);
-    let thin_bytes = per_event(&note.event_bytes, N);
-    let fetched = per_event(&note.callback_bytes, N);
+    let (fat_mean, fat_p99) = latency(fat, &created)?;
+    let (note_mean, note_p99) = latency(note, &created)?;
+    let m = Measured {
+        fat_calls: ratio(&fat.calls_ok, N),
+        note_calls: ratio(&note.calls_ok, N),
+        note_requests: note.calls_ok.load(Ordering::SeqCst),
+        fat_mean,
+        fat_p99,
+        note_mean,
+        note_p99,
+        fat_bytes: per_event(&fat.event_bytes, N),
+        thin_bytes: per_event(&note.event_bytes, N),
+        fetched: per_event(&note.callback_bytes, N),
+        last,
+    };
     ensure!(
         fat.calls_ok.load(Ordering::SeqCst) == 0,
-        "the state-transfer consumer called {fat_calls} per event"
+        "the state-transfer consumer called {} per event",
+        m.fat_calls
     );
     ensure!(
-        note_requests == 2 * N as u64,
-        "notification made {note_requests} callbacks for {N} events"
+        m.note_requests == 2 * N as u64,
+        "notification made {} callbacks for {N} events",
+        m.note_requests
     );
     ensure!(
-        note_mean > fat_mean,
+        m.note_mean > m.fat_mean,
         "notification mean {} ms not above state transfer {} ms",
-        millis(note_mean),
-        millis(fat_mean)
+        millis(m.note_mean),
+        millis(m.fat_mean)
     );
     ensure!(
-        fat_bytes > thin_bytes && thin_bytes > 0 && fetched > 0,
-        "bytes: fat {fat_bytes}, thin {thin_bytes}, fetched {fetched}"
+        m.fat_bytes > m.thin_bytes && m.thin_bytes > 0 && m.fetched > 0,
+        "bytes: fat {}, thin {}, fetched {}",
+        m.fat_bytes,
+        m.thin_bytes,
+        m.fetched
     );
     for id in &ids {
         let (a, b) = (fat.get(id), note.get(id));
@@ -354,10 +411,31 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
         );
     }
     ok(&format!(
-        "both have all {N} with the same amounts and addresses; notification needed {note_requests} \
-         GETs for it (2 per event), state transfer none"
+        "both have all {N} with the same amounts and addresses; notification needed {} \
+         GETs for it (2 per event), state transfer none",
+        m.note_requests
     ));
+    Ok(m)
+}
 
+/// What the deposit service's outage did to the notification consumer.
+struct Outage {
+    /// Callbacks that failed while the service was down.
+    failed: u64,
+    /// From the restart (ready) until the notification consumer had every outage event.
+    catch_up: Duration,
+}
+
+/// Stops the deposit service, publishes `OUTAGE_EVENTS` copies of the last event by hand, and
+/// shows state transfer carrying on while notification waits for the service to come back.
+async fn outage(
+    world: &TestWorld,
+    s: &Services,
+    deposit_db: &PgPool,
+    fat: &Tally,
+    note: &Tally,
+    last: &Value,
+) -> Result<Outage> {
     say(
         "stop the deposit service (SIGKILL); publish 3 more events ourselves: copies of a real \
          fat payload with new ids and the next sequence numbers, their rows written to the \
@@ -367,54 +445,13 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
         .as_str()
         .context("account_id")?
         .to_owned();
-    let payload: Value = serde_json::from_slice(&outbox_payload(world, &last).await?)?;
+    let payload: Value = serde_json::from_slice(&outbox_payload(world, last).await?)?;
     s.deposit.kill().await?;
     let failed_before = note.calls_failed.load(Ordering::SeqCst);
-    let deposit_db = world.pool(Svc::Deposit).await?;
     let mut outage_ids = Vec::new();
     let stopped = Instant::now();
     for k in 1..=OUTAGE_EVENTS as i64 {
-        let now = Utc::now().trunc_subsecs(6);
-        let sequence = payload["sequence"].as_i64().context("sequence")? + k;
-        let (event_id, deposit_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        let mut copy = payload.clone();
-        copy["id"] = json!(event_id);
-        copy["time"] = json!(now);
-        copy["sequence"] = json!(sequence);
-        copy["data"]["deposit_id"] = json!(deposit_id);
-        copy["data"]["occurred_at"] = json!(now);
-        let body = serde_json::to_vec(&copy)?;
-        let mut tx = deposit_db.begin().await?;
-        sqlx::query(
-            "INSERT INTO deposits (deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(deposit_id)
-        .bind(event_id)
-        .bind(&account)
-        .bind(sequence)
-        .bind(copy["data"]["amount_minor"].as_i64().context("amount")?)
-        .bind(copy["data"]["currency"].as_str().context("currency")?)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO outbox (event_id, account_id, sequence, payload, published_at)
-             VALUES ($1, $2, $3, $4, now())",
-        )
-        .bind(event_id)
-        .bind(&account)
-        .bind(sequence)
-        .bind(&body)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE accounts SET last_sequence = $2 WHERE account_id = $1")
-            .bind(&account)
-            .bind(sequence)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        publish_event(world, &account, &body, &[]).await?;
+        let deposit_id = publish_copy(world, deposit_db, &account, &payload, k).await?;
         outage_ids.push(deposit_id.to_string());
     }
     eventually(WAIT, || async {
@@ -458,19 +495,83 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
         "notification caught up: {OUTAGE_EVENTS}/{OUTAGE_EVENTS}, {} ms after the restart was ready",
         millis(catch_up)
     ));
+    Ok(Outage { failed, catch_up })
+}
 
+/// Writes the `k`th copy of `payload` (new ids, sequence + k) to the deposit database as the
+/// service would have (deposit, published outbox row, the account's last sequence) and
+/// publishes it; answers its deposit id.
+async fn publish_copy(
+    world: &TestWorld,
+    deposit_db: &PgPool,
+    account: &str,
+    payload: &Value,
+    k: i64,
+) -> Result<uuid::Uuid> {
+    let now = Utc::now().trunc_subsecs(6);
+    let sequence = payload["sequence"].as_i64().context("sequence")? + k;
+    let (event_id, deposit_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut copy = payload.clone();
+    copy["id"] = json!(event_id);
+    copy["time"] = json!(now);
+    copy["sequence"] = json!(sequence);
+    copy["data"]["deposit_id"] = json!(deposit_id);
+    copy["data"]["occurred_at"] = json!(now);
+    let body = serde_json::to_vec(&copy)?;
+    let mut tx = deposit_db.begin().await?;
+    sqlx::query(
+        "INSERT INTO deposits (deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(deposit_id)
+    .bind(event_id)
+    .bind(account)
+    .bind(sequence)
+    .bind(copy["data"]["amount_minor"].as_i64().context("amount")?)
+    .bind(copy["data"]["currency"].as_str().context("currency")?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, account_id, sequence, payload, published_at)
+             VALUES ($1, $2, $3, $4, now())",
+    )
+    .bind(event_id)
+    .bind(account)
+    .bind(sequence)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE accounts SET last_sequence = $2 WHERE account_id = $1")
+        .bind(account)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    publish_event(world, account, &body, &[]).await?;
+    Ok(deposit_id)
+}
+
+/// Changes `holder`'s email while the notification consumer is held back after a deposit;
+/// answers the address each consumer has for that deposit (state transfer, notification).
+async fn late_email(
+    s: &Services,
+    deposit_db: &PgPool,
+    fat: &Tally,
+    note: &Tally,
+    holder: &str,
+) -> Result<(String, String)> {
     say(
         "change the holder's email after a deposit: hold the notification consumer back (as a \
          lagging one would be), POST a deposit, UPDATE accounts.email in the deposit database \
          (there is no API to change it: this is the only way without a service change), release it",
     );
-    let holder = &accounts[0];
     let old: String = sqlx::query_scalar("SELECT email FROM accounts WHERE account_id = $1")
         .bind(holder)
-        .fetch_one(&deposit_db)
+        .fetch_one(deposit_db)
         .await?;
     note.hold.store(true, Ordering::SeqCst);
-    let d = deposit(&s, holder, "7.77", "USD").await?;
+    let d = deposit(s, holder, "7.77", "USD").await?;
     let late = d["deposit_id"].as_str().context("deposit_id")?.to_owned();
     let late_ids = [late.clone()];
     eventually(WAIT, || async {
@@ -485,7 +586,7 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
     sqlx::query("UPDATE accounts SET email = $2 WHERE account_id = $1")
         .bind(holder)
         .bind(new)
-        .execute(&deposit_db)
+        .execute(deposit_db)
         .await?;
     note.hold.store(false, Ordering::SeqCst);
     eventually(WAIT, || async {
@@ -503,8 +604,10 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
     ok(&format!(
         "the fat event carries {stale} (the address when it happened); the callback read {fresh} (now)"
     ));
-    let _ = conn.close(200, "demo done".into()).await;
+    Ok((stale, fresh))
+}
 
+fn print_table(m: &Measured, o: &Outage, stale: &str, fresh: &str) {
     println!();
     println!(
         "  {:<44} {:>24} {:>24}",
@@ -513,66 +616,51 @@ pub async fn notification_vs_state_transfer(world: &TestWorld) -> Result<Outcome
     let row = |label: &str, a: String, b: String| println!("  {label:<44} {a:>24} {b:>24}");
     row(
         "calls to the deposit service per event",
-        fat_calls.clone(),
-        note_calls.clone(),
+        m.fat_calls.clone(),
+        m.note_calls.clone(),
     );
     row(
         "created_at -> has the details, mean (ms)",
-        millis(fat_mean),
-        millis(note_mean),
+        millis(m.fat_mean),
+        millis(m.note_mean),
     );
     row(
         "created_at -> has the details, p99 (ms)",
-        millis(fat_p99),
-        millis(note_p99),
+        millis(m.fat_p99),
+        millis(m.note_p99),
     );
     row(
         &format!("requests added on deposit ({N} POSTs served)"),
         "0 (+0%)".into(),
-        format!("{note_requests} (+{:.0}%)", note_requests * 100 / N as u64),
+        format!(
+            "{} (+{:.0}%)",
+            m.note_requests,
+            m.note_requests * 100 / N as u64
+        ),
     );
     row(
         "bytes per event on the wire",
-        fat_bytes.to_string(),
-        thin_bytes.to_string(),
+        m.fat_bytes.to_string(),
+        m.thin_bytes.to_string(),
     );
     row(
         "bytes fetched by callbacks per event",
         "0".into(),
-        fetched.to_string(),
+        m.fetched.to_string(),
     );
     row(
         "applied while deposit was down",
         format!("{OUTAGE_EVENTS}/{OUTAGE_EVENTS}"),
-        format!("0/{OUTAGE_EVENTS} ({failed} failed calls)"),
+        format!("0/{OUTAGE_EVENTS} ({} failed calls)", o.failed),
     );
     row(
         "caught up after the restart (ms)",
         "-".into(),
-        millis(catch_up),
+        millis(o.catch_up),
     );
     row(
         "holder's email for the late deposit",
-        stale.clone(),
-        fresh.clone(),
+        stale.to_owned(),
+        fresh.to_owned(),
     );
-    look(
-        "the notification consumer pays in calls, latency and source load, and stops with the \
-         source; the fat event pays in bytes and in a copy that is as of the event, not as of now",
-    );
-
-    Ok(Outcome::new(
-        format!(
-            "ran a fat-event consumer and a thin-notification consumer on the same {N} deposits, \
-             stopped deposit while {OUTAGE_EVENTS} more events arrived, changed a holder's email after a deposit"
-        ),
-        format!(
-            "notification: {note_calls} calls per event, mean {} ms vs {} ms, \
-             +{note_requests} requests on deposit, 0/{OUTAGE_EVENTS} during the outage ({failed} failed calls) \
-             then caught up; state transfer: no calls, applied all during the outage (so did the real four), \
-             {fat_bytes} vs {thin_bytes} bytes per event, and its email copy was stale ({stale} vs {fresh})",
-            millis(note_mean),
-            millis(fat_mean)
-        ),
-    ))
 }
