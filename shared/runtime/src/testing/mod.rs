@@ -1,7 +1,7 @@
-//! Test support, one job per module: fresh databases ([`db`]), a router under test ([`serve`]),
-//! the OpenAPI conformance checks ([`openapi`]), seeded shuffles ([`shuffle`]) and the SMTP
-//! sink ([`smtp`]). Only tests and the test harness enable the `testing` feature, so none of
-//! it is in a service binary.
+//! Test support, one job per module: fresh databases ([`TestDatabase`]), a router under test
+//! ([`serve_router`], [`send`]), the OpenAPI conformance checks ([`check_spec_against_router`],
+//! [`check_answers`]), seeded shuffles ([`shuffled`]) and the SMTP sink ([`smtp`]). Only tests
+//! and the test harness enable the `testing` feature, so none of it is in a service binary.
 
 mod db;
 mod openapi;
