@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -177,7 +177,14 @@ fn parse_wait(raw: Option<&String>, max: Duration) -> Result<Duration, ApiError>
 /// The account id of the path. What is not an account id (not even UTF-8, or with a NUL, which
 /// Postgres refuses in text) names no account: a 404 problem, asked of no database. Handlers
 /// take it after their query, so a malformed query is still the answer (a 400) whatever the path.
-struct AccountPath(AccountId);
+/// Also the routes' documented path parameter.
+#[derive(IntoParams)]
+#[into_params(names("account_id"), parameter_in = Path)]
+struct AccountPath(
+    /// The account
+    #[param(value_type = String, example = "ACC-0001")]
+    AccountId,
+);
 
 impl<S: Send + Sync> FromRequestParts<S> for AccountPath {
     type Rejection = ApiError;
@@ -225,7 +232,7 @@ const FALLBACK_POLL: Duration = Duration::from_millis(500);
     path = "/accounts/{account_id}",
     tag = TAG,
     params(
-        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        AccountPath,
         ("min_sequence" = Option<i64>, Query, minimum = 0,
             description = "Answer only once this deposit sequence (from the deposit's response) is applied"),
         ("wait" = Option<String>, Query, example = "2s",
@@ -284,7 +291,7 @@ async fn get_account(
     path = "/accounts/{account_id}/transactions",
     tag = TAG,
     params(
-        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        AccountPath,
         ("after_sequence" = Option<i64>, Query, minimum = 0, description = "Deposits after this sequence (default 0)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
     ),
@@ -332,7 +339,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     path = "/accounts/{account_id}/balance",
     tag = TAG,
     params(
-        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        AccountPath,
         ("as_of" = Option<DateTime<Utc>>, Query, description = "An RFC 3339 instant (default: now)",
             example = "2026-11-27T07:30:00Z"),
     ),
@@ -445,7 +452,7 @@ const SSE_FALLBACK_POLL: Duration = Duration::from_secs(5);
     path = "/accounts/{account_id}/stream",
     tag = TAG,
     params(
-        ("account_id" = String, Path, description = "The account", example = "ACC-0001"),
+        AccountPath,
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0,
             description = "Resume after this stream version (the `id` of the last event received)"),
     ),

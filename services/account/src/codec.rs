@@ -24,6 +24,39 @@ pub const DEPOSITED: &str = "Deposited";
 /// The versions this code writes.
 pub const ACCOUNT_OPENED_VERSION: i32 = 2;
 pub const DEPOSITED_VERSION: i32 = 2;
+
+/// The stored event types this code knows (`event_type` is their text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    AccountOpened,
+    Deposited,
+}
+
+impl EventType {
+    /// `None`: a type this code does not know.
+    pub fn parse(event_type: &str) -> Option<Self> {
+        match event_type {
+            ACCOUNT_OPENED => Some(Self::AccountOpened),
+            DEPOSITED => Some(Self::Deposited),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccountOpened => ACCOUNT_OPENED,
+            Self::Deposited => DEPOSITED,
+        }
+    }
+
+    /// The version this code writes, and the newest it reads.
+    pub fn current_version(self) -> i32 {
+        match self {
+            Self::AccountOpened => ACCOUNT_OPENED_VERSION,
+            Self::Deposited => DEPOSITED_VERSION,
+        }
+    }
+}
 /// The snapshot body version this code writes and reads; any other is ignored.
 pub const SNAPSHOT_VERSION: i32 = 1;
 
@@ -45,7 +78,7 @@ pub enum CodecError {
 /// An event in its stored form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    pub event_type: &'static str,
+    pub event_type: EventType,
     pub schema_version: i32,
     pub payload: String,
 }
@@ -56,15 +89,22 @@ pub fn encode(event: &AccountEvent) -> Stored {
     // object would be caught by `decode` when read back.
     match event {
         AccountEvent::Opened(e) => Stored {
-            event_type: ACCOUNT_OPENED,
+            event_type: EventType::AccountOpened,
             schema_version: ACCOUNT_OPENED_VERSION,
             payload: serde_json::to_string(e).unwrap_or_else(|_| "{}".into()),
         },
         AccountEvent::Deposited(e) => Stored {
-            event_type: DEPOSITED,
+            event_type: EventType::Deposited,
             schema_version: DEPOSITED_VERSION,
             payload: serde_json::to_string(e).unwrap_or_else(|_| "{}".into()),
         },
+    }
+}
+
+fn unknown(event_type: &str, schema_version: i32) -> CodecError {
+    CodecError::Unknown {
+        event_type: event_type.to_owned(),
+        schema_version,
     }
 }
 
@@ -105,17 +145,14 @@ pub fn decode_value(
     payload: Value,
 ) -> Result<AccountEvent, CodecError> {
     let current = upcast(event_type, schema_version, payload)?;
-    let result = match event_type {
-        ACCOUNT_OPENED => {
+    let result = match EventType::parse(event_type) {
+        Some(EventType::AccountOpened) => {
             serde_json::from_value::<AccountOpened>(current).map(AccountEvent::Opened)
         }
-        DEPOSITED => serde_json::from_value::<Deposited>(current).map(AccountEvent::Deposited),
-        _ => {
-            return Err(CodecError::Unknown {
-                event_type: event_type.to_owned(),
-                schema_version,
-            });
+        Some(EventType::Deposited) => {
+            serde_json::from_value::<Deposited>(current).map(AccountEvent::Deposited)
         }
+        None => return Err(unknown(event_type, schema_version)),
     };
     result.map_err(|e| invalid(event_type, schema_version, e))
 }
@@ -123,31 +160,18 @@ pub fn decode_value(
 /// Brings a stored payload from `schema_version` up to the current version of its type, one
 /// version at a time. The only upcasting point of the event store.
 pub fn upcast(event_type: &str, schema_version: i32, payload: Value) -> Result<Value, CodecError> {
-    let current = match event_type {
-        ACCOUNT_OPENED => ACCOUNT_OPENED_VERSION,
-        DEPOSITED => DEPOSITED_VERSION,
-        _ => 0,
-    };
-    if schema_version < 1 || schema_version > current {
-        return Err(CodecError::Unknown {
-            event_type: event_type.to_owned(),
-            schema_version,
-        });
-    }
+    let kind = EventType::parse(event_type)
+        .filter(|kind| (1..=kind.current_version()).contains(&schema_version))
+        .ok_or_else(|| unknown(event_type, schema_version))?;
     let mut version = schema_version;
     let mut value = payload;
-    while version < current {
-        value = match (event_type, version) {
-            (ACCOUNT_OPENED, 1) => account_opened_v1_to_v2(value),
-            (DEPOSITED, 1) => {
+    while version < kind.current_version() {
+        value = match (kind, version) {
+            (EventType::AccountOpened, 1) => account_opened_v1_to_v2(value),
+            (EventType::Deposited, 1) => {
                 deposited_v1_to_v2(value).map_err(|reason| invalid(event_type, version, reason))?
             }
-            _ => {
-                return Err(CodecError::Unknown {
-                    event_type: event_type.to_owned(),
-                    schema_version: version,
-                });
-            }
+            _ => return Err(unknown(event_type, version)),
         };
         version += 1;
     }
@@ -220,6 +244,14 @@ mod tests {
             decode_value(DEPOSITED, 1, v1),
             Err(CodecError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn event_types_read_back_as_written() {
+        for kind in [EventType::AccountOpened, EventType::Deposited] {
+            assert_eq!(EventType::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventType::parse("deposited"), None);
     }
 
     #[test]

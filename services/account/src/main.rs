@@ -1,7 +1,7 @@
 //! account: the balance of record. Thin: config, telemetry, then either the service or the
 //! `rebuild` command.
 
-use eventbank_runtime::{Shutdown, telemetry};
+use eventbank_runtime::service;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: account            run the service
@@ -53,10 +53,7 @@ fn main() -> ExitCode {
 
 async fn serve() -> anyhow::Result<()> {
     let config = account::Config::from_env()?;
-    telemetry::init("account", config.common.log_format);
-    let listener = tokio::net::TcpListener::bind(config.common.http_addr).await?;
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
+    let (listener, shutdown) = service::start("account", &config.common).await?;
     account::run(config, listener, shutdown).await
 }
 

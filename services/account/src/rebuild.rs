@@ -611,3 +611,35 @@ async fn replace(conn: &mut PgConnection) -> anyhow::Result<()> {
     .context("replacing the differing projection rows")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventbank_events::Currency;
+
+    #[test]
+    fn copy_rows_are_tab_separated_escaped_text_in_column_order() {
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.000006Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let row = TxnRow {
+            event_id: uuid::Uuid::from_u128(1),
+            account_id: AccountId::parse("ACC-0001").unwrap(),
+            sequence: 7,
+            deposit_id: uuid::Uuid::from_u128(2),
+            amount_minor: -5,
+            currency: Currency::parse("USD").unwrap(),
+            occurred_at: at,
+            applied_at: at,
+        };
+        let mut buf = Vec::new();
+        copy_txn(&mut buf, &row);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "00000000-0000-0000-0000-000000000001\tACC-0001\t7\t00000000-0000-0000-0000-000000000002\t-5\tUSD\t2026-01-02T03:04:05.000006Z\t2026-01-02T03:04:05.000006Z\n"
+        );
+        let mut buf = Vec::new();
+        copy_row(&mut buf, &[Field::Text("a\\b\tc\nd\re"), Field::Int(0)]);
+        assert_eq!(buf, b"a\\\\b\\tc\\nd\\re\t0\n");
+    }
+}

@@ -100,7 +100,7 @@ pub async fn append(
         let stored = codec::encode(&e.event);
         accounts.push(e.account_id.as_str());
         versions.push(e.version);
-        types.push(stored.event_type);
+        types.push(stored.event_type.as_str());
         schemas.push(stored.schema_version);
         payloads.push(stored.payload);
         times.push(e.event.occurred_at());

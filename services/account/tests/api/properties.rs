@@ -70,7 +70,7 @@ fn events_of(deposits: &[Deposit]) -> Vec<AccountEvent> {
 /// Through the store's encoding and back.
 fn stored_roundtrip(e: &AccountEvent) -> AccountEvent {
     let s = codec::encode(e);
-    codec::decode(s.event_type, s.schema_version, &s.payload).unwrap()
+    codec::decode(s.event_type.as_str(), s.schema_version, &s.payload).unwrap()
 }
 
 proptest! {
