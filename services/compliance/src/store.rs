@@ -7,6 +7,7 @@ use crate::chain::{self, Broken, StoredEntry, Verifier};
 use crate::rules::{Deposit, Window};
 use chrono::{DateTime, TimeDelta, Utc};
 use eventbank_events::AccountId;
+use eventbank_runtime::account_ids;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -31,17 +32,6 @@ pub const ACCOUNT_LOCK_CLASS: i32 = 0x434f_0001;
 pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -> sqlx::Result<()> {
     let keys: Vec<String> = account_ids.iter().map(|a| a.as_str().to_owned()).collect();
     eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
-}
-
-/// An account id read back from a column: a stored value that is not one is an error, not a
-/// default (the rules would otherwise group deposits under a made-up account).
-fn stored_account(raw: String) -> sqlx::Result<AccountId> {
-    AccountId::parse(&raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-/// The ids as the text columns hold them.
-fn id_texts<'a>(ids: impl Iterator<Item = &'a AccountId>) -> Vec<&'a str> {
-    ids.map(AccountId::as_str).collect()
 }
 
 pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {
@@ -105,7 +95,7 @@ pub struct NewDeposit {
 pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sqlx::Result<()> {
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let deposit_ids: Vec<Uuid> = rows.iter().map(|r| r.deposit_id).collect();
-    let account_ids = id_texts(rows.iter().map(|r| &r.account_id));
+    let accounts = account_ids::texts(rows.iter().map(|r| &r.account_id));
     let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
     let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
@@ -117,7 +107,7 @@ pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sq
     )
     .bind(event_ids)
     .bind(deposit_ids)
-    .bind(account_ids)
+    .bind(accounts)
     .bind(amounts)
     .bind(currencies)
     .bind(occurred)
@@ -139,7 +129,7 @@ type ScopeColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<DateTime<Utc>>);
 
 fn scope_columns(scopes: &[Scope], shift: TimeDelta) -> ScopeColumns<'_> {
     (
-        id_texts(scopes.iter().map(|s| &s.account_id)),
+        account_ids::texts(scopes.iter().map(|s| &s.account_id)),
         scopes.iter().map(|s| s.currency.clone()).collect(),
         scopes
             .iter()
@@ -175,7 +165,7 @@ pub async fn deposits_for_walk(
     .await?;
     let mut out: HashMap<AccountCurrency, Vec<Deposit>> = HashMap::new();
     for (account_id, event_id, amount_minor, currency, occurred_at) in rows {
-        out.entry((stored_account(account_id)?, currency.clone()))
+        out.entry((account_ids::decode(account_id)?, currency.clone()))
             .or_default()
             .push(Deposit {
                 event_id,
@@ -239,12 +229,12 @@ pub async fn structuring_state(
     let mut out: HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)> =
         HashMap::new();
     for (account_id, currency, start, end) in previous {
-        out.entry((stored_account(account_id)?, currency))
+        out.entry((account_ids::decode(account_id)?, currency))
             .or_default()
             .0 = Some(Window { start, end });
     }
     for (account_id, currency, id, event_id, start, end, amount_minor, details) in active {
-        out.entry((stored_account(account_id)?, currency))
+        out.entry((account_ids::decode(account_id)?, currency))
             .or_default()
             .1
             .push(ActiveStructuring {
@@ -322,7 +312,7 @@ pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx
         return Ok(());
     }
     let kinds: Vec<AlertKind> = alerts.iter().map(|a| a.kind).collect();
-    let account_ids = id_texts(alerts.iter().map(|a| &a.account_id));
+    let accounts = account_ids::texts(alerts.iter().map(|a| &a.account_id));
     let event_ids: Vec<Uuid> = alerts.iter().map(|a| a.event_id).collect();
     let amounts: Vec<i64> = alerts.iter().map(|a| a.amount_minor).collect();
     let currencies: Vec<String> = alerts.iter().map(|a| a.currency.clone()).collect();
@@ -337,7 +327,7 @@ pub async fn insert_alerts(conn: &mut PgConnection, alerts: &[NewAlert]) -> sqlx
          ON CONFLICT (kind, event_id) WHERE superseded_at IS NULL DO NOTHING",
     )
     .bind(kinds)
-    .bind(account_ids)
+    .bind(accounts)
     .bind(event_ids)
     .bind(amounts)
     .bind(currencies)

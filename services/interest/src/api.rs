@@ -83,7 +83,7 @@ fn parse_account(path: Result<Path<String>, PathRejection>) -> Result<AccountId,
 
 async fn summary(state: &AppState, account_id: &AccountId) -> Result<AccountSummary, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    store::account_summary(&mut conn, account_id.as_str())
+    store::account_summary(&mut conn, account_id)
         .await?
         .ok_or_else(|| ApiError::UnknownAccount(account_id.as_str().to_owned()))
 }
@@ -98,8 +98,8 @@ fn decimal(minor: i128, currency: &str) -> Option<String> {
 /// The current balance as the interest service knows it.
 #[derive(Serialize, ToSchema)]
 struct BalanceBody {
-    #[schema(example = "ACC-0001")]
-    account_id: String,
+    #[schema(value_type = String, example = "ACC-0001")]
+    account_id: AccountId,
     #[schema(example = "USD")]
     currency: String,
     #[schema(example = 26000)]
@@ -157,8 +157,8 @@ struct DayBody {
 /// Daily balances, rates and accrued interest over a range of days, and the totals.
 #[derive(Serialize, ToSchema)]
 struct AccrualBody {
-    #[schema(example = "ACC-0001")]
-    account_id: String,
+    #[schema(value_type = String, example = "ACC-0001")]
+    account_id: AccountId,
     #[schema(example = "USD")]
     currency: String,
     /// The range actually reported: the request's, clipped to the account's first business day

@@ -18,6 +18,7 @@ use crate::metrics::InterestMetrics;
 use crate::store::{self, AccrualRow};
 use anyhow::Context;
 use chrono::{NaiveDate, Utc};
+use eventbank_events::AccountId;
 use eventbank_runtime::Shutdown;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
@@ -87,20 +88,20 @@ pub async fn accrue_through(
     stop: impl Fn() -> bool,
 ) -> anyhow::Result<EodOutcome> {
     let mut outcome = EodOutcome::default();
-    let mut after = String::new();
+    let mut after: Option<AccountId> = None;
     loop {
         if stop() {
             break;
         }
         let mut conn = pool.acquire().await?;
-        let page = store::accounts_behind(&mut conn, &after, through, ACCOUNTS_PER_TRANSACTION)
+        let page = store::accounts_behind(&mut conn, after.as_ref(), through, ACCOUNTS_PER_TRANSACTION)
             .await
             .context("listing accounts with days to accrue")?;
         drop(conn);
         let Some(last) = page.last() else {
             break;
         };
-        after = last.clone();
+        after = Some(last.clone());
         let stored = accrue_accounts(pool, &page, through).await?;
         outcome.accounts += stored.accounts;
         outcome.days += stored.days;
@@ -116,7 +117,7 @@ pub async fn accrue_through(
 /// up to `through`.
 async fn accrue_accounts(
     pool: &PgPool,
-    account_ids: &[String],
+    account_ids: &[AccountId],
     through: NaiveDate,
 ) -> anyhow::Result<EodOutcome> {
     let mut tx = pool.begin().await?;

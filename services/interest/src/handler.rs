@@ -9,7 +9,7 @@ use crate::accrual;
 use crate::metrics::InterestMetrics;
 use crate::store::{self, AccrualRow, DayDelta, NewDeposit};
 use chrono::NaiveDate;
-use eventbank_events::DepositCompleted;
+use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -45,7 +45,7 @@ impl Handler for InterestHandler {
             return Ok(());
         }
         let account_currency = lock_accounts(tx, &events).await?;
-        let account_ids: Vec<String> = account_currency.keys().cloned().collect();
+        let account_ids: Vec<AccountId> = account_currency.keys().cloned().collect();
         let old_horizons = store::accrual_horizons(tx, &account_ids).await?;
         let fresh = record_deposits(tx, &events).await?;
         if fresh.is_empty() {
@@ -66,19 +66,19 @@ impl Handler for InterestHandler {
 async fn lock_accounts(
     tx: &mut PgConnection,
     events: &[&DepositCompleted],
-) -> Result<HashMap<String, String>, HandlerError> {
-    let mut first_currency: BTreeMap<String, String> = BTreeMap::new();
+) -> Result<HashMap<AccountId, String>, HandlerError> {
+    let mut first_currency: BTreeMap<AccountId, String> = BTreeMap::new();
     for e in events {
         first_currency
-            .entry(e.account_id.to_string())
+            .entry(e.account_id.clone())
             .or_insert_with(|| e.currency.code().to_owned());
     }
-    let (account_ids, currencies): (Vec<String>, Vec<String>) =
+    let (account_ids, currencies): (Vec<AccountId>, Vec<String>) =
         first_currency.into_iter().unzip();
     store::ensure_accounts(tx, &account_ids, &currencies).await?;
     let account_currency = store::lock_accounts(tx, &account_ids).await?;
     for e in events {
-        let known = account_currency.get(e.account_id.as_str());
+        let known = account_currency.get(&e.account_id);
         if known.map(String::as_str) != Some(e.currency.code()) {
             // Adding a EUR amount to a USD balance would corrupt it; the deposit service
             // never emits this, so it is a poison message for the dead-letter queue.
@@ -105,7 +105,7 @@ async fn record_deposits(
         .map(|e| NewDeposit {
             event_id: e.event_id,
             deposit_id: e.deposit_id,
-            account_id: e.account_id.to_string(),
+            account_id: e.account_id.clone(),
             sequence: e.sequence,
             amount_minor: e.amount_minor,
             currency: e.currency.code().to_owned(),
@@ -131,7 +131,7 @@ async fn record_deposits(
 
 impl InterestHandler {
     /// Counts and logs the deposits applied.
-    fn report(&self, fresh: &[NewDeposit], old_horizons: &HashMap<String, NaiveDate>) {
+    fn report(&self, fresh: &[NewDeposit], old_horizons: &HashMap<AccountId, NaiveDate>) {
         for d in fresh {
             let backdated = old_horizons
                 .get(&d.account_id)
@@ -157,10 +157,10 @@ impl InterestHandler {
         &self,
         tx: &mut PgConnection,
         deltas: &[DayDelta],
-        old_horizons: &HashMap<String, NaiveDate>,
-        account_currency: &HashMap<String, String>,
+        old_horizons: &HashMap<AccountId, NaiveDate>,
+        account_currency: &HashMap<AccountId, String>,
     ) -> Result<(), HandlerError> {
-        let mut from_days: BTreeMap<String, NaiveDate> = BTreeMap::new();
+        let mut from_days: BTreeMap<AccountId, NaiveDate> = BTreeMap::new();
         for delta in deltas {
             let from = from_days
                 .entry(delta.account_id.clone())
@@ -172,7 +172,7 @@ impl InterestHandler {
                 *from = (*from).min(next);
             }
         }
-        let from_list: Vec<(String, NaiveDate)> =
+        let from_list: Vec<(AccountId, NaiveDate)> =
             from_days.iter().map(|(a, d)| (a.clone(), *d)).collect();
         let balances = store::balances_from(tx, &from_list).await?;
         let currencies: BTreeSet<String> = from_days
@@ -201,7 +201,7 @@ impl InterestHandler {
             .unwrap_or(*from);
             let schedule = schedules.get(&currency).cloned().unwrap_or_default();
             let days = accrual::accrue_days(account_balances, &schedule, *from, to);
-            tracing::debug!(account_id, %from, %to, days = days.len(), "accruals recomputed");
+            tracing::debug!(%account_id, %from, %to, days = days.len(), "accruals recomputed");
             self.metrics
                 .accrual_days_recomputed
                 .inc_by(days.len() as u64);
@@ -218,7 +218,7 @@ impl InterestHandler {
 /// The batch's amounts summed per (account, business day): one entry per pair, as
 /// [`store::apply_deltas`] requires.
 fn day_deltas(deposits: &[NewDeposit]) -> Result<Vec<DayDelta>, HandlerError> {
-    let mut deltas: BTreeMap<(String, NaiveDate), DayDelta> = BTreeMap::new();
+    let mut deltas: BTreeMap<(AccountId, NaiveDate), DayDelta> = BTreeMap::new();
     for d in deposits {
         let delta = deltas
             .entry((d.account_id.clone(), d.business_day))

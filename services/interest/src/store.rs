@@ -5,6 +5,8 @@
 
 use crate::accrual::{AnnualRate, ClosingBalance, DayAccrual, RateSchedule};
 use chrono::{DateTime, NaiveDate, Utc};
+use eventbank_events::AccountId;
+use eventbank_runtime::account_ids;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -12,7 +14,7 @@ use uuid::Uuid;
 /// Creates the accounts not seen before, with the currency of their first deposit.
 pub async fn ensure_accounts(
     conn: &mut PgConnection,
-    account_ids: &[String],
+    accounts: &[AccountId],
     currencies: &[String],
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -20,7 +22,7 @@ pub async fn ensure_accounts(
          SELECT * FROM UNNEST($1::text[], $2::text[]) \
          ON CONFLICT (account_id) DO NOTHING",
     )
-    .bind(account_ids)
+    .bind(account_ids::texts(accounts))
     .bind(currencies)
     .execute(conn)
     .await?;
@@ -31,34 +33,50 @@ pub async fn ensure_accounts(
 /// never wait on each other in a cycle) and returns each account's currency.
 pub async fn lock_accounts(
     conn: &mut PgConnection,
-    account_ids: &[String],
-) -> sqlx::Result<HashMap<String, String>> {
+    accounts: &[AccountId],
+) -> sqlx::Result<HashMap<AccountId, String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT account_id, currency FROM accounts WHERE account_id = ANY($1) \
          ORDER BY account_id FOR UPDATE",
     )
-    .bind(account_ids)
+    .bind(account_ids::texts(accounts))
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    rows.into_iter()
+        .map(|(account_id, currency)| Ok((account_ids::decode(account_id)?, currency)))
+        .collect()
+}
+
+/// Runs a query answering `(account_id, day)` rows for the accounts bound as `$1`.
+async fn day_per_account(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    accounts: &[AccountId],
+) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
+    let rows: Vec<(String, NaiveDate)> = sqlx::query_as(sql)
+        .bind(account_ids::texts(accounts))
+        .fetch_all(conn)
+        .await?;
+    rows.into_iter()
+        .map(|(account_id, day)| Ok((account_ids::decode(account_id)?, day)))
+        .collect()
 }
 
 /// The last day with a stored accrual, per account (absent for an account with none yet).
 pub async fn accrual_horizons(
     conn: &mut PgConnection,
-    account_ids: &[String],
-) -> sqlx::Result<HashMap<String, NaiveDate>> {
-    let rows: Vec<(String, NaiveDate)> = sqlx::query_as(
+    accounts: &[AccountId],
+) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
+    day_per_account(
+        conn,
         // One index probe per account (newest day first) rather than aggregating every day.
         "SELECT a.account_id, h.day FROM UNNEST($1::text[]) AS a(account_id) \
            CROSS JOIN LATERAL (SELECT day FROM daily_accruals \
                                 WHERE account_id = a.account_id \
                                 ORDER BY day DESC LIMIT 1) h",
+        accounts,
     )
-    .bind(account_ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
+    .await
 }
 
 /// A deposit as stored, with its business day.
@@ -66,7 +84,7 @@ pub async fn accrual_horizons(
 pub struct NewDeposit {
     pub event_id: Uuid,
     pub deposit_id: Uuid,
-    pub account_id: String,
+    pub account_id: AccountId,
     pub sequence: i64,
     pub amount_minor: i64,
     pub currency: String,
@@ -82,7 +100,7 @@ pub async fn insert_deposits(
 ) -> sqlx::Result<Vec<Uuid>> {
     let event_ids: Vec<Uuid> = deposits.iter().map(|d| d.event_id).collect();
     let deposit_ids: Vec<Uuid> = deposits.iter().map(|d| d.deposit_id).collect();
-    let account_ids: Vec<String> = deposits.iter().map(|d| d.account_id.clone()).collect();
+    let accounts = account_ids::texts(deposits.iter().map(|d| &d.account_id));
     let sequences: Vec<i64> = deposits.iter().map(|d| d.sequence).collect();
     let amounts: Vec<i64> = deposits.iter().map(|d| d.amount_minor).collect();
     let currencies: Vec<String> = deposits.iter().map(|d| d.currency.clone()).collect();
@@ -98,7 +116,7 @@ pub async fn insert_deposits(
     )
     .bind(event_ids)
     .bind(deposit_ids)
-    .bind(account_ids)
+    .bind(accounts)
     .bind(sequences)
     .bind(amounts)
     .bind(currencies)
@@ -111,7 +129,7 @@ pub async fn insert_deposits(
 /// The amount added to one account on one business day by the current batch.
 #[derive(Debug, Clone)]
 pub struct DayDelta {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub day: NaiveDate,
     pub currency: String,
     pub amount_minor: i64,
@@ -126,7 +144,7 @@ pub struct DayDelta {
 ///
 /// `deltas` must hold at most one entry per (account, day).
 pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx::Result<()> {
-    let account_ids: Vec<String> = deltas.iter().map(|d| d.account_id.clone()).collect();
+    let accounts = account_ids::texts(deltas.iter().map(|d| &d.account_id));
     let days: Vec<NaiveDate> = deltas.iter().map(|d| d.day).collect();
     let currencies: Vec<String> = deltas.iter().map(|d| d.currency.clone()).collect();
     let amounts: Vec<i64> = deltas.iter().map(|d| d.amount_minor).collect();
@@ -139,7 +157,7 @@ pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx:
            FROM UNNEST($1::text[], $2::date[], $3::text[]) AS d(account_id, day, currency) \
          ON CONFLICT (account_id, day) DO NOTHING",
     )
-    .bind(&account_ids)
+    .bind(&accounts)
     .bind(&days)
     .bind(&currencies)
     .execute(&mut *conn)
@@ -154,7 +172,7 @@ pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx:
                   GROUP BY r.account_id, r.day) s \
           WHERE b.account_id = s.account_id AND b.day = s.day",
     )
-    .bind(&account_ids)
+    .bind(&accounts)
     .bind(&days)
     .bind(&amounts)
     .execute(&mut *conn)
@@ -166,9 +184,9 @@ pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx:
 /// latest row before it (which opens the range), in day order.
 pub async fn balances_from(
     conn: &mut PgConnection,
-    from_days: &[(String, NaiveDate)],
-) -> sqlx::Result<HashMap<String, Vec<ClosingBalance>>> {
-    let account_ids: Vec<String> = from_days.iter().map(|(a, _)| a.clone()).collect();
+    from_days: &[(AccountId, NaiveDate)],
+) -> sqlx::Result<HashMap<AccountId, Vec<ClosingBalance>>> {
+    let accounts = account_ids::texts(from_days.iter().map(|(a, _)| a));
     let days: Vec<NaiveDate> = from_days.iter().map(|(_, d)| *d).collect();
     let rows: Vec<(String, NaiveDate, i64)> = sqlx::query_as(
         "SELECT f.account_id, b.day, b.closing_balance_minor \
@@ -183,13 +201,13 @@ pub async fn balances_from(
            ) b \
           ORDER BY f.account_id, b.day",
     )
-    .bind(account_ids)
+    .bind(accounts)
     .bind(days)
     .fetch_all(conn)
     .await?;
-    let mut out: HashMap<String, Vec<ClosingBalance>> = HashMap::new();
+    let mut out: HashMap<AccountId, Vec<ClosingBalance>> = HashMap::new();
     for (account_id, day, balance_minor) in rows {
-        out.entry(account_id)
+        out.entry(account_ids::decode(account_id)?)
             .or_default()
             .push(ClosingBalance { day, balance_minor });
     }
@@ -199,12 +217,12 @@ pub async fn balances_from(
 /// Every closing-balance row of one account, in day order.
 pub async fn all_balances(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> sqlx::Result<Vec<ClosingBalance>> {
     let rows: Vec<(NaiveDate, i64)> = sqlx::query_as(
         "SELECT day, closing_balance_minor FROM daily_balances WHERE account_id = $1 ORDER BY day",
     )
-    .bind(account_id)
+    .bind(account_id.as_str())
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -244,7 +262,7 @@ pub async fn rate_schedules(
 /// One stored day of accrual.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccrualRow {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub day: NaiveDate,
     pub currency: String,
     pub rate: AnnualRate,
@@ -260,14 +278,14 @@ pub struct InterestTooLarge;
 impl AccrualRow {
     /// The rows of one account's accrued days, each day's interest in whole micro-minor units.
     pub fn from_days(
-        account_id: &str,
+        account_id: &AccountId,
         currency: &str,
         days: Vec<DayAccrual>,
     ) -> Result<Vec<Self>, InterestTooLarge> {
         days.into_iter()
             .map(|day| {
                 Ok(AccrualRow {
-                    account_id: account_id.to_owned(),
+                    account_id: account_id.clone(),
                     day: day.day,
                     currency: currency.to_owned(),
                     rate: day.rate,
@@ -286,7 +304,7 @@ pub async fn upsert_accruals(conn: &mut PgConnection, rows: &[AccrualRow]) -> sq
     if rows.is_empty() {
         return Ok(());
     }
-    let account_ids: Vec<String> = rows.iter().map(|r| r.account_id.clone()).collect();
+    let accounts = account_ids::texts(rows.iter().map(|r| &r.account_id));
     let days: Vec<NaiveDate> = rows.iter().map(|r| r.day).collect();
     let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
     let ppms: Vec<i64> = rows.iter().map(|r| r.rate.ppm()).collect();
@@ -305,7 +323,7 @@ pub async fn upsert_accruals(conn: &mut PgConnection, rows: &[AccrualRow]) -> sq
                 accrued_micro = EXCLUDED.accrued_micro, \
                 computed_at = now()",
     )
-    .bind(account_ids)
+    .bind(accounts)
     .bind(days)
     .bind(currencies)
     .bind(ppms)
@@ -319,7 +337,7 @@ pub async fn upsert_accruals(conn: &mut PgConnection, rows: &[AccrualRow]) -> sq
 /// Stored accrual days of one account within `[from, to]`, in day order.
 pub async fn accruals_between(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
     from: NaiveDate,
     to: NaiveDate,
 ) -> anyhow::Result<Vec<AccrualRow>> {
@@ -328,7 +346,7 @@ pub async fn accruals_between(
                 balance_minor, accrued_micro \
            FROM daily_accruals WHERE account_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
     )
-    .bind(account_id)
+    .bind(account_id.as_str())
     .bind(from)
     .bind(to)
     .fetch_all(conn)
@@ -340,7 +358,7 @@ pub async fn accruals_between(
                     rate: AnnualRate::from_ppm(ppm).map_err(|e| {
                         anyhow::anyhow!("stored rate of {account_id} on {day}: {e}")
                     })?,
-                    account_id,
+                    account_id: account_ids::decode(account_id)?,
                     day,
                     currency,
                     balance_minor,
@@ -354,7 +372,8 @@ pub async fn accruals_between(
 /// What the service knows about one account.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountSummary {
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    pub account_id: AccountId,
     pub currency: String,
     /// Latest closing balance (the current balance).
     pub balance_minor: i64,
@@ -368,7 +387,7 @@ pub struct AccountSummary {
 
 pub async fn account_summary(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> sqlx::Result<Option<AccountSummary>> {
     sqlx::query_as(
         "SELECT v.account_id, v.currency, v.balance_minor, v.as_of_day, \
@@ -378,20 +397,21 @@ pub async fn account_summary(
                     AS accrued_through \
            FROM accounts_balance v WHERE v.account_id = $1",
     )
-    .bind(account_id)
+    .bind(account_id.as_str())
     .fetch_optional(conn)
     .await
 }
 
-/// Up to `limit` accounts after `after` (by id) whose stored accruals end before `through`
-/// (or that have none), in id order: the end-of-day job's work list, one page at a time.
+/// Up to `limit` accounts after `after` (by id; from the first when `None`) whose stored
+/// accruals end before `through` (or that have none), in id order: the end-of-day job's work
+/// list, one page at a time.
 pub async fn accounts_behind(
     conn: &mut PgConnection,
-    after: &str,
+    after: Option<&AccountId>,
     through: NaiveDate,
     limit: i64,
-) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
+) -> sqlx::Result<Vec<AccountId>> {
+    let rows: Vec<String> = sqlx::query_scalar(
         // max(day) per account is one backward probe of the (account_id, day) primary key.
         "SELECT a.account_id FROM accounts a \
           WHERE a.account_id > $1 \
@@ -399,28 +419,29 @@ pub async fn accounts_behind(
                            WHERE d.account_id = a.account_id) < $2, true) \
           ORDER BY a.account_id LIMIT $3",
     )
-    .bind(after)
+    // Every id sorts after the empty text.
+    .bind(after.map_or("", AccountId::as_str))
     .bind(through)
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    rows.into_iter().map(account_ids::decode).collect()
 }
 
 /// The first business day (first closing-balance row) per account.
 pub async fn first_days(
     conn: &mut PgConnection,
-    account_ids: &[String],
-) -> sqlx::Result<HashMap<String, NaiveDate>> {
-    let rows: Vec<(String, NaiveDate)> = sqlx::query_as(
+    accounts: &[AccountId],
+) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
+    day_per_account(
+        conn,
         "SELECT a.account_id, f.day FROM UNNEST($1::text[]) AS a(account_id) \
            CROSS JOIN LATERAL (SELECT day FROM daily_balances \
                                 WHERE account_id = a.account_id \
                                 ORDER BY day LIMIT 1) f",
+        accounts,
     )
-    .bind(account_ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
+    .await
 }
 
 #[cfg(test)]
@@ -442,13 +463,14 @@ mod tests {
     #[test]
     fn accrued_days_become_rows_in_micro_minor_units_or_an_error_when_too_large() {
         // 36,500.00 at 1 % for one day: 1.00, 100 minor units.
-        let rows = AccrualRow::from_days("ACC-0001", "USD", vec![day(3_650_000, 10_000)]).unwrap();
+        let account = AccountId::parse("ACC-0001").unwrap();
+        let rows = AccrualRow::from_days(&account, "USD", vec![day(3_650_000, 10_000)]).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].account_id.as_str(), rows[0].currency.as_str()),
             ("ACC-0001", "USD")
         );
         assert_eq!(rows[0].accrued_micro, 100_000_000);
-        assert!(AccrualRow::from_days("ACC-0001", "USD", vec![day(i64::MAX, 1_000_000)]).is_err());
+        assert!(AccrualRow::from_days(&account, "USD", vec![day(i64::MAX, 1_000_000)]).is_err());
     }
 }

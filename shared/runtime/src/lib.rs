@@ -14,6 +14,7 @@
 //!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
 
+pub mod account_ids;
 pub mod amqp;
 pub mod applied;
 pub mod backoff;
