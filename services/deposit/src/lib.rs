@@ -175,14 +175,5 @@ pub async fn run(
         metrics: deposit_metrics,
         outbox,
     };
-    let (router, _) = http::service_router(api::router(state), ops);
-    let router = http::with_cors(router, &config.common.cors_allow_origins);
-    http::serve_then_drain(
-        listener,
-        router,
-        shutdown,
-        config.common.drain_timeout,
-        pool,
-    )
-    .await
+    http::serve_service(listener, api::router(state), ops, &config.common, shutdown).await
 }

@@ -538,6 +538,22 @@ pub async fn not_found_fallback() -> Problem {
     Problem::not_found(NO_SUCH_ROUTE)
 }
 
+/// A service's whole life after start-up: its routes with the ops routes and the docs
+/// ([`service_router`]), answering the browsers `common` allows ([`with_cors`]), served until
+/// shutdown and then drained ([`serve_then_drain`], which closes the ops pool).
+pub async fn serve_service(
+    listener: tokio::net::TcpListener,
+    api: OpenApiRouter,
+    ops: OpsState,
+    common: &crate::CommonConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let pool = ops.pool.clone();
+    let (router, _) = service_router(api, ops);
+    let router = with_cors(router, &common.cors_allow_origins);
+    serve_then_drain(listener, router, shutdown, common.drain_timeout, pool).await
+}
+
 /// Serves `router` until shutdown, then stops every other loop, drains them (up to
 /// `drain_timeout`) and closes the pool: the whole life of a service after start-up. `router` is
 /// what [`service_router`] built, its fallback included: a fallback set here would replace that
