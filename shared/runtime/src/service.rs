@@ -69,15 +69,6 @@ impl<H: Handler> ConsumerService<H> {
         // `/applied` is the runtime's, the same on every consumer, so it is added here rather
         // than by each service's router.
         let api = self.api.merge(applied_api(applied, shutdown.token()));
-        let (router, _) = http::service_router(api, ops);
-        let router = http::with_cors(router, &self.config.cors_allow_origins);
-        http::serve_then_drain(
-            listener,
-            router,
-            shutdown,
-            self.config.drain_timeout,
-            self.pool,
-        )
-        .await
+        http::serve_service(listener, api, ops, &self.config, shutdown).await
     }
 }
