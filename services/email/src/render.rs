@@ -10,8 +10,9 @@ use std::fmt::Write as _;
 /// Domain of every Message-ID this service writes.
 pub const MESSAGE_ID_DOMAIN: &str = "eventbank.example";
 
-/// A rendered confirmation, ready to be stored as a `queued` email.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A rendered confirmation, ready to be stored as a `queued` email (and read back, columns of
+/// the same names, to be sent).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Rendered {
     pub to_name: String,
     pub to_address: String,

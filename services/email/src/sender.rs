@@ -294,7 +294,7 @@ impl Sender {
             let _span = tracing::info_span!("send_email", event_id = %email.event_id).entered();
             let attempt = email.attempts.saturating_add(1);
             self.metrics.sent.inc();
-            tracing::info!(attempt, message_id = %email.message_id, "confirmation email sent");
+            tracing::info!(attempt, message_id = %email.rendered.message_id, "confirmation email sent");
         }
         Ok(())
     }
@@ -365,18 +365,21 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::Rendered;
     use uuid::Uuid;
 
     fn claimed(n: usize) -> Vec<Outgoing> {
         (0..n)
             .map(|_| Outgoing {
                 event_id: Uuid::now_v7(),
-                to_name: "Alice".into(),
-                to_address: "alice@example.com".into(),
-                subject: "s".into(),
-                body_text: "t".into(),
-                body_html: "h".into(),
-                message_id: "m".into(),
+                rendered: Rendered {
+                    to_name: "Alice".into(),
+                    to_address: "alice@example.com".into(),
+                    subject: "s".into(),
+                    body_text: "t".into(),
+                    body_html: "h".into(),
+                    message_id: "m".into(),
+                },
                 attempts: 0,
                 created_at: chrono::Utc::now(),
             })

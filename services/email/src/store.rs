@@ -85,12 +85,9 @@ pub struct EmailDetail {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Outgoing {
     pub event_id: Uuid,
-    pub to_name: String,
-    pub to_address: String,
-    pub subject: String,
-    pub body_text: String,
-    pub body_html: String,
-    pub message_id: String,
+    /// What the handler rendered, as stored.
+    #[sqlx(flatten)]
+    pub rendered: Rendered,
     /// Attempts made before this one.
     pub attempts: i32,
     pub created_at: DateTime<Utc>,

@@ -189,22 +189,23 @@ impl SmtpClient {
 /// Builds the MIME message (plain text and HTML alternatives). The Date header is the time the
 /// email was queued, so every attempt produces the same headers.
 pub fn build_message(from: &Mailbox, email: &Outgoing) -> Result<Message, DeliveryError> {
-    let address: Address = email.to_address.parse().map_err(|e| {
+    let rendered = &email.rendered;
+    let address: Address = rendered.to_address.parse().map_err(|e| {
         DeliveryError::Permanent(format!(
             "invalid recipient address {:?}: {e}",
-            email.to_address
+            rendered.to_address
         ))
     })?;
-    let name = (!email.to_name.is_empty()).then(|| email.to_name.clone());
+    let name = (!rendered.to_name.is_empty()).then(|| rendered.to_name.clone());
     Message::builder()
         .from(from.clone())
         .to(Mailbox::new(name, address))
-        .subject(email.subject.clone())
-        .message_id(Some(email.message_id.clone()))
+        .subject(rendered.subject.clone())
+        .message_id(Some(rendered.message_id.clone()))
         .date(SystemTime::from(email.created_at))
         .multipart(MultiPart::alternative_plain_html(
-            email.body_text.clone(),
-            email.body_html.clone(),
+            rendered.body_text.clone(),
+            rendered.body_html.clone(),
         ))
         .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))
 }
