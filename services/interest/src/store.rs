@@ -42,8 +42,13 @@ pub async fn lock_accounts(
     .bind(account_ids::texts(accounts))
     .fetch_all(conn)
     .await?;
+    by_account(rows)
+}
+
+/// `(account_id, value)` rows as a map by account.
+fn by_account<V>(rows: Vec<(String, V)>) -> sqlx::Result<HashMap<AccountId, V>> {
     rows.into_iter()
-        .map(|(account_id, currency)| Ok((account_ids::decode(account_id)?, currency)))
+        .map(|(account_id, value)| Ok((account_ids::decode(account_id)?, value)))
         .collect()
 }
 
@@ -57,9 +62,7 @@ async fn day_per_account(
         .bind(account_ids::texts(accounts))
         .fetch_all(conn)
         .await?;
-    rows.into_iter()
-        .map(|(account_id, day)| Ok((account_ids::decode(account_id)?, day)))
-        .collect()
+    by_account(rows)
 }
 
 /// The last day with a stored accrual, per account (absent for an account with none yet).
