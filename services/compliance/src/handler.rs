@@ -12,7 +12,7 @@
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
 use crate::rules::{Rules, Window};
-use crate::store::{self, ActiveStructuring, AlertKind, NewAlert, NewDeposit, Scope};
+use crate::store::{self, ActiveStructuring, AlertKind, NewAlert, Scope};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
@@ -122,18 +122,7 @@ impl ComplianceHandler {
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
         // Deposits first: the structuring walk reads them back with the precision Postgres
         // keeps, together with the earlier ones.
-        let deposits: Vec<NewDeposit> = fresh
-            .iter()
-            .map(|e| NewDeposit {
-                event_id: e.event_id,
-                deposit_id: e.deposit_id,
-                account_id: e.account_id.clone(),
-                amount_minor: e.amount_minor,
-                currency: e.currency.code().to_owned(),
-                occurred_at: e.occurred_at,
-            })
-            .collect();
-        store::insert_deposits(tx, &deposits).await?;
+        store::insert_deposits(tx, fresh).await?;
         let mut alerts = self.ctr_alerts(fresh);
         let (structuring, superseded) = self.structuring(tx, fresh).await?;
         // Superseded first: a replacement may name the same event, and only one alert of a

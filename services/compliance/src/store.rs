@@ -6,7 +6,7 @@
 use crate::chain::{self, Broken, StoredEntry, Verifier};
 use crate::rules::{Deposit, Window};
 use chrono::{DateTime, TimeDelta, Utc};
-use eventbank_events::AccountId;
+use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::account_ids;
 use futures_util::TryStreamExt;
 use serde::Serialize;
@@ -81,24 +81,17 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
     Ok(())
 }
 
-/// A deposit as the rules store it.
-#[derive(Debug, Clone)]
-pub struct NewDeposit {
-    pub event_id: Uuid,
-    pub deposit_id: Uuid,
-    pub account_id: AccountId,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub occurred_at: DateTime<Utc>,
-}
-
-pub async fn insert_deposits(conn: &mut PgConnection, rows: &[NewDeposit]) -> sqlx::Result<()> {
-    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let deposit_ids: Vec<Uuid> = rows.iter().map(|r| r.deposit_id).collect();
-    let accounts = account_ids::texts(rows.iter().map(|r| &r.account_id));
-    let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
-    let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
-    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+/// Records the deposits of the events, as the rules read them back.
+pub async fn insert_deposits(
+    conn: &mut PgConnection,
+    events: &[&DepositCompleted],
+) -> sqlx::Result<()> {
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let deposit_ids: Vec<Uuid> = events.iter().map(|e| e.deposit_id).collect();
+    let accounts = account_ids::texts(events.iter().map(|e| &e.account_id));
+    let amounts: Vec<i64> = events.iter().map(|e| e.amount_minor).collect();
+    let currencies: Vec<&str> = events.iter().map(|e| e.currency.code()).collect();
+    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
     sqlx::query(
         "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, occurred_at) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
