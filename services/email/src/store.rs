@@ -116,7 +116,7 @@ pub async fn insert_queued(
     for (event, r) in events.iter().zip(rendered) {
         event_ids.push(event.event_id);
         deposit_ids.push(event.deposit_id);
-        account_ids.push(event.account_id.as_str().to_owned());
+        account_ids.push(event.account_id.as_str());
         sequences.push(event.sequence);
         to_names.push(r.to_name.clone());
         to_addresses.push(r.to_address.clone());

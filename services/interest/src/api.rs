@@ -85,7 +85,7 @@ async fn summary(state: &AppState, account_id: &AccountId) -> Result<AccountSumm
     let mut conn = state.pool.acquire().await?;
     store::account_summary(&mut conn, account_id)
         .await?
-        .ok_or_else(|| ApiError::UnknownAccount(account_id.as_str().to_owned()))
+        .ok_or_else(|| ApiError::UnknownAccount(account_id.clone()))
 }
 
 /// Minor units as a decimal string in the currency's precision, when it can be formatted.

@@ -5,6 +5,7 @@
 use crate::api::MAX_DAYS_PER_REQUEST;
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
+use eventbank_events::AccountId;
 use eventbank_runtime::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,7 @@ pub enum ApiError {
     RangeTooLong { days: i64 },
     /// No deposit of this account has reached the service: a 404 with `account_id`.
     #[error("unknown account {0}")]
-    UnknownAccount(String),
+    UnknownAccount(AccountId),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
