@@ -11,7 +11,7 @@
 
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
-use crate::rules::{Rules, Window};
+use crate::rules::{Rules, Structuring, Window};
 use crate::store::{self, ActiveStructuring, AlertKind, NewAlert, Scope};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use eventbank_events::{AccountId, DepositCompleted};
@@ -216,8 +216,37 @@ impl ComplianceHandler {
         tx: &mut PgConnection,
         fresh: &[&DepositCompleted],
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
+        let scopes = self.walk_scopes(fresh);
+        if scopes.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let threshold = self.rules.ctr_threshold_minor;
         let window = self.rules.structuring_window;
+        let mut deposits = store::deposits_for_walk(tx, &scopes, window, threshold).await?;
+        let mut state = store::structuring_state(tx, &scopes).await?;
+
+        let mut raise = Vec::new();
+        let mut supersede = Vec::new();
+        for scope in scopes {
+            let key = (scope.account_id.clone(), scope.currency.clone());
+            let history = deposits.remove(&key).unwrap_or_default();
+            let (previous, existing) = state.remove(&key).unwrap_or_default();
+            let walked = self
+                .rules
+                .structuring_from(&history, scope.from, previous)
+                .into_iter()
+                .map(|found| self.structuring_alert(&scope, found));
+            let (new, gone) = compare_with_active(walked, existing);
+            raise.extend(new);
+            supersede.extend(gone);
+        }
+        Ok((raise, supersede))
+    }
+
+    /// Where the structuring walk restarts, per account and currency of the batch's
+    /// sub-threshold deposits: just before the earliest of them. In account and currency order.
+    fn walk_scopes(&self, fresh: &[&DepositCompleted]) -> Vec<Scope> {
+        let threshold = self.rules.ctr_threshold_minor;
         let mut froms: BTreeMap<(AccountId, String), DateTime<Utc>> = BTreeMap::new();
         for e in fresh.iter().filter(|e| e.amount_minor < threshold) {
             // A microsecond before the deposit, truncated to microseconds: Postgres keeps
@@ -231,57 +260,119 @@ impl ComplianceHandler {
                 .or_insert(t);
             *from = (*from).min(t);
         }
-        if froms.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let scopes: Vec<Scope> = froms
+        froms
             .into_iter()
             .map(|((account_id, currency), from)| Scope {
                 account_id,
                 currency,
                 from,
             })
-            .collect();
-        let mut deposits = store::deposits_for_walk(tx, &scopes, window, threshold).await?;
-        let mut state = store::structuring_state(tx, &scopes).await?;
+            .collect()
+    }
 
-        let mut raise = Vec::new();
-        let mut supersede = Vec::new();
-        for scope in scopes {
-            let key = (scope.account_id.clone(), scope.currency.clone());
-            let history = deposits.remove(&key).unwrap_or_default();
-            let (previous, existing) = state.remove(&key).unwrap_or_default();
-            let mut kept = HashSet::new();
-            for found in self.rules.structuring_from(&history, scope.from, previous) {
-                let alert = NewAlert {
-                    kind: AlertKind::Structuring,
-                    account_id: scope.account_id.clone(),
-                    event_id: found.event_id,
-                    amount_minor: found.total_minor,
-                    currency: scope.currency.clone(),
-                    window: found.window,
-                    details: json!({
-                        "threshold_minor": threshold,
-                        "window_seconds": window.num_seconds(),
-                        "deposit_count": found.event_ids.len(),
-                        "event_ids": found.event_ids,
-                    }),
-                };
-                let same = existing.iter().find(|old| {
-                    old.event_id == alert.event_id
-                        && old.window == alert.window
-                        && old.amount_minor == alert.amount_minor
-                        && old.details == alert.details
-                });
-                match same {
-                    Some(old) => {
-                        kept.insert(old.id);
-                    }
-                    None => raise.push(alert),
-                }
-            }
-            supersede.extend(existing.into_iter().filter(|old| !kept.contains(&old.id)));
+    /// The alert of one structuring finding of the walk.
+    fn structuring_alert(&self, scope: &Scope, found: Structuring) -> NewAlert {
+        NewAlert {
+            kind: AlertKind::Structuring,
+            account_id: scope.account_id.clone(),
+            event_id: found.event_id,
+            amount_minor: found.total_minor,
+            currency: scope.currency.clone(),
+            window: found.window,
+            details: json!({
+                "threshold_minor": self.rules.ctr_threshold_minor,
+                "window_seconds": self.rules.structuring_window.num_seconds(),
+                "deposit_count": found.event_ids.len(),
+                "event_ids": found.event_ids,
+            }),
         }
-        Ok((raise, supersede))
+    }
+}
+
+/// The walk's alerts of one scope against the active ones it replaces: returns those to raise
+/// and the active ones to supersede (no longer given by the walk). An alert the walk gives
+/// again unchanged stays as it is.
+fn compare_with_active(
+    walked: impl IntoIterator<Item = NewAlert>,
+    existing: Vec<ActiveStructuring>,
+) -> (Vec<NewAlert>, Vec<ActiveStructuring>) {
+    let mut raise = Vec::new();
+    let mut kept = HashSet::new();
+    for alert in walked {
+        let same = existing.iter().find(|old| {
+            old.event_id == alert.event_id
+                && old.window == alert.window
+                && old.amount_minor == alert.amount_minor
+                && old.details == alert.details
+        });
+        match same {
+            Some(old) => {
+                kept.insert(old.id);
+            }
+            None => raise.push(alert),
+        }
+    }
+    let supersede = existing
+        .into_iter()
+        .filter(|old| !kept.contains(&old.id))
+        .collect();
+    (raise, supersede)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use uuid::Uuid;
+
+    fn window(hour: u32) -> Window {
+        let end = DateTime::parse_from_rfc3339(&format!("2024-01-01T{hour:02}:00:00Z"))
+            .unwrap()
+            .with_timezone(&Utc);
+        Window {
+            start: end - TimeDelta::hours(24),
+            end,
+        }
+    }
+
+    fn walked(event_id: Uuid, hour: u32, amount_minor: i64) -> NewAlert {
+        NewAlert {
+            kind: AlertKind::Structuring,
+            account_id: AccountId::parse("ACC-0001").unwrap(),
+            event_id,
+            amount_minor,
+            currency: "USD".into(),
+            window: window(hour),
+            details: json!({ "deposit_count": 2 }),
+        }
+    }
+
+    fn active(id: i64, alert: &NewAlert) -> ActiveStructuring {
+        ActiveStructuring {
+            id,
+            event_id: alert.event_id,
+            window: alert.window,
+            amount_minor: alert.amount_minor,
+            details: alert.details.clone(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_alert_stays_a_changed_one_is_replaced_and_a_gone_one_superseded() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let same = walked(a, 1, 1_000_000);
+        let changed_before = walked(b, 5, 1_000_000);
+        let gone = walked(c, 9, 1_000_000);
+        let existing = vec![
+            active(1, &same),
+            active(2, &changed_before),
+            active(3, &gone),
+        ];
+        let changed_now = walked(b, 5, 1_200_000);
+        let (raise, supersede) = compare_with_active([same.clone(), changed_now.clone()], existing);
+        assert_eq!(raise.len(), 1);
+        assert_eq!((raise[0].event_id, raise[0].amount_minor), (b, 1_200_000));
+        let ids: Vec<i64> = supersede.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![2, 3]);
     }
 }

@@ -255,8 +255,8 @@ pub async fn supersede_alerts(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Res
     Ok(())
 }
 
-/// Which rule raised an alert. Stored as text (`CHECK` in the migration); a stored value that
-/// is neither is a decode error.
+/// Which rule raised an alert.
+// Stored as text (`CHECK` in the migration); a stored value that is neither is a decode error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]

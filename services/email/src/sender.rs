@@ -403,7 +403,10 @@ mod tests {
         assert!(round.next_to_start(1, 2, || false).is_none());
         round.fail(anyhow::anyhow!("database away"));
         round.fail(anyhow::anyhow!("a second error"));
-        assert_eq!(ids(&round.unstarted), ids(&[&emails[1], &emails[2], &emails[3]]));
+        assert_eq!(
+            ids(&round.unstarted),
+            ids(&[&emails[1], &emails[2], &emails[3]])
+        );
         assert!(round.next_to_start(0, 2, || false).is_none());
         assert_eq!(
             round.failure.map(|e| e.to_string()),

@@ -94,9 +94,10 @@ pub async fn accrue_through(
             break;
         }
         let mut conn = pool.acquire().await?;
-        let page = store::accounts_behind(&mut conn, after.as_ref(), through, ACCOUNTS_PER_TRANSACTION)
-            .await
-            .context("listing accounts with days to accrue")?;
+        let page =
+            store::accounts_behind(&mut conn, after.as_ref(), through, ACCOUNTS_PER_TRANSACTION)
+                .await
+                .context("listing accounts with days to accrue")?;
         drop(conn);
         let Some(last) = page.last() else {
             break;
