@@ -164,7 +164,7 @@ pub async fn connect_to(spec: &str, name: &str) -> anyhow::Result<Connection> {
 /// close-ok, which a connection reset under it may never deliver.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Closes `connection` cleanly if the broker answers within [`CLOSE_TIMEOUT`]; either way the
+/// Closes `connection` cleanly if the broker answers within `CLOSE_TIMEOUT`; either way the
 /// caller goes on (a reconnect, a shutdown). Errors are ignored: the connection is being left.
 pub async fn close_connection(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;

@@ -411,7 +411,7 @@ pub fn docs_router(openapi: OpenApi) -> Router {
 
 /// A service's whole HTTP surface: its own routes, the ops routes and the docs, with the
 /// fallback problem for unknown routes and the 405 of a known route as a problem, every request
-/// in a span of its own with a request id ([`request_spans`]). Also returns the spec (what
+/// in a span of its own with a request id (`request_spans`). Also returns the spec (what
 /// `/openapi.json` serves), so tests can compare it with the routes.
 pub fn service_router(api: OpenApiRouter, ops: OpsState) -> (Router, OpenApi) {
     let (router, openapi) = api.merge(ops_api(ops)).split_for_parts();
