@@ -249,13 +249,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_first_deposit_opens_the_account() {
+    /// The events of a first deposit of 5 USD.
+    fn first_deposit() -> Vec<AccountEvent> {
         let Decision::Apply(events) =
             decide(&AccountState::default(), &deposit(1, 5, "USD")).unwrap()
         else {
             panic!("expected Apply");
         };
+        events
+    }
+
+    #[test]
+    fn the_first_deposit_opens_the_account() {
+        let events = first_deposit();
         assert!(matches!(events[0], AccountEvent::Opened(_)));
         let state = replay(AccountState::default(), &events);
         assert_eq!(
@@ -266,12 +272,7 @@ mod tests {
 
     #[test]
     fn the_ordering_rule_and_validation() {
-        let Decision::Apply(events) =
-            decide(&AccountState::default(), &deposit(1, 5, "USD")).unwrap()
-        else {
-            panic!("expected Apply");
-        };
-        let state = replay(AccountState::default(), &events);
+        let state = replay(AccountState::default(), &first_deposit());
         assert_eq!(
             decide(&state, &deposit(1, 5, "USD")).unwrap(),
             Decision::Duplicate { last_sequence: 1 }
