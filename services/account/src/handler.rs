@@ -108,10 +108,7 @@ pub async fn apply_batch(
         write_appended(tx, &plan, snapshot_every).await?;
         // This transaction appended these versions: entries tagged with its id match only if
         // it commits.
-        cache.put(
-            txid,
-            plan.changed.iter().map(|c| (&c.account_id, &c.state)),
-        );
+        cache.put(txid, plan.changed.iter().map(|c| (&c.account_id, &c.state)));
     }
     let to_park: Vec<&Deposit> = plan.park.iter().collect();
     store::park(tx, &to_park).await?;

@@ -62,11 +62,7 @@ pub fn balance_row(
 }
 
 /// The transaction row of a `Deposited` recorded at `applied_at`.
-pub fn txn_row(
-    account_id: &AccountId,
-    deposited: &Deposited,
-    applied_at: DateTime<Utc>,
-) -> TxnRow {
+pub fn txn_row(account_id: &AccountId, deposited: &Deposited, applied_at: DateTime<Utc>) -> TxnRow {
     TxnRow {
         event_id: deposited.event_id,
         account_id: account_id.clone(),

@@ -82,7 +82,9 @@ async fn two_appends_at_the_same_version_one_wins_the_other_gets_a_conflict() {
 
     // Exactly the winner's events are stored.
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001"))
+        .await
+        .unwrap();
     assert_eq!((loaded.state.version, loaded.state.balance_minor), (2, 100));
 
     // The loser retries: reloads, decides again on the new state, appends the next version.
@@ -99,7 +101,9 @@ async fn two_appends_at_the_same_version_one_wins_the_other_gets_a_conflict() {
         })
         .collect();
     store::append(&mut conn, &events).await.unwrap();
-    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001"))
+        .await
+        .unwrap();
     assert_eq!(
         (loaded.state.version, loaded.state.balance_minor),
         (3, 1_099)
@@ -170,7 +174,9 @@ async fn a_handler_beaten_by_an_outside_writer_fails_cleanly_and_its_retry_succe
     // What the runtime does next: the same events in a new transaction; now a duplicate.
     handle_with(&db, &AccountHandler::default(), &[deposit]).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001"))
+        .await
+        .unwrap();
     assert_eq!(loaded.state.version, 2);
     assert!(matches!(
         store::read_stream(&mut conn, &id("ACC-0001"), 1, 10)

@@ -37,7 +37,9 @@ async fn snapshots_every_n_events_and_loading_is_snapshot_plus_tail() {
     assert_eq!(snapshot_versions(&db).await, vec![5, 10, 20]);
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001"))
+        .await
+        .unwrap();
     assert_eq!((loaded.snapshot_version, loaded.replayed), (20, 0));
     assert_eq!(loaded.state, full_replay(&db, "ACC-0001").await);
     let at_12 = store::load_prefix(&mut conn, &id("ACC-0001"), store::Bound::Version(12))
@@ -70,7 +72,9 @@ async fn an_unreadable_snapshot_is_ignored_and_the_stream_replayed() {
         .unwrap();
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let loaded = store::load_stream(&mut conn, &id("ACC-0001")).await.unwrap();
+    let loaded = store::load_stream(&mut conn, &id("ACC-0001"))
+        .await
+        .unwrap();
     assert_eq!((loaded.snapshot_version, loaded.replayed), (0, 10));
     assert_eq!(loaded.state, full_replay(&db, "ACC-0001").await);
     let as_of = store::state_as_of(&mut conn, &id("ACC-0001"), chrono::Utc::now())
