@@ -109,17 +109,8 @@ pub async fn run(
         broker_required: false,
         registry: Arc::new(registry),
     };
-    let (router, _) = http::service_router(api, ops);
-    let router = http::with_cors(router, &config.common.cors_allow_origins);
     tracing::info!("query only (CONSUME_EVENTS=false): serving without a consumer");
-    http::serve_then_drain(
-        listener,
-        router,
-        shutdown,
-        config.common.drain_timeout,
-        pool,
-    )
-    .await
+    http::serve_service(listener, api, ops, &config.common, shutdown).await
 }
 
 /// `account rebuild [--check]`: exit 0 when the live projections were identical, 1 when they
