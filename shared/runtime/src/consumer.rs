@@ -28,14 +28,11 @@ use crate::backoff::Backoff;
 use crate::config::CommonConfig;
 use crate::membership;
 use crate::metrics::ConsumerMetrics;
+use crate::publisher::{Outgoing, Publisher};
 use eventbank_events::{DepositCompleted, decode};
 use futures_util::{FutureExt, StreamExt};
-use lapin::Confirmation;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use prometheus_client::metrics::gauge::Gauge;
@@ -605,24 +602,15 @@ async fn dead_letter<H>(
         queue,
         &chrono::Utc::now().to_rfc3339(),
     );
-    let properties = delivery.properties.clone().with_headers(headers);
-    let confirmation = channel
-        .basic_publish(
-            ShortString::from(shared.names.dead_letter_exchange(shared.config.service)),
-            ShortString::from(queue),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirmation {
-        Confirmation::Ack(None) => {}
-        other => anyhow::bail!("dead-letter publish was not confirmed: {other:?}"),
-    }
+    Publisher::on(channel.clone())
+        .publish_one(&Outgoing {
+            exchange: shared.names.dead_letter_exchange(shared.config.service),
+            routing_key: queue.to_owned(),
+            body: delivery.data.clone(),
+            properties: delivery.properties.clone().with_headers(headers),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("dead-letter publish failed: {e}"))?;
     channel
         .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
         .await?;

@@ -50,6 +50,12 @@ impl Publisher {
         Ok(Self { channel })
     }
 
+    /// Publishes on `channel`, which must already be in confirm mode (a consumer's channel,
+    /// which also acks, or a tool's).
+    pub fn on(channel: Channel) -> Self {
+        Self { channel }
+    }
+
     pub fn channel(&self) -> &Channel {
         &self.channel
     }

@@ -3,12 +3,12 @@
 //! supplies its handler, its API router and its metrics.
 
 use crate::Shutdown;
-use crate::telemetry;
 use crate::applied::{AppliedFeed, applied_api};
 use crate::config::CommonConfig;
 use crate::consumer::{Consumer, Handler};
 use crate::http::{self, OpsState};
 use crate::metrics::{self, ConsumerMetrics};
+use crate::telemetry;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::sync::Arc;

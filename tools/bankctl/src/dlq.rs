@@ -8,12 +8,10 @@
 
 use anyhow::{Context, Result, bail};
 use eventbank_runtime::amqp::{self, Names};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use eventbank_runtime::publisher::{Outgoing, Publisher};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 
 pub const CONSUMERS: [&str; 4] = ["account", "email", "interest", "compliance"];
@@ -204,24 +202,16 @@ pub async fn redrive(
             "x-eventbank-redriven-at".into(),
             AMQPValue::LongString(LongString::from(chrono::Utc::now().to_rfc3339().as_str())),
         );
-        let properties = delivery.properties.clone().with_headers(headers);
         // Default exchange, routing key = queue name: straight back to its own partition.
-        let confirmation = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(target.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if !matches!(confirmation, Confirmation::Ack(None)) {
-            bail!("redrive to {target} was not confirmed: {confirmation:?}");
-        }
+        Publisher::on(channel.clone())
+            .publish_one(&Outgoing {
+                exchange: String::new(),
+                routing_key: target.clone(),
+                body: delivery.data.clone(),
+                properties: delivery.properties.clone().with_headers(headers),
+            })
+            .await
+            .with_context(|| format!("redrive to {target}"))?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
         redriven += 1;
     }
