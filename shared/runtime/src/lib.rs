@@ -13,6 +13,11 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
 //!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
+//! - [`service`]: `start` (what every `main` does before `run`) and the consumer-service skeleton.
+//! - [`trace`]: the W3C trace context carried from the deposit request through every event.
+//! - [`batch`], [`account_ids`]: small helpers the consumers' handlers share.
+//! - `testing` (feature `testing`, for tests only): test databases, OpenAPI conformance checks,
+//!   the SMTP test sink, seeded shuffles.
 
 pub mod account_ids;
 pub mod amqp;
