@@ -47,6 +47,34 @@ pub async fn postgres(
     batches: &[usize],
     secs: f64,
 ) -> Result<Vec<PgCeiling>> {
+    with_database(admin_url, db_name, async || {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections as u32)
+            .min_connections(connections as u32)
+            .connect(db_url)
+            .await
+            .with_context(|| format!("connecting to {db_name}"))?;
+        let outcome = async {
+            setup_schema(&mut *pool.acquire().await?).await?;
+            let mut out = Vec::new();
+            for &batch in batches {
+                out.push(measure_pg(&pool, connections, batch, secs).await?);
+            }
+            anyhow::Ok(out)
+        }
+        .await;
+        pool.close().await;
+        outcome
+    })
+    .await
+}
+
+/// Creates database `db_name` next to the world's, runs `f`, drops it (also when `f` failed).
+pub async fn with_database<T>(
+    admin_url: &str,
+    db_name: &str,
+    f: impl AsyncFnOnce() -> Result<T>,
+) -> Result<T> {
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(admin_url)
@@ -58,38 +86,20 @@ pub async fn postgres(
     .execute(&admin)
     .await
     .with_context(|| format!("creating database {db_name}"))?;
-    let measured = async {
-        let pool = PgPoolOptions::new()
-            .max_connections(connections as u32)
-            .min_connections(connections as u32)
-            .connect(db_url)
-            .await
-            .with_context(|| format!("connecting to {db_name}"))?;
-        let outcome = async {
-            setup_schema(&pool).await?;
-            let mut out = Vec::new();
-            for &batch in batches {
-                out.push(measure_pg(&pool, connections, batch, secs).await?);
-            }
-            anyhow::Ok(out)
-        }
-        .await;
-        pool.close().await;
-        outcome
-    }
-    .await;
+    let outcome = f().await;
     let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
     )))
     .execute(&admin)
     .await;
     admin.close().await;
-    let out = measured?;
+    let out = outcome?;
     dropped.with_context(|| format!("dropping database {db_name}"))?;
     Ok(out)
 }
 
-pub async fn setup_schema(pool: &PgPool) -> Result<()> {
+/// The consumer-shaped tables [`apply_batch`] writes.
+pub async fn setup_schema(conn: &mut PgConnection) -> Result<()> {
     for sql in [
         "CREATE TABLE processed_events (event_id uuid PRIMARY KEY, \
          processed_at timestamptz NOT NULL DEFAULT now())",
@@ -98,7 +108,7 @@ pub async fn setup_schema(pool: &PgPool) -> Result<()> {
         "CREATE TABLE balances (account_id text PRIMARY KEY, balance_minor bigint NOT NULL, \
          deposit_count bigint NOT NULL, updated_at timestamptz NOT NULL)",
     ] {
-        sqlx::query(sql).execute(pool).await?;
+        sqlx::query(sql).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -228,25 +238,50 @@ pub async fn broker(
     prefetch: u16,
     secs: f64,
 ) -> Result<BrokerCeiling> {
+    let exchange = format!("{ns}.ceiling.x");
+    let queue_names: Vec<String> = (0..queues).map(|i| format!("{ns}.ceiling.q{i}")).collect();
+    let routing_key = message.routing_key.clone();
+    with_fanout(
+        amqp_url,
+        &exchange,
+        &queue_names,
+        &routing_key,
+        async |connection| {
+            measure_broker(
+                connection,
+                &exchange,
+                &queue_names,
+                message,
+                window,
+                prefetch,
+                secs,
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// Connects to `amqp_url`, declares `exchange` and `queues` (see [`declare_fanout`]), runs
+/// `f`, deletes them again (also when `f` failed) and closes the connection.
+pub async fn with_fanout<T>(
+    amqp_url: &str,
+    exchange: &str,
+    queues: &[String],
+    routing_key: &str,
+    f: impl AsyncFnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
         .context("connecting to RabbitMQ")?;
-    let exchange = format!("{ns}.ceiling.x");
-    let queue_names: Vec<String> = (0..queues).map(|i| format!("{ns}.ceiling.q{i}")).collect();
-    let outcome = measure_broker(
-        &connection,
-        &exchange,
-        &queue_names,
-        message,
-        window,
-        prefetch,
-        secs,
-    )
-    .await;
-    let cleanup = delete_fanout(&connection, &exchange, &queue_names).await;
-    let _ = connection.close(200, "ceiling measured".into()).await;
+    let outcome = match declare_fanout(&connection, exchange, queues, routing_key).await {
+        Ok(()) => f(&connection).await,
+        Err(e) => Err(e),
+    };
+    let cleanup = delete_fanout(&connection, exchange, queues).await;
+    let _ = connection.close(200, "measured".into()).await;
     let out = outcome?;
-    cleanup.context("deleting the ceiling's queues")?;
+    cleanup.with_context(|| format!("deleting {exchange} and its queues"))?;
     Ok(out)
 }
 
@@ -259,7 +294,6 @@ async fn measure_broker(
     prefetch: u16,
     secs: f64,
 ) -> Result<BrokerCeiling> {
-    declare_fanout(connection, exchange, queues, &message.routing_key).await?;
     message.exchange = exchange.to_owned();
     let message_bytes = message.body.len();
 
@@ -273,16 +307,12 @@ async fn measure_broker(
         let consumed = Arc::clone(&consumed);
         let stop = Arc::clone(&stop);
         consumers.spawn(async move {
-            run_batches(
-                &channel,
-                deliveries,
-                &stop,
-                async |_| Ok(()),
-                |n| {
-                    consumed[i].fetch_add(n as u64, Ordering::Relaxed);
-                },
-            )
-            .await
+            let mut batches = Batches::new(deliveries);
+            while batches.next(&stop).await?.is_some() {
+                let n = batches.ack(&channel).await?;
+                consumed[i].fetch_add(n as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
         });
     }
 
@@ -423,37 +453,50 @@ pub async fn consume(
         .await?)
 }
 
-/// Until `stop`: takes what is waiting (up to 50, as the consumer runtime does), hands the
-/// batch to `handle`, acks it at once with `multiple`, then tells `acked` how many that was.
-pub async fn run_batches(
-    channel: &lapin::Channel,
-    mut deliveries: lapin::Consumer,
-    stop: &AtomicBool,
-    mut handle: impl AsyncFnMut(&[Delivery]) -> Result<()>,
-    mut acked: impl FnMut(usize),
-) -> Result<()> {
-    let mut batch: Vec<Delivery> = Vec::with_capacity(50);
-    while !stop.load(Ordering::Relaxed) {
-        let first = tokio::select! {
-            next = deliveries.next() => next,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-        };
-        let Some(first) = first else { break };
-        batch.clear();
-        batch.push(first?);
-        while batch.len() < 50 {
-            match deliveries.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(d),
-                _ => break,
-            }
+/// A consumer's deliveries in batches: what is waiting when one arrives (up to 50, as the
+/// consumer runtime takes them), acked at once with `multiple`.
+pub struct Batches {
+    deliveries: lapin::Consumer,
+    batch: Vec<Delivery>,
+}
+
+impl Batches {
+    pub fn new(deliveries: lapin::Consumer) -> Self {
+        Self {
+            deliveries,
+            batch: Vec::with_capacity(50),
         }
-        handle(&batch).await?;
-        if let Some(last) = batch.last() {
+    }
+
+    /// The next batch; `None` once `stop` is set (looked at every 100 ms) or the consumer
+    /// ended.
+    pub async fn next(&mut self, stop: &AtomicBool) -> Result<Option<&[Delivery]>> {
+        while !stop.load(Ordering::Relaxed) {
+            let first = tokio::select! {
+                next = self.deliveries.next() => next,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let Some(first) = first else { break };
+            self.batch.clear();
+            self.batch.push(first?);
+            while self.batch.len() < 50 {
+                match self.deliveries.next().now_or_never() {
+                    Some(Some(Ok(d))) => self.batch.push(d),
+                    _ => break,
+                }
+            }
+            return Ok(Some(&self.batch));
+        }
+        Ok(None)
+    }
+
+    /// Acks the last batch (all of it: `multiple`) and answers its size.
+    pub async fn ack(&self, channel: &lapin::Channel) -> Result<usize> {
+        if let Some(last) = self.batch.last() {
             channel
                 .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
         }
-        acked(batch.len());
+        Ok(self.batch.len())
     }
-    Ok(())
 }

@@ -20,6 +20,7 @@ mod drive;
 mod latency;
 mod observe;
 mod report;
+mod skeleton;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
@@ -59,6 +60,11 @@ pub struct Args {
     /// Skip the ceiling measurements.
     #[arg(long)]
     no_ceilings: bool,
+    /// Also run the pipeline's skeleton (see `skeleton`) before the services start, closed
+    /// loop with the concurrency and seconds of the first closed-loop uniform phase; the
+    /// result's `ratio` is then sustained / skeleton.
+    #[arg(long)]
+    skeleton: bool,
     /// Extra environment for every service, KEY=VALUE (e.g. BATCH_SIZE=100); repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -216,6 +222,11 @@ async fn bench(
     } else {
         Some(measure_ceilings(world, ceiling_secs).await?)
     };
+    let skeleton = if args.skeleton {
+        Some(run_skeleton(world, &args.phases).await?)
+    } else {
+        None
+    };
 
     // The SMTP server the email service delivers to, unless told otherwise; what it receives
     // is counted as it arrives (and not kept), so every deposit's email can be checked.
@@ -259,6 +270,7 @@ async fn bench(
         service_env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         accounts: accounts.len(),
         ceilings,
+        skeleton,
         phases,
         rebuild_events_per_s: args.rebuild_events_per_s,
         rebuild_events: args.rebuild_events,
@@ -417,18 +429,67 @@ async fn measure_ceilings(world: &TestWorld, secs: f64) -> Result<report::Ceilin
     Ok(report::Ceilings::new(pg, broker, Svc::CONSUMERS.len()))
 }
 
+/// The pipeline's skeleton, shaped like the first closed-loop uniform phase (else 32
+/// producers for 10 s), in a database and broker names of its own.
+async fn run_skeleton(world: &TestWorld, phases: &[PhaseSpec]) -> Result<skeleton::Skeleton> {
+    let (producers, secs) = phases
+        .iter()
+        .find_map(|p| match (p.mode, p.dist) {
+            (Mode::Closed(c), Dist::Uniform) => Some((c as usize, p.secs as f64)),
+            _ => None,
+        })
+        .unwrap_or((32, 10.0));
+    eprintln!(
+        "loadgen: skeleton: {producers} producers, relay, {} batched consumers ({secs} s)",
+        Svc::CONSUMERS.len()
+    );
+    let db_name = format!("eb_{}_skeleton", world.id());
+    let db_url = world
+        .db_url(Svc::Deposit)
+        .replace(&world.db_name(Svc::Deposit), &db_name);
+    let place = skeleton::Place {
+        admin_url: world.admin_url(),
+        db_url: &db_url,
+        db_name: &db_name,
+        amqp_url: world.amqp_url(),
+        ns: world.ns(),
+    };
+    let result = skeleton::run(&place, producers, secs, PREFETCH).await?;
+    eprintln!(
+        "loadgen: skeleton: {} deposits, {:.0}/s end to end; CPU ms per deposit {:?}",
+        result.deposits, result.deposits_per_s, result.cpu_ms_per_deposit
+    );
+    Ok(result)
+}
+
 /// A `DepositCompleted` message exactly as the relay would publish it.
 fn sample_message(ns: &str) -> Result<eventbank_runtime::publisher::Outgoing> {
+    let event = deposit_completed("ACC-1234", 4_217)?;
+    Ok(eventbank_runtime::publisher::deposit_message(
+        &format!("{ns}.bank.events"),
+        event.event_id,
+        "ACC-1234",
+        event.traceparent.as_deref(),
+        event.to_json()?,
+    ))
+}
+
+/// A `DepositCompleted` of now, with new ids and a traceparent, as the deposit service writes
+/// it to its outbox.
+fn deposit_completed(
+    account_id: &str,
+    amount_minor: i64,
+) -> Result<eventbank_events::DepositCompleted> {
     let now = chrono::Utc::now();
-    let event = eventbank_events::DepositCompleted {
+    Ok(eventbank_events::DepositCompleted {
         event_id: uuid::Uuid::now_v7(),
         sequence: 17,
         time: now,
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         schema_version: eventbank_events::deposit::CURRENT_VERSION,
         deposit_id: uuid::Uuid::now_v7(),
-        account_id: eventbank_events::AccountId::parse("ACC-1234")?,
-        amount_minor: 4_217,
+        account_id: eventbank_events::AccountId::parse(account_id)?,
+        amount_minor,
         currency: eventbank_events::Currency::parse("USD")?,
         account: eventbank_events::AccountSnapshot {
             holder_name: "Bench Holder 234".into(),
@@ -437,14 +498,7 @@ fn sample_message(ns: &str) -> Result<eventbank_runtime::publisher::Outgoing> {
         occurred_at: now,
         channel: None,
         reference: None,
-    };
-    Ok(eventbank_runtime::publisher::deposit_message(
-        &format!("{ns}.bank.events"),
-        event.event_id,
-        "ACC-1234",
-        event.traceparent.as_deref(),
-        event.to_json()?,
-    ))
+    })
 }
 
 fn bar(len: u64, message: &str) -> Result<ProgressBar> {
@@ -680,6 +734,17 @@ fn cpu_seconds(handles: &[(Svc, u32)]) -> BTreeMap<String, f64> {
     m
 }
 
+/// CPU seconds used between two [`cpu_seconds`] readings, per process.
+fn cpu_used(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
 /// CPU seconds (per process, and the machine's busy and total) and per-database statistics:
 /// cumulative when read, used during a phase after [`Usage::since`].
 struct Usage {
@@ -703,11 +768,7 @@ impl Usage {
     /// What was used between `before` and this reading.
     fn since(self, before: &Usage) -> Usage {
         Usage {
-            cpu: self
-                .cpu
-                .iter()
-                .map(|(k, v)| (k.clone(), v - before.cpu.get(k).copied().unwrap_or(0.0)))
-                .collect(),
+            cpu: cpu_used(&before.cpu, &self.cpu),
             machine: match (before.machine, self.machine) {
                 (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0, t1 - t0)),
                 _ => None,

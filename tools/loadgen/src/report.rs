@@ -18,6 +18,7 @@ use crate::ceiling::{BrokerCeiling, PgCeiling};
 use crate::drive::{LoadOutcome, Mode, PhaseSpec};
 use crate::latency::{DbStats, EndToEnd};
 use crate::observe::Machine;
+use crate::skeleton::Skeleton;
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -297,8 +298,14 @@ pub struct Result {
     /// phases (of all phases when there is none).
     pub deposits_per_s: f64,
     pub ceiling_deposits_per_s: Option<f64>,
-    /// deposits_per_s / ceiling_deposits_per_s.
+    /// deposits_per_s / skeleton_deposits_per_s: how close the pipeline comes to its own
+    /// skeleton, run on the same machine in the same run.
     pub ratio: Option<f64>,
+    /// What the pipeline's skeleton sustained (`--skeleton`).
+    pub skeleton_deposits_per_s: Option<f64>,
+    /// deposits_per_s / ceiling_deposits_per_s (context: the ceilings are bounds measured with
+    /// the machine to each resource alone).
+    pub ceiling_ratio: Option<f64>,
     /// Latency, memory and backlog at the reference load: the open-loop phase whose offered
     /// rate is closest to 1,000/s (the first phase when there is none).
     pub reference_phase: String,
@@ -322,6 +329,7 @@ pub struct Result {
     pub accounts: usize,
     pub machine: Machine,
     pub ceilings: Option<Ceilings>,
+    pub skeleton: Option<Skeleton>,
     pub phases: Vec<Phase>,
     /// What the SMTP server inside loadgen received (absent with `--email-transport file`).
     pub emails: Option<EmailTally>,
@@ -346,6 +354,7 @@ pub struct Inputs {
     pub service_env: Vec<String>,
     pub accounts: usize,
     pub ceilings: Option<Ceilings>,
+    pub skeleton: Option<Skeleton>,
     pub phases: Vec<Phase>,
     pub rebuild_events_per_s: Option<f64>,
     pub rebuild_events: Option<u64>,
@@ -375,12 +384,18 @@ impl Result {
             .max_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s));
         let deposits_per_s = best.map_or(0.0, |p| p.e2e_per_s);
         let ceiling = i.ceilings.as_ref().map(|c| c.deposits_per_s);
+        let skeleton = i.skeleton.as_ref().map(|s| s.deposits_per_s);
+        let share_of = |bound: Option<f64>| {
+            bound
+                .filter(|b| *b > 0.0)
+                .map(|b| round3(deposits_per_s / b))
+        };
         Self {
             deposits_per_s,
             ceiling_deposits_per_s: ceiling,
-            ratio: ceiling
-                .filter(|c| *c > 0.0)
-                .map(|c| round3(deposits_per_s / c)),
+            ratio: share_of(skeleton),
+            skeleton_deposits_per_s: skeleton,
+            ceiling_ratio: share_of(ceiling),
             reference_phase: reference.map(|p| p.name.clone()).unwrap_or_default(),
             accept_p50_ms: reference.map_or(0.0, |p| p.accept.p50_ms),
             accept_p99_ms: reference.map_or(0.0, |p| p.accept.p99_ms),
@@ -403,6 +418,7 @@ impl Result {
             accounts: i.accounts,
             machine: i.machine,
             ceilings: i.ceilings,
+            skeleton: i.skeleton,
             phases: i.phases,
         }
     }
@@ -447,6 +463,9 @@ pub fn table(r: &Result) -> String {
     if let Some(c) = &r.ceilings {
         ceilings_lines(&mut out, c);
     }
+    if let Some(s) = &r.skeleton {
+        skeleton_line(&mut out, s);
+    }
     phase_rows(&mut out, &r.phases);
     for p in &r.phases {
         phase_details(&mut out, p);
@@ -456,10 +475,7 @@ pub fn table(r: &Result) -> String {
         "\nsustained {:.0} deposits/s end to end ({}){}",
         r.deposits_per_s,
         r.throughput_phase,
-        match (r.ceiling_deposits_per_s, r.ratio) {
-            (Some(c), Some(ratio)) => format!("; ceiling {c:.0}/s; ratio {:.0}%", ratio * 100.0),
-            _ => String::new(),
-        }
+        bound_shares(r)
     );
     if let Some(rebuild) = r.rebuild_events_per_s {
         let _ = writeln!(
@@ -476,6 +492,32 @@ pub fn table(r: &Result) -> String {
         );
     }
     out
+}
+
+/// "; skeleton S/s; ratio R%; ceiling C/s (P%)", each part where it was measured.
+fn bound_shares(r: &Result) -> String {
+    let mut out = String::new();
+    if let (Some(s), Some(ratio)) = (r.skeleton_deposits_per_s, r.ratio) {
+        let _ = write!(out, "; skeleton {s:.0}/s; ratio {:.0}%", ratio * 100.0);
+    }
+    if let (Some(c), Some(ratio)) = (r.ceiling_deposits_per_s, r.ceiling_ratio) {
+        let _ = write!(out, "; ceiling {c:.0}/s ({:.0}%)", ratio * 100.0);
+    }
+    out
+}
+
+fn skeleton_line(out: &mut String, s: &Skeleton) {
+    let _ = writeln!(
+        out,
+        "\nskeleton (same shape, no features; {} producers, {:.0} s): {:.0} deposits/s end to end \
+         ({} deposits, drained in {:.1} s); CPU ms per deposit: {}",
+        s.producers,
+        s.secs,
+        s.deposits_per_s,
+        s.deposits,
+        s.drain_s,
+        listed(&s.cpu_ms_per_deposit, 2)
+    );
 }
 
 fn ceilings_lines(out: &mut String, c: &Ceilings) {
@@ -545,33 +587,32 @@ fn phase_rows(out: &mut String, phases: &[Phase]) {
     );
 }
 
+/// "key value, key value" with `decimals` digits after the point.
+fn listed(values: &BTreeMap<String, f64>, decimals: usize) -> String {
+    values
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A phase's memory, backlog, CPU and commits, in lines of their own.
 fn phase_details(out: &mut String, p: &Phase) {
-    let rss: Vec<String> = p
-        .rss_peak_mb
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.1}"))
-        .collect();
     let _ = writeln!(
         out,
         "{}: peak RSS MB: {}; outbox backlog max {:.0}; machine busy {}; errors {}",
         p.name,
-        rss.join(", "),
+        listed(&p.rss_peak_mb, 1),
         p.outbox_backlog_max,
         p.machine_busy
             .map_or("?".into(), |b| format!("{:.0}%", b * 100.0)),
         p.errors
     );
-    let lag: Vec<String> = p
-        .lag_at_end_by_stage
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.0}"))
-        .collect();
     let _ = writeln!(
         out,
         "{}: behind when the load stopped: {}",
         p.name,
-        lag.join(", ")
+        listed(&p.lag_at_end_by_stage, 0)
     );
     let db: Vec<String> = p
         .db_commits_per_1000
@@ -583,16 +624,11 @@ fn phase_details(out: &mut String, p: &Phase) {
             )
         })
         .collect();
-    let cpu: Vec<String> = p
-        .cpu_ms_per_deposit
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.2}"))
-        .collect();
     let _ = writeln!(
         out,
         "{}: CPU ms per deposit: {}; the stack's CPU alone allows {:.0} deposits/s",
         p.name,
-        cpu.join(", "),
+        listed(&p.cpu_ms_per_deposit, 2),
         p.stack_cpu_bound_deposits_per_s
     );
     let _ = writeln!(
@@ -603,10 +639,10 @@ fn phase_details(out: &mut String, p: &Phase) {
     );
 }
 
-fn round1(x: f64) -> f64 {
+pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn round3(x: f64) -> f64 {
+pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
