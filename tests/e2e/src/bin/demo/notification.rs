@@ -260,6 +260,16 @@ fn latency(
     Ok((Duration::from_micros(mean), Duration::from_micros(p99)))
 }
 
+/// Waits until `tally` has the details of every deposit of `ids`.
+async fn until_has(tally: &Tally, ids: &[String], who: &str) -> Result<()> {
+    eventually(WAIT, || async {
+        let n = tally.has_all(ids);
+        ensure!(n == ids.len(), "{who} {n}/{}", ids.len());
+        Ok(())
+    })
+    .await
+}
+
 /// `total / events`, rounded to a whole number.
 fn per_event(total: &AtomicU64, events: usize) -> u64 {
     let events = events as u64;
@@ -454,12 +464,7 @@ async fn outage(
         let deposit_id = publish_copy(world, deposit_db, &account, &payload, k).await?;
         outage_ids.push(deposit_id.to_string());
     }
-    eventually(WAIT, || async {
-        let f = fat.has_all(&outage_ids);
-        ensure!(f == OUTAGE_EVENTS, "state transfer {f}/{OUTAGE_EVENTS}");
-        Ok(())
-    })
-    .await?;
+    until_has(fat, &outage_ids, "state transfer").await?;
     let fat_outage = stopped.elapsed();
     settle(world, (N + OUTAGE_EVENTS) as i64).await?;
     ok(&format!(
@@ -484,12 +489,7 @@ async fn outage(
     say("start the deposit service again");
     s.deposit.restart().await?;
     let restarted = Instant::now();
-    eventually(WAIT, || async {
-        let n = note.has_all(&outage_ids);
-        ensure!(n == OUTAGE_EVENTS, "notification {n}/{OUTAGE_EVENTS}");
-        Ok(())
-    })
-    .await?;
+    until_has(note, &outage_ids, "notification").await?;
     let catch_up = restarted.elapsed();
     ok(&format!(
         "notification caught up: {OUTAGE_EVENTS}/{OUTAGE_EVENTS}, {} ms after the restart was ready",
@@ -574,14 +574,7 @@ async fn late_email(
     let d = deposit(s, holder, "7.77", "USD").await?;
     let late = d["deposit_id"].as_str().context("deposit_id")?.to_owned();
     let late_ids = [late.clone()];
-    eventually(WAIT, || async {
-        ensure!(
-            fat.has_all(&late_ids) == 1,
-            "state transfer has not seen it"
-        );
-        Ok(())
-    })
-    .await?;
+    until_has(fat, &late_ids, "state transfer").await?;
     let new = "nora.moved@example.org";
     sqlx::query("UPDATE accounts SET email = $2 WHERE account_id = $1")
         .bind(holder)
@@ -589,11 +582,7 @@ async fn late_email(
         .execute(deposit_db)
         .await?;
     note.hold.store(false, Ordering::SeqCst);
-    eventually(WAIT, || async {
-        ensure!(note.has_all(&late_ids) == 1, "notification has not seen it");
-        Ok(())
-    })
-    .await?;
+    until_has(note, &late_ids, "notification").await?;
     let (stale, fresh) = (
         fat.get(&late).context("fat")?.email,
         note.get(&late).context("note")?.email,
