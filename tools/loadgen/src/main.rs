@@ -634,21 +634,14 @@ async fn run_phase(
 ) -> Result<report::Phase> {
     eprintln!("loadgen: phase {spec}");
     let picker = Arc::new(Picker::new(accounts.to_vec(), spec.dist));
-    let handles: Pids = Svc::ALL
-        .iter()
-        .filter_map(|svc| services.get(*svc).pid().map(|pid| (*svc, pid)))
-        .collect();
+    let handles: Pids = service_pids(services);
     let before = Usage::read(world, &handles).await?;
 
     let mut readers = Readers::new(services)?;
     let at_start = readers.read().await?;
     let samples = Arc::new(std::sync::Mutex::new(Samples::default()));
     let progress = Arc::new(AtomicU64::new(0));
-    let (len, unit) = match spec.mode {
-        Mode::Open(rate) => (u64::from(rate) * spec.secs, "requests"),
-        Mode::Closed(_) => (spec.secs * 1000, "ms"),
-    };
-    let bar = bar(len, unit)?;
+    let bar = phase_bar(spec)?;
     let sampler = spawn_sampler(
         Readers::new(services)?,
         handles.clone(),
@@ -709,6 +702,23 @@ async fn run_phase(
         db: used.db,
         killed,
     }))
+}
+
+/// The services' processes, for their CPU and memory.
+fn service_pids(services: &Services) -> Pids {
+    Svc::ALL
+        .iter()
+        .filter_map(|svc| services.get(*svc).pid().map(|pid| (*svc, pid)))
+        .collect()
+}
+
+/// A phase's progress: requests sent (open loop) or milliseconds passed (closed loop).
+fn phase_bar(spec: &PhaseSpec) -> Result<ProgressBar> {
+    let (len, unit) = match spec.mode {
+        Mode::Open(rate) => (u64::from(rate) * spec.secs, "requests"),
+        Mode::Closed(_) => (spec.secs * 1000, "ms"),
+    };
+    bar(len, unit)
 }
 
 /// CPU seconds so far of each service, of Postgres and RabbitMQ, and of loadgen itself.
