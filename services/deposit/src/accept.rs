@@ -26,9 +26,9 @@ pub async fn accept(
     {
         return Ok(replay);
     }
-    let account = store::next_sequence(&mut tx, deposit.account_id.as_str())
+    let account = store::next_sequence(&mut tx, &deposit.account_id)
         .await?
-        .ok_or_else(|| ApiError::UnknownAccount(deposit.account_id.to_string()))?;
+        .ok_or_else(|| ApiError::UnknownAccount(deposit.account_id.clone()))?;
     check_account(&account, deposit.money.currency)?;
     let event = new_event(&account, &deposit, traceparent);
     let row = stored_row(&event, &account);
@@ -61,10 +61,10 @@ fn check_account(account: &AccountRow, currency: Currency) -> Result<(), ApiErro
     if account.status != AccountStatus::Open {
         return Err(ApiError::AccountClosed(account.account_id.clone()));
     }
-    if account.currency != currency.code() {
+    if account.currency != currency {
         return Err(ApiError::CurrencyMismatch {
-            account_currency: account.currency.clone(),
-            given: currency.code().to_owned(),
+            account_currency: account.currency,
+            given: currency,
         });
     }
     Ok(())
@@ -106,7 +106,7 @@ fn stored_row(event: &DepositCompleted, account: &AccountRow) -> DepositRow {
         account_id: account.account_id.clone(),
         sequence: event.sequence,
         amount_minor: event.amount_minor,
-        currency: account.currency.clone(),
+        currency: account.currency,
         created_at: event.occurred_at,
     }
 }

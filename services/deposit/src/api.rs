@@ -128,13 +128,10 @@ async fn get_account(
 ) -> Result<Json<AccountRow>, ApiError> {
     // What is not an account id (not even UTF-8, or with a NUL, which Postgres refuses in text)
     // names no account: a 404, asked of no database.
-    let account_id = match path {
-        Ok(Path(raw)) if AccountId::parse(&raw).is_ok() => raw,
-        _ => {
-            return Err(ApiError::NotFound(
-                "no such account: an account id is 3 to 32 characters of A-Z, 0-9 and '-'".into(),
-            ));
-        }
+    let Some(account_id) = path.ok().and_then(|Path(raw)| AccountId::parse(&raw).ok()) else {
+        return Err(ApiError::NotFound(
+            "no such account: an account id is 3 to 32 characters of A-Z, 0-9 and '-'".into(),
+        ));
     };
     let mut conn = state.pool.acquire().await?;
     let account = store::get_account(&mut conn, &account_id).await?;

@@ -5,6 +5,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use eventbank_events::{AccountId, Currency};
 use eventbank_runtime::http::Problem;
 use serde::Serialize;
 
@@ -19,13 +20,13 @@ pub enum ApiError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     #[error("unknown account {0}")]
-    UnknownAccount(String),
+    UnknownAccount(AccountId),
     #[error("account {0} is closed")]
-    AccountClosed(String),
+    AccountClosed(AccountId),
     #[error("currency mismatch")]
     CurrencyMismatch {
-        account_currency: String,
-        given: String,
+        account_currency: Currency,
+        given: Currency,
     },
     #[error("idempotency key reused with another body")]
     IdempotencyKeyReused,
@@ -82,7 +83,7 @@ fn account_problem(
     kind: &'static str,
     title: &'static str,
     detail: String,
-    account_id: String,
+    account_id: AccountId,
 ) -> Problem {
     Problem::new(status, kind, title, detail).with("account_id", account_id)
 }

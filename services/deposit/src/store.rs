@@ -1,21 +1,24 @@
 //! SQL of the deposit service, one small function per statement.
 
 use chrono::{DateTime, Utc};
+use eventbank_events::{AccountId, Currency};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// An account of the directory.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct AccountRow {
-    #[schema(example = "ACC-1000")]
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "ACC-1000")]
+    pub account_id: AccountId,
     #[schema(example = "Alice Example")]
     pub holder_name: String,
     #[schema(example = "alice@example.com")]
     pub email: String,
     /// ISO 4217 code.
-    #[schema(example = "USD")]
-    pub currency: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
     /// `open` or `closed` (a closed account accepts no deposits).
     #[sqlx(try_from = "String")]
     #[schema(value_type = String, example = "open")]
@@ -57,10 +60,10 @@ const ACCOUNT_COLUMNS: &str =
 async fn fetch_account(
     conn: &mut PgConnection,
     sql: String,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(account_id)
+        .bind(account_id.as_str())
         .fetch_optional(conn)
         .await
 }
@@ -84,7 +87,7 @@ pub async fn insert_account(
     conn: &mut PgConnection,
     holder_name: &str,
     email: &str,
-    currency: &str,
+    currency: Currency,
 ) -> sqlx::Result<AccountRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO accounts (account_id, holder_name, email, currency)
@@ -93,14 +96,14 @@ pub async fn insert_account(
     )))
     .bind(holder_name)
     .bind(email)
-    .bind(currency)
+    .bind(currency.code())
     .fetch_one(conn)
     .await
 }
 
 pub async fn get_account(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> sqlx::Result<Option<AccountRow>> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
     fetch_account(conn, sql, account_id).await
@@ -110,7 +113,7 @@ pub async fn get_account(
 /// deposits of one account are serialised and their outbox ids follow their sequence.
 pub async fn next_sequence(
     conn: &mut PgConnection,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> sqlx::Result<Option<AccountRow>> {
     let sql = format!(
         "UPDATE accounts SET last_sequence = last_sequence + 1 WHERE account_id = $1
@@ -125,15 +128,17 @@ pub struct DepositRow {
     pub deposit_id: Uuid,
     /// The id of the `DepositCompleted` event it published.
     pub event_id: Uuid,
-    #[schema(example = "ACC-0001")]
-    pub account_id: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "ACC-0001")]
+    pub account_id: AccountId,
     /// Per-account sequence number: 1, 2, 3, ... in the order deposits were accepted.
     pub sequence: i64,
     /// The amount in integer minor units of the currency.
     #[schema(example = 25000)]
     pub amount_minor: i64,
-    #[schema(example = "USD")]
-    pub currency: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
     pub created_at: DateTime<Utc>,
 }
 
@@ -144,10 +149,10 @@ pub async fn insert_deposit(conn: &mut PgConnection, d: &DepositRow) -> sqlx::Re
     )
     .bind(d.deposit_id)
     .bind(d.event_id)
-    .bind(&d.account_id)
+    .bind(d.account_id.as_str())
     .bind(d.sequence)
     .bind(d.amount_minor)
-    .bind(&d.currency)
+    .bind(d.currency.code())
     .bind(d.created_at)
     .execute(conn)
     .await?;
@@ -170,7 +175,7 @@ pub async fn get_deposit(
 pub async fn insert_outbox(
     conn: &mut PgConnection,
     event_id: Uuid,
-    account_id: &str,
+    account_id: &AccountId,
     sequence: i64,
     traceparent: Option<&str>,
     payload: &[u8],
@@ -179,7 +184,7 @@ pub async fn insert_outbox(
         "INSERT INTO outbox (event_id, account_id, sequence, traceparent, payload) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(event_id)
-    .bind(account_id)
+    .bind(account_id.as_str())
     .bind(sequence)
     .bind(traceparent)
     .bind(payload)

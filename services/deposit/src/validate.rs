@@ -70,7 +70,7 @@ impl Errors {
 pub struct ValidAccount<'a> {
     pub holder_name: &'a str,
     pub email: &'a str,
-    pub currency: &'a str,
+    pub currency: Currency,
 }
 
 pub fn account(body: &OpenAccount) -> Result<ValidAccount<'_>, ApiError> {
@@ -85,11 +85,11 @@ pub fn account(body: &OpenAccount) -> Result<ValidAccount<'_>, ApiError> {
             "must be an email address such as alice@example.com",
         );
     }
-    errors.check("currency", Currency::parse(&body.currency));
-    errors.finish(Some(ValidAccount {
+    let currency = errors.check("currency", Currency::parse(&body.currency));
+    errors.finish(currency.map(|currency| ValidAccount {
         holder_name,
         email: &body.email,
-        currency: &body.currency,
+        currency,
     }))
 }
 
