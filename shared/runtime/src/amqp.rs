@@ -222,7 +222,21 @@ pub async fn declare_consumer_topology(
     delivery_limit: u32,
 ) -> anyhow::Result<()> {
     declare_events_exchange(channel, names).await?;
+    let hash_exchange = declare_hash_exchange(channel, names, service).await?;
+    let dlx = declare_dead_letters(channel, names, service).await?;
+    for partition in 0..partitions {
+        let queue = names.partition_queue(service, partition);
+        declare_partition_queue(channel, &queue, &hash_exchange, &dlx, delivery_limit).await?;
+    }
+    Ok(())
+}
 
+/// The service's consistent-hash exchange, bound to the events exchange; returns its name.
+async fn declare_hash_exchange(
+    channel: &Channel,
+    names: &Names,
+    service: &str,
+) -> anyhow::Result<String> {
     let hash_exchange = names.hash_exchange(service);
     let mut hash_args = FieldTable::default();
     // Hash on the account id header rather than the routing key: all events of one account land
@@ -250,7 +264,15 @@ pub async fn declare_consumer_topology(
         )
         .await
         .context("binding the hash exchange to the events exchange")?;
+    Ok(hash_exchange)
+}
 
+/// The service's dead-letter exchange and the queue bound to it; returns the exchange's name.
+async fn declare_dead_letters(
+    channel: &Channel,
+    names: &Names,
+    service: &str,
+) -> anyhow::Result<String> {
     let dlx = names.dead_letter_exchange(service);
     channel
         .exchange_declare(
@@ -280,38 +302,45 @@ pub async fn declare_consumer_topology(
         )
         .await
         .context("binding the dead-letter queue")?;
+    Ok(dlx)
+}
 
-    for partition in 0..partitions {
-        let queue = names.partition_queue(service, partition);
-        let mut args = quorum_args();
-        // One active consumer per partition even with several replicas: per-account order.
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        // A message that keeps failing (or keeps crashing its consumer) is dead-lettered after
-        // this many redeliveries instead of blocking its partition forever.
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(delivery_limit)),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.as_str().into()),
-        );
-        channel
-            .queue_declare(ShortString::from(queue.clone()), queue_options(), args)
-            .await
-            .with_context(|| format!("declaring partition queue {queue}"))?;
-        channel
-            .queue_bind(
-                ShortString::from(queue),
-                ShortString::from(hash_exchange.clone()),
-                // For a consistent-hash binding the routing key is the partition's weight.
-                ShortString::from("1"),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("binding a partition queue")?;
-    }
+/// One partition queue, bound to the hash exchange with weight 1.
+async fn declare_partition_queue(
+    channel: &Channel,
+    queue: &str,
+    hash_exchange: &str,
+    dlx: &str,
+    delivery_limit: u32,
+) -> anyhow::Result<()> {
+    let mut args = quorum_args();
+    // One active consumer per partition even with several replicas: per-account order.
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    // A message that keeps failing (or keeps crashing its consumer) is dead-lettered after
+    // this many redeliveries instead of blocking its partition forever.
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(delivery_limit)),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dlx.into()),
+    );
+    channel
+        .queue_declare(ShortString::from(queue), queue_options(), args)
+        .await
+        .with_context(|| format!("declaring partition queue {queue}"))?;
+    channel
+        .queue_bind(
+            ShortString::from(queue),
+            ShortString::from(hash_exchange),
+            // For a consistent-hash binding the routing key is the partition's weight.
+            ShortString::from("1"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding a partition queue")?;
     Ok(())
 }
 

@@ -197,13 +197,102 @@ struct Running {
     generation: u64,
 }
 
-async fn run_connection<H: Handler>(
-    shared: &Arc<Shared<H>>,
-    shutdown: &Shutdown,
-    broker_connected: &Gauge,
-    owned: &mut watch::Receiver<BTreeSet<u16>>,
-) -> anyhow::Result<()> {
-    let connection = Arc::new(amqp::connect(&shared.config).await?);
+/// The partition consumers of one connection.
+struct Partitions<H> {
+    shared: Arc<Shared<H>>,
+    connection: Arc<Connection>,
+    stop_all: CancellationToken,
+    running: BTreeMap<u16, Running>,
+    tasks: JoinSet<(u16, u64, anyhow::Result<()>)>,
+    generation: u64,
+}
+
+impl<H: Handler> Partitions<H> {
+    fn new(shared: &Arc<Shared<H>>, connection: &Arc<Connection>) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            connection: Arc::clone(connection),
+            stop_all: CancellationToken::new(),
+            running: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            generation: 0,
+        }
+    }
+
+    /// Brings the running partitions in line with the assignment `want`: a lost partition
+    /// finishes the batch it holds, acks it and closes its channel, which hands its unacked
+    /// deliveries to the next consumer registered on the queue; a gained one starts consuming.
+    fn reconcile(&mut self, want: BTreeSet<u16>) {
+        self.running.retain(|partition, run| {
+            let keep = want.contains(partition);
+            if !keep {
+                run.stop.cancel();
+            }
+            keep
+        });
+        for partition in want {
+            if !self.running.contains_key(&partition) {
+                self.start(partition);
+            }
+        }
+        tracing::debug!(owned = ?self.running.keys().collect::<Vec<_>>(), "partitions consumed");
+    }
+
+    fn start(&mut self, partition: u16) {
+        self.generation += 1;
+        let this = self.generation;
+        let stop = self.stop_all.child_token();
+        self.running.insert(
+            partition,
+            Running {
+                stop: stop.clone(),
+                generation: this,
+            },
+        );
+        let shared = Arc::clone(&self.shared);
+        let connection = Arc::clone(&self.connection);
+        self.tasks.spawn(async move {
+            let result = consume_partition(shared, connection, partition, stop).await;
+            (partition, this, result)
+        });
+    }
+
+    /// What a finished partition task means: `Some(error)` when the connection must be given up
+    /// (a failure, or the current consumer of a partition stopping), `None` when it was an old
+    /// start handing over.
+    fn finished(
+        &self,
+        joined: Result<(u16, u64, anyhow::Result<()>), tokio::task::JoinError>,
+    ) -> Option<anyhow::Error> {
+        match joined {
+            Ok((partition, this, Ok(()))) => {
+                let current = self
+                    .running
+                    .get(&partition)
+                    .is_some_and(|r| r.generation == this);
+                if current {
+                    return Some(anyhow::anyhow!(
+                        "the consumer of partition {partition} stopped"
+                    ));
+                }
+                tracing::debug!(partition, "partition handed over");
+                None
+            }
+            Ok((_, _, Err(e))) => Some(e),
+            Err(e) => Some(anyhow::anyhow!("a partition task panicked: {e}")),
+        }
+    }
+
+    /// Stops every partition consumer and waits until each has finished its batch.
+    async fn stop(mut self) {
+        self.stop_all.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Connects and declares the service's topology (idempotent), on a channel of its own.
+async fn connect_and_declare<H>(shared: &Shared<H>) -> anyhow::Result<Connection> {
+    let connection = amqp::connect(&shared.config).await?;
     let setup = connection.create_channel().await?;
     amqp::declare_consumer_topology(
         &setup,
@@ -214,6 +303,16 @@ async fn run_connection<H: Handler>(
     )
     .await?;
     amqp::close_channel(&setup, "topology declared").await;
+    Ok(connection)
+}
+
+async fn run_connection<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    shutdown: &Shutdown,
+    broker_connected: &Gauge,
+    owned: &mut watch::Receiver<BTreeSet<u16>>,
+) -> anyhow::Result<()> {
+    let connection = Arc::new(connect_and_declare(shared).await?);
     broker_connected.set(1);
     tracing::info!(
         partitions = shared.config.partitions,
@@ -221,45 +320,9 @@ async fn run_connection<H: Handler>(
         prefetch = shared.config.prefetch,
         "consuming"
     );
-
-    let stop_all = CancellationToken::new();
-    let mut running: BTreeMap<u16, Running> = BTreeMap::new();
-    let mut tasks: JoinSet<(u16, u64, anyhow::Result<()>)> = JoinSet::new();
-    let mut generation = 0u64;
+    let mut partitions = Partitions::new(shared, &connection);
     let outcome = loop {
-        // Bring the running partitions in line with the assignment: a lost partition finishes
-        // the batch it holds, acks it and closes its channel, which hands its unacked deliveries
-        // to the next consumer registered on the queue; a gained one starts consuming.
-        let want = owned.borrow_and_update().clone();
-        running.retain(|partition, run| {
-            let keep = want.contains(partition);
-            if !keep {
-                run.stop.cancel();
-            }
-            keep
-        });
-        for partition in want {
-            if running.contains_key(&partition) {
-                continue;
-            }
-            generation += 1;
-            let stop = stop_all.child_token();
-            running.insert(
-                partition,
-                Running {
-                    stop: stop.clone(),
-                    generation,
-                },
-            );
-            let shared = Arc::clone(shared);
-            let connection = Arc::clone(&connection);
-            let this = generation;
-            tasks.spawn(async move {
-                let result = consume_partition(shared, connection, partition, stop).await;
-                (partition, this, result)
-            });
-        }
-        tracing::debug!(owned = ?running.keys().collect::<Vec<_>>(), "partitions consumed");
+        partitions.reconcile(owned.borrow_and_update().clone());
         // Shutdown or a partition failing (the connection or its channel is gone) stops the
         // others, which finish the batch they hold; an assignment change is applied above.
         tokio::select! {
@@ -270,21 +333,14 @@ async fn run_connection<H: Handler>(
                     break Err(anyhow::anyhow!("the membership task ended"));
                 }
             }
-            Some(joined) = tasks.join_next() => match joined {
-                Ok((partition, this, Ok(()))) => {
-                    let current = running.get(&partition).is_some_and(|r| r.generation == this);
-                    if current {
-                        break Err(anyhow::anyhow!("the consumer of partition {partition} stopped"));
-                    }
-                    tracing::debug!(partition, "partition handed over");
+            Some(joined) = partitions.tasks.join_next() => {
+                if let Some(e) = partitions.finished(joined) {
+                    break Err(e);
                 }
-                Ok((_, _, Err(e))) => break Err(e),
-                Err(e) => break Err(anyhow::anyhow!("a partition task panicked: {e}")),
-            },
+            }
         }
     };
-    stop_all.cancel();
-    while tasks.join_next().await.is_some() {}
+    partitions.stop().await;
     broker_connected.set(0);
     amqp::close_connection(&connection, "shutting down").await;
     outcome
