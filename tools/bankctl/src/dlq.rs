@@ -122,6 +122,15 @@ async fn ready_count(channel: &Channel, queue: &str) -> Result<u32> {
     Ok(declared.message_count())
 }
 
+/// The next message of `queue`, if any, unacked (`no_ack = false`): it stays ours until it is
+/// acked or the channel closes, which returns it to the queue.
+async fn take(channel: &Channel, queue: &str) -> Result<Option<lapin::message::Delivery>> {
+    let got = channel
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
+        .await?;
+    Ok(got.map(|got| got.delivery))
+}
+
 /// Lists up to `limit` messages of a service's DLQ, oldest first, without removing any.
 pub async fn list(
     connection: &Connection,
@@ -135,17 +144,10 @@ pub async fn list(
     let count = ready_count(&channel, &queue).await? as usize;
     let mut out = Vec::new();
     for _ in 0..count.min(limit) {
-        // no_ack = false: the message stays ours, unacked, until the channel closes.
-        let Some(got) = channel
-            .basic_get(
-                ShortString::from(queue.as_str()),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(delivery) = take(&channel, &queue).await? else {
             break;
         };
-        out.push(describe(&got.delivery.properties, got.delivery.data.len()));
+        out.push(describe(&delivery.properties, delivery.data.len()));
     }
     // Closing returns every unacked message to the queue.
     channel.close(200, "listed".into()).await?;
@@ -175,16 +177,9 @@ pub async fn redrive(
     let count = ready_count(&channel, &queue).await?;
     let mut redriven = 0;
     for _ in 0..count {
-        let Some(got) = channel
-            .basic_get(
-                ShortString::from(queue.as_str()),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(delivery) = take(&channel, &queue).await? else {
             break;
         };
-        let delivery = got.delivery;
         let letter = describe(&delivery.properties, delivery.data.len());
         let selected = match selection {
             Selection::All => true,
