@@ -292,6 +292,35 @@ impl Stream {
     }
 }
 
+/// Starts the killed replica of each pair (the first) again while the stream goes on, and waits
+/// until each pair shares its partitions again (2 + 2); lets 60 more deposits through, ends the
+/// stream and settles: every accepted deposit applied once by every consumer (the checker) and
+/// each of the `accounts` accounts' event stores in order. Returns the deposits accepted and the
+/// checker's report.
+async fn rejoin_and_settle(
+    world: &TestWorld,
+    stream: Stream,
+    pairs: &[(ServiceHandle, ServiceHandle)],
+    accounts: usize,
+) -> (usize, eventbank_e2e::invariants::Report) {
+    for (first, second) in pairs {
+        first.restart().await.unwrap();
+        owning(&[first, second], &[2, 2], Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let mark = stream.accepted.load(Ordering::SeqCst) + 60;
+    stream.reached(mark).await.unwrap();
+    let total = stream.finish().await.unwrap();
+    let report = settle(world, total as i64).await.unwrap();
+    assert!(report.ok(), "{report}");
+    let in_order = eventbank_e2e::invariants::event_store_in_order(world)
+        .await
+        .unwrap();
+    assert_eq!(in_order, accounts);
+    (total, report)
+}
+
 async fn ensure_alive(replica: &ServiceHandle, alive: bool) {
     assert_eq!(
         replica.is_running().await,
@@ -351,23 +380,17 @@ async fn a_replica_killed_mid_stream_hands_its_partitions_over() {
     .unwrap();
     ensure_alive(&first, false).await;
 
-    first.restart().await.unwrap();
-    owning(&[&first, &second], &[2, 2], Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mark = stream.accepted.load(Ordering::SeqCst) + 60;
-    stream.reached(mark).await.unwrap();
-    let total = stream.finish().await.unwrap();
-
-    let report = settle(&world, total as i64).await.unwrap();
-    assert!(report.ok(), "{report}");
-    let in_order = eventbank_e2e::invariants::event_store_in_order(&world)
-        .await
-        .unwrap();
-    assert_eq!(in_order, accounts.len());
+    let (total, report) = rejoin_and_settle(
+        &world,
+        stream,
+        &[(first.clone(), second.clone())],
+        accounts.len(),
+    )
+    .await;
     let consumed_first = consumed(&first).await.unwrap();
     println!(
-        "REPLICAS | {total} deposits; {report}; {in_order} accounts in order; the restarted replica consumed {consumed_first}"
+        "REPLICAS | {total} deposits; {report}; {} accounts in order; the restarted replica consumed {consumed_first}",
+        accounts.len()
     );
     assert!(
         consumed_first > 0,
@@ -454,22 +477,7 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
     }
 
     // Each killed replica started again while the stream goes on; each pair shares again.
-    for (first, second) in &pairs {
-        first.restart().await.unwrap();
-        owning(&[first, second], &[2, 2], Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
-    let mark = stream.accepted.load(Ordering::SeqCst) + 60;
-    stream.reached(mark).await.unwrap();
-    let total = stream.finish().await.unwrap();
-
-    let report = settle(&world, total as i64).await.unwrap();
-    assert!(report.ok(), "{report}");
-    let in_order = eventbank_e2e::invariants::event_store_in_order(&world)
-        .await
-        .unwrap();
-    assert_eq!(in_order, accounts.len());
+    let (total, report) = rejoin_and_settle(&world, stream, &pairs, accounts.len()).await;
     // email: one row per deposit (the checker), each sent, one `.eml` file per deposit event
     // (named by the event id, so a resend replaces it and cannot add one).
     let email_pool = world.pool(Svc::Email).await.unwrap();
@@ -510,8 +518,9 @@ async fn a_replica_of_each_consumer_killed_mid_stream() {
         restarted.push(format!("{} {n}", first.svc().name()));
     }
     println!(
-        "REPLICAS | {total} deposits; {report}; {in_order} accounts in order; {files} emails sent; \
+        "REPLICAS | {total} deposits; {report}; {} accounts in order; {files} emails sent; \
          takeovers: {}; consumed by the restarted replicas: {}",
+        accounts.len(),
         takeovers.join(", "),
         restarted.join(", ")
     );
