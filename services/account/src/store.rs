@@ -8,6 +8,7 @@ use crate::domain::{self, AccountEvent, AccountState, Deposit, Deposited};
 use crate::projection::BalanceRow;
 use chrono::{DateTime, Utc};
 use eventbank_events::{AccountId, Currency};
+use eventbank_runtime::account_ids;
 use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
 use std::collections::HashMap;
@@ -162,7 +163,7 @@ pub async fn stream_heads(
            LEFT JOIN LATERAL (SELECT version, txid FROM events
                                WHERE account_id = f.a ORDER BY version DESC LIMIT 1) h ON true",
     )
-    .bind(id_strs(account_ids))
+    .bind(account_ids::texts(account_ids))
     .fetch_all(&mut *conn)
     .await?;
     let mut current = None;
@@ -193,11 +194,6 @@ struct HeadRow {
     current_txid: i64,
 }
 
-/// The ids as the `text[]` a statement binds.
-fn id_strs(account_ids: &[AccountId]) -> Vec<&str> {
-    account_ids.iter().map(AccountId::as_str).collect()
-}
-
 /// Loads many streams at once (latest usable snapshot + tail), in three statements whatever
 /// their number. Streams that do not exist load as the empty state.
 pub async fn load_streams(
@@ -213,7 +209,7 @@ pub async fn load_streams(
         "SELECT DISTINCT ON (account_id) account_id, version, schema_version, state::text
          FROM snapshots WHERE account_id = ANY($1) ORDER BY account_id, version DESC",
     )
-    .bind(id_strs(account_ids))
+    .bind(account_ids::texts(account_ids))
     .fetch_all(&mut *conn)
     .await?;
     for (account_id, version, schema_version, body) in snapshots {
@@ -527,7 +523,7 @@ pub async fn load_parked(
         "SELECT account_id, sequence, event_id, deposit_id, amount_minor, currency, occurred_at
          FROM pending_events WHERE account_id = ANY($1) ORDER BY account_id, sequence",
     )
-    .bind(id_strs(account_ids))
+    .bind(account_ids::texts(account_ids))
     .fetch_all(conn)
     .await?;
     Ok(rows
