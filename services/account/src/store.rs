@@ -490,7 +490,7 @@ struct GlobalRow {
 /// until commit: transaction-scoped advisory locks, taken in one sorted order so that two
 /// batches sharing accounts cannot deadlock.
 pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -> sqlx::Result<()> {
-    let keys: Vec<String> = account_ids.iter().cloned().map(String::from).collect();
+    let keys = eventbank_runtime::account_ids::texts(account_ids);
     eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
 }
 

@@ -30,7 +30,7 @@ pub const ACCOUNT_LOCK_CLASS: i32 = 0x434f_0001;
 /// Locks the accounts of a batch until the transaction ends, in a fixed order (so two batches
 /// cannot deadlock): the rules of one account never run concurrently.
 pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -> sqlx::Result<()> {
-    let keys: Vec<String> = account_ids.iter().map(|a| a.as_str().to_owned()).collect();
+    let keys = eventbank_runtime::account_ids::texts(account_ids);
     eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
 }
 

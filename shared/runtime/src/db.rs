@@ -82,7 +82,7 @@ pub async fn ping(pool: &PgPool) -> bool {
 /// statement and one sorted order, so that two transactions locking overlapping sets cannot
 /// deadlock. Held until the transaction ends. Services use it to serialise the handling of one
 /// account across partitions and replicas.
-pub async fn lock_keys(conn: &mut PgConnection, class: i32, keys: &[String]) -> sqlx::Result<()> {
+pub async fn lock_keys(conn: &mut PgConnection, class: i32, keys: &[&str]) -> sqlx::Result<()> {
     sqlx::query(
         "SELECT count(pg_advisory_xact_lock($2, k)) FROM (
              SELECT DISTINCT hashtext(a) AS k FROM unnest($1::text[]) AS a ORDER BY k
