@@ -26,6 +26,13 @@
 //! handler recomputes the alerts from `t` on and supersedes those that are no longer what the
 //! walk gives ([`Rules::structuring_from`]). Clean and reordered delivery end with the same
 //! active alerts.
+//!
+//! **In time order.** A deposit at or after the latest one of its account and currency only
+//! adds windows at its end. Their totals come from running totals (the sum of the
+//! sub-threshold amounts through each deposit, in time order): the total of `[s, e]` is the
+//! running total through `e` minus the one before `s`. [`Rules::in_order_ends`] and
+//! [`Rules::structuring_in_order`] walk those windows from the totals alone, and give the
+//! alerts [`Rules::structuring_from`] gives.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
@@ -161,6 +168,97 @@ impl Rules {
     }
 }
 
+/// The running total of one account and currency: where the next in-order deposit continues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rolling {
+    /// The latest instant of a sub-threshold deposit, if any.
+    pub last_at: Option<DateTime<Utc>>,
+    /// The sum of every sub-threshold amount so far.
+    pub total: i128,
+}
+
+/// The running total before an instant, where a window starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// Known from the rolling state or the batch itself.
+    Known(i128),
+    /// Only the recorded deposits can tell: the running total of the last one before this
+    /// instant (0 if none), one index probe.
+    Probe(DateTime<Utc>),
+}
+
+/// A window the in-order walk evaluates: it ends at `end`, holds every deposit through the
+/// running total `through`, and none before `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingEnd {
+    pub window: Window,
+    pub through: i128,
+    pub before: Before,
+}
+
+impl Rules {
+    /// The windows that end at a batch's new deposits of one account and currency, when none
+    /// of them is earlier than `rolling.last_at`. `new` holds the batch's sub-threshold
+    /// deposits with their running totals, in the order the totals were given (time order).
+    /// A window whose start only recorded deposits can settle asks for a probe.
+    pub fn in_order_ends(
+        &self,
+        rolling: Rolling,
+        new: &[(DateTime<Utc>, i128)],
+    ) -> Vec<PendingEnd> {
+        let mut ends = Vec::new();
+        // new[..first_inside] are before the current window's start (starts only grow).
+        let mut first_inside = 0;
+        for (i, (end, through)) in new.iter().enumerate() {
+            // Deposits at the same instant share one window: evaluate it at the last of them.
+            if new.get(i + 1).is_some_and(|(next, _)| next == end) {
+                continue;
+            }
+            let Some(start) = end.checked_sub_signed(self.structuring_window) else {
+                continue;
+            };
+            while new.get(first_inside).is_some_and(|(t, _)| *t < start) {
+                first_inside += 1;
+            }
+            let before = match first_inside.checked_sub(1).and_then(|j| new.get(j)) {
+                // Every recorded deposit is at or before the batch's first one.
+                Some((_, total)) => Before::Known(*total),
+                None if rolling.last_at.is_none_or(|last| last < start) => {
+                    Before::Known(rolling.total)
+                }
+                None => Before::Probe(start),
+            };
+            ends.push(PendingEnd {
+                window: Window { start, end: *end },
+                through: *through,
+                before,
+            });
+        }
+        ends
+    }
+
+    /// Rule 2 from window totals: `windows` (in end order, each with its total) are walked as
+    /// [`Rules::structuring_from`] walks its windows, continuing from `previous`. Returns the
+    /// windows that alert, with their totals.
+    pub fn structuring_in_order(
+        &self,
+        windows: &[(Window, i128)],
+        previous: Option<Window>,
+    ) -> Vec<(Window, i128)> {
+        let threshold = i128::from(self.ctr_threshold_minor);
+        let mut last = previous;
+        let mut found = Vec::new();
+        for (window, total) in windows {
+            if last.is_some_and(|w| w.overlaps(window)) || *total < threshold {
+                continue;
+            }
+            found.push((*window, *total));
+            last = Some(*window);
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -208,6 +306,82 @@ mod tests {
     /// The alerts computed from scratch over every deposit.
     fn from_scratch(rules: &Rules, deposits: &[Deposit]) -> Vec<Structuring> {
         rules.structuring_from(deposits, DateTime::<Utc>::MIN_UTC, None)
+    }
+
+    /// Feeds deposits in time order, in batches of the given sizes, through the in-order
+    /// path alone: running totals, probes answered from the recorded deposits, and the walk
+    /// over window totals. Returns the active alerts in window order.
+    fn run_in_order(rules: &Rules, deposits: &[Deposit], sizes: &[usize]) -> Vec<Structuring> {
+        let mut in_time: Vec<Deposit> = deposits.to_vec();
+        in_time.sort_by_key(|d| d.occurred_at);
+        // (deposit, running total), as the deposits table records them.
+        let mut recorded: Vec<(Deposit, i128)> = Vec::new();
+        let mut rolling = Rolling::default();
+        let mut active: Vec<Structuring> = Vec::new();
+        let mut rest = in_time.as_slice();
+        let mut size = sizes.iter().copied().cycle();
+        while !rest.is_empty() {
+            let n = size.next().unwrap_or(1).clamp(1, rest.len());
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            let mut new: Vec<(DateTime<Utc>, i128)> = Vec::new();
+            let mut total = rolling.total;
+            for d in batch.iter().filter(|d| !rules.is_ctr(d)) {
+                assert!(rolling.last_at.is_none_or(|last| last <= d.occurred_at));
+                total += i128::from(d.amount_minor);
+                new.push((d.occurred_at, total));
+                recorded.push((d.clone(), total));
+            }
+            let Some(&(from, _)) = new.first() else {
+                continue;
+            };
+            let before = |at: DateTime<Utc>| {
+                recorded
+                    .iter()
+                    .filter(|(d, _)| d.occurred_at < at)
+                    .map(|(_, total)| *total)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let windows: Vec<(Window, i128)> = rules
+                .in_order_ends(rolling, &new)
+                .into_iter()
+                .map(|end| {
+                    let before = match end.before {
+                        Before::Known(total) => total,
+                        Before::Probe(at) => before(at),
+                    };
+                    (end.window, end.through - before)
+                })
+                .collect();
+            active.sort_by_key(|s| s.window.end);
+            let previous = active
+                .iter()
+                .filter(|s| s.window.end < from)
+                .map(|s| s.window)
+                .next_back();
+            active.retain(|s| s.window.end < from);
+            for (window, total) in rules.structuring_in_order(&windows, previous) {
+                let mut inside: Vec<&Deposit> = recorded
+                    .iter()
+                    .map(|(d, _)| d)
+                    .filter(|d| window.contains(d.occurred_at))
+                    .collect();
+                inside.sort_by_key(|d| (d.occurred_at, d.event_id));
+                active.push(Structuring {
+                    window,
+                    total_minor: i64::try_from(total).unwrap_or(i64::MAX),
+                    event_id: inside.last().unwrap().event_id,
+                    event_ids: inside.iter().map(|d| d.event_id).collect(),
+                });
+            }
+            rolling = Rolling {
+                last_at: new.last().map(|(t, _)| *t),
+                total,
+            };
+        }
+        active.sort_by_key(|s| s.window.end);
+        active
     }
 
     #[test]
@@ -392,6 +566,32 @@ mod tests {
             let expected = from_scratch(&rules, &deposits);
             prop_assert_eq!(run(&rules, &in_time), expected.clone());
             prop_assert_eq!(run(&rules, &shuffled), expected);
+        }
+
+        /// Deposits in time order, in batches of any size, give through the running totals
+        /// the alerts of the full walk: same-instant deposits, CTR-sized ones and windows of
+        /// exactly 24 h included (minutes on a 4 h grid make many).
+        #[test]
+        fn the_in_order_path_gives_the_alerts_of_the_full_walk(
+            plan in proptest::collection::vec(
+                (prop_oneof![1_i64..=700_000, 990_000_i64..=1_500_000], 0_i64..18, 0_i64..3),
+                1..40,
+            ),
+            sizes in proptest::collection::vec(1_usize..6, 1..4),
+        ) {
+            let rules = Rules::default();
+            let base = at("2024-01-01T00:00:00Z");
+            let deposits: Vec<Deposit> = plan
+                .iter()
+                .map(|(amount, slot, jitter)| Deposit {
+                    event_id: Uuid::now_v7(),
+                    amount_minor: *amount,
+                    currency: "USD".into(),
+                    // Slots 4 h apart (6 slots = exactly 24 h), sometimes a second later.
+                    occurred_at: base + TimeDelta::hours(4 * slot) + TimeDelta::seconds(*jitter % 2),
+                })
+                .collect();
+            prop_assert_eq!(run_in_order(&rules, &deposits, &sizes), from_scratch(&rules, &deposits));
         }
     }
 }
