@@ -15,13 +15,12 @@
 
 use crate::accrual;
 use crate::metrics::InterestMetrics;
-use crate::store::{self, AccrualRow};
+use crate::store::{self, AccrualRequest, AccrualRow};
 use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use eventbank_events::AccountId;
 use eventbank_runtime::Shutdown;
 use sqlx::PgPool;
-use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
@@ -115,7 +114,7 @@ pub async fn accrue_through(
 }
 
 /// One transaction: locks the accounts, then stores each one's days after its last stored day
-/// up to `through`.
+/// (or from its first business day) up to `through`.
 async fn accrue_accounts(
     pool: &PgPool,
     account_ids: &[AccountId],
@@ -123,39 +122,36 @@ async fn accrue_accounts(
 ) -> anyhow::Result<EodOutcome> {
     let mut tx = pool.begin().await?;
     let currencies = store::lock_accounts(&mut tx, account_ids).await?;
-    // Read again under the lock: a deposit may have moved the horizon since the listing.
-    let horizons = store::accrual_horizons(&mut tx, account_ids).await?;
-    let first_days = store::first_days(&mut tx, account_ids).await?;
-    let mut from_list = Vec::new();
-    for account_id in account_ids {
-        let from = match horizons.get(account_id) {
-            Some(horizon) => horizon.succ_opt(),
-            None => first_days.get(account_id).copied(),
-        };
-        if let Some(from) = from.filter(|f| *f <= through) {
-            from_list.push((account_id.clone(), from));
-        }
-    }
-    let balances = store::balances_from(&mut tx, &from_list).await?;
-    let wanted: BTreeSet<String> = from_list
+    let requests: Vec<AccrualRequest> = account_ids
         .iter()
-        .filter_map(|(a, _)| currencies.get(a).cloned())
+        .filter_map(|account_id| {
+            Some(AccrualRequest {
+                account_id: account_id.clone(),
+                currency: currencies.get(account_id)?.clone(),
+                changed_from: None,
+            })
+        })
         .collect();
-    let wanted: Vec<String> = wanted.into_iter().collect();
-    let schedules = store::rate_schedules(&mut tx, &wanted).await?;
+    // Read under the lock: a deposit may have moved the horizon since the listing.
+    let inputs = store::accrual_inputs(&mut tx, &requests).await?;
 
     let mut rows = Vec::new();
     let mut outcome = EodOutcome::default();
-    for (account_id, from) in &from_list {
-        let Some(currency) = currencies.get(account_id) else {
+    for request in &requests {
+        let Some(input) = inputs.get(&request.account_id) else {
             continue;
         };
-        let schedule = schedules.get(currency).cloned().unwrap_or_default();
-        let account_balances = balances.get(account_id).map_or(&[][..], Vec::as_slice);
-        let days = accrual::accrue_days(account_balances, &schedule, *from, through);
+        let Some(from) = input.from.filter(|f| *f <= through) else {
+            continue;
+        };
+        let days = accrual::accrue_days(&input.balances, &input.schedule, from, through);
         outcome.accounts += 1;
         outcome.days += days.len() as u64;
-        rows.extend(AccrualRow::from_days(account_id, currency, days)?);
+        rows.extend(AccrualRow::from_days(
+            &request.account_id,
+            &request.currency,
+            days,
+        )?);
     }
     store::upsert_accruals(&mut tx, &rows).await?;
     tx.commit().await?;

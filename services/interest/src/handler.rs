@@ -7,12 +7,12 @@
 
 use crate::accrual;
 use crate::metrics::InterestMetrics;
-use crate::store::{self, AccrualRow, DayDelta, NewDeposit};
+use crate::store::{self, AccrualRequest, AccrualRow, DayDelta, NewDeposit};
 use chrono::NaiveDate;
 use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The interest service's domain handler.
 #[derive(Clone, Default)]
@@ -45,17 +45,16 @@ impl Handler for InterestHandler {
             return Ok(());
         }
         let account_currency = lock_accounts(tx, &events).await?;
-        let account_ids: Vec<AccountId> = account_currency.keys().cloned().collect();
-        let old_horizons = store::accrual_horizons(tx, &account_ids).await?;
         let fresh = record_deposits(tx, &events).await?;
         if fresh.is_empty() {
             return Ok(());
         }
         let deltas = day_deltas(&fresh)?;
         store::apply_deltas(tx, &deltas).await?;
-        self.recompute_accruals(tx, &deltas, &old_horizons, &account_currency)
+        let horizons = self
+            .recompute_accruals(tx, &deltas, &account_currency)
             .await?;
-        self.report(&fresh, &old_horizons);
+        self.report(&fresh, &horizons);
         Ok(())
     }
 }
@@ -149,69 +148,70 @@ impl InterestHandler {
     }
 
     /// Rewrites the stored accruals of every account in `deltas`, from its earliest changed day
-    /// to its latest known day, in one upsert.
+    /// to its latest known day, in one upsert, and returns each account's accrual horizon as it
+    /// was before (the last day already stored).
     ///
     /// When a deposit is dated after the last accrued day, the recomputation starts right after
-    /// that day instead, so the stored accruals stay dense from the account's first day on.
+    /// that day instead, so the stored accruals stay dense from the account's first day on. A
+    /// deposit on the account's latest day therefore recomputes that one day.
     async fn recompute_accruals(
         &self,
         tx: &mut PgConnection,
         deltas: &[DayDelta],
-        old_horizons: &HashMap<AccountId, NaiveDate>,
         account_currency: &HashMap<AccountId, String>,
-    ) -> Result<(), HandlerError> {
-        let mut from_days: BTreeMap<AccountId, NaiveDate> = BTreeMap::new();
+    ) -> Result<HashMap<AccountId, NaiveDate>, HandlerError> {
+        let mut changed_from: BTreeMap<AccountId, NaiveDate> = BTreeMap::new();
         for delta in deltas {
-            let from = from_days
+            let from = changed_from
                 .entry(delta.account_id.clone())
                 .or_insert(delta.day);
             *from = (*from).min(delta.day);
         }
-        for (account_id, from) in from_days.iter_mut() {
-            if let Some(next) = old_horizons.get(account_id).and_then(|h| h.succ_opt()) {
-                *from = (*from).min(next);
-            }
-        }
-        let from_list: Vec<(AccountId, NaiveDate)> =
-            from_days.iter().map(|(a, d)| (a.clone(), *d)).collect();
-        let balances = store::balances_from(tx, &from_list).await?;
-        let currencies: BTreeSet<String> = from_days
-            .keys()
-            .filter_map(|a| account_currency.get(a).cloned())
+        let requests: Vec<AccrualRequest> = changed_from
+            .iter()
+            .map(|(account_id, day)| AccrualRequest {
+                account_id: account_id.clone(),
+                currency: account_currency
+                    .get(account_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                changed_from: Some(*day),
+            })
             .collect();
-        let currencies: Vec<String> = currencies.into_iter().collect();
-        let schedules = store::rate_schedules(tx, &currencies).await?;
+        let inputs = store::accrual_inputs(tx, &requests).await?;
 
+        let mut horizons = HashMap::new();
         let mut rows: Vec<AccrualRow> = Vec::new();
-        for (account_id, from) in &from_days {
-            let currency = account_currency
-                .get(account_id)
-                .cloned()
-                .unwrap_or_default();
-            let account_balances = balances.get(account_id).map_or(&[][..], Vec::as_slice);
+        for request in &requests {
+            let account_id = &request.account_id;
+            let Some(input) = inputs.get(account_id) else {
+                continue;
+            };
+            if let Some(horizon) = input.horizon {
+                horizons.insert(account_id.clone(), horizon);
+            }
+            let Some(from) = input.from else {
+                continue;
+            };
             // The latest known day: the last closing balance, or further if accruals were
             // already stored beyond it.
-            let to = [
-                account_balances.last().map(|b| b.day),
-                old_horizons.get(account_id).copied(),
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(*from);
-            let schedule = schedules.get(&currency).cloned().unwrap_or_default();
-            let days = accrual::accrue_days(account_balances, &schedule, *from, to);
+            let to = [input.balances.last().map(|b| b.day), input.horizon]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(from);
+            let days = accrual::accrue_days(&input.balances, &input.schedule, from, to);
             tracing::debug!(%account_id, %from, %to, days = days.len(), "accruals recomputed");
             self.metrics
                 .accrual_days_recomputed
                 .inc_by(days.len() as u64);
             rows.extend(
-                AccrualRow::from_days(account_id, &currency, days)
+                AccrualRow::from_days(account_id, &request.currency, days)
                     .map_err(|e| HandlerError::Rejected(e.to_string()))?,
             );
         }
         store::upsert_accruals(tx, &rows).await?;
-        Ok(())
+        Ok(horizons)
     }
 }
 

@@ -52,36 +52,6 @@ fn by_account<V>(rows: Vec<(String, V)>) -> sqlx::Result<HashMap<AccountId, V>> 
         .collect()
 }
 
-/// Runs a query answering `(account_id, day)` rows for the accounts bound as `$1`.
-async fn day_per_account(
-    conn: &mut PgConnection,
-    sql: &'static str,
-    accounts: &[AccountId],
-) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
-    let rows: Vec<(String, NaiveDate)> = sqlx::query_as(sql)
-        .bind(account_ids::texts(accounts))
-        .fetch_all(conn)
-        .await?;
-    by_account(rows)
-}
-
-/// The last day with a stored accrual, per account (absent for an account with none yet).
-pub async fn accrual_horizons(
-    conn: &mut PgConnection,
-    accounts: &[AccountId],
-) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
-    day_per_account(
-        conn,
-        // One index probe per account (newest day first) rather than aggregating every day.
-        "SELECT a.account_id, h.day FROM UNNEST($1::text[]) AS a(account_id) \
-           CROSS JOIN LATERAL (SELECT day FROM daily_accruals \
-                                WHERE account_id = a.account_id \
-                                ORDER BY day DESC LIMIT 1) h",
-        accounts,
-    )
-    .await
-}
-
 /// A deposit as stored, with its business day.
 #[derive(Debug, Clone)]
 pub struct NewDeposit {
@@ -138,12 +108,16 @@ pub struct DayDelta {
     pub amount_minor: i64,
 }
 
-/// Applies the batch's deposits to the daily closing balances, in two set-based statements:
-/// 1. the row of each deposit's day is created where missing, opening at the previous closing
-///    balance (latest day before it, or 0); the sub-select sees the table as it was before
-///    this statement, so a batch with several new days per account gets each from the old state;
-/// 2. every row on or after a deposit's day gets the deposit added: a back-dated deposit
-///    corrects all the later days. Row `R` gains the sum of the batch's deltas dated `<= R.day`.
+/// Applies the batch's deposits to the daily closing balances in one set-based upsert. Per
+/// account, the rows it writes are the deposits' days plus the existing rows after the earliest
+/// of them (a back-dated deposit corrects every later day), and nothing else: a deposit on the
+/// account's latest day writes one row whatever the account's history. Each written row closes
+/// at the balance stored for its day (or, for a new day, the latest earlier one, or 0) plus the
+/// batch's deltas dated on or before it. The sub-selects see the table as it was before this
+/// statement, so several new days of one account in a batch all open from the old state.
+///
+/// Every read is an index probe or range scan per account: the range scan is behind `OFFSET 0`
+/// so the planner cannot flatten it into a join it might answer with a scan of the whole table.
 ///
 /// `deltas` must hold at most one entry per (account, day).
 pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx::Result<()> {
@@ -152,67 +126,146 @@ pub async fn apply_deltas(conn: &mut PgConnection, deltas: &[DayDelta]) -> sqlx:
     let currencies: Vec<String> = deltas.iter().map(|d| d.currency.clone()).collect();
     let amounts: Vec<i64> = deltas.iter().map(|d| d.amount_minor).collect();
     sqlx::query(
-        "INSERT INTO daily_balances (account_id, day, currency, closing_balance_minor) \
-         SELECT d.account_id, d.day, d.currency, \
-                COALESCE((SELECT b.closing_balance_minor FROM daily_balances b \
-                           WHERE b.account_id = d.account_id AND b.day < d.day \
-                           ORDER BY b.day DESC LIMIT 1), 0) \
-           FROM UNNEST($1::text[], $2::date[], $3::text[]) AS d(account_id, day, currency) \
-         ON CONFLICT (account_id, day) DO NOTHING",
+        "WITH d AS (SELECT * FROM UNNEST($1::text[], $2::date[], $3::text[], $4::bigint[]) \
+                      AS d(account_id, day, currency, amount)), \
+              later AS (SELECT f.account_id, r.day, r.currency, 0::bigint AS amount \
+                          FROM (SELECT account_id, min(day) AS from_day FROM d \
+                                 GROUP BY account_id) f \
+                         CROSS JOIN LATERAL (SELECT day, currency FROM daily_balances \
+                                              WHERE account_id = f.account_id \
+                                                AND day > f.from_day OFFSET 0) r), \
+              touched AS (SELECT account_id, day, min(currency) AS currency, \
+                                 sum(amount) AS amount \
+                            FROM (SELECT * FROM d UNION ALL SELECT * FROM later) x \
+                           GROUP BY account_id, day) \
+         INSERT INTO daily_balances (account_id, day, currency, closing_balance_minor) \
+         SELECT t.account_id, t.day, t.currency, \
+                COALESCE(o.closing_balance_minor, 0) \
+                  + sum(t.amount) OVER (PARTITION BY t.account_id ORDER BY t.day) \
+           FROM touched t \
+           LEFT JOIN LATERAL (SELECT b.closing_balance_minor FROM daily_balances b \
+                               WHERE b.account_id = t.account_id AND b.day <= t.day \
+                               ORDER BY b.day DESC LIMIT 1) o ON true \
+         ON CONFLICT (account_id, day) \
+            DO UPDATE SET closing_balance_minor = EXCLUDED.closing_balance_minor",
     )
-    .bind(&accounts)
-    .bind(&days)
-    .bind(&currencies)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE daily_balances b \
-            SET closing_balance_minor = b.closing_balance_minor + s.added \
-           FROM (SELECT r.account_id, r.day, sum(d.amount)::bigint AS added \
-                   FROM daily_balances r \
-                   JOIN UNNEST($1::text[], $2::date[], $3::bigint[]) AS d(account_id, day, amount) \
-                     ON d.account_id = r.account_id AND d.day <= r.day \
-                  GROUP BY r.account_id, r.day) s \
-          WHERE b.account_id = s.account_id AND b.day = s.day",
-    )
-    .bind(&accounts)
-    .bind(&days)
-    .bind(&amounts)
-    .execute(&mut *conn)
+    .bind(accounts)
+    .bind(days)
+    .bind(currencies)
+    .bind(amounts)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
-/// For each `(account, from_day)`: the closing-balance rows from `from_day` on, preceded by the
-/// latest row before it (which opens the range), in day order.
-pub async fn balances_from(
+/// What (re)computing one account's accruals needs, read under the account's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccrualInputs {
+    /// The last day with a stored accrual (absent for an account with none yet).
+    pub horizon: Option<NaiveDate>,
+    /// The first day to compute: the earliest changed day, or the day after the horizon if
+    /// that is earlier (accruals stay dense), or the first business day when neither is known.
+    /// Absent only for an account without any closing balance.
+    pub from: Option<NaiveDate>,
+    /// The closing-balance rows from `from` on, preceded by the latest row before it, in day
+    /// order.
+    pub balances: Vec<ClosingBalance>,
+    /// The account currency's rates, from the one in force on `from` on: earlier entries
+    /// cannot apply to any day computed.
+    pub schedule: RateSchedule,
+}
+
+/// One account whose accruals are to be (re)computed.
+#[derive(Debug, Clone)]
+pub struct AccrualRequest {
+    pub account_id: AccountId,
+    pub currency: String,
+    /// The earliest day whose closing balance changed, if any.
+    pub changed_from: Option<NaiveDate>,
+}
+
+/// The horizon, first day, balances and rates of every requested account, in one statement
+/// whose reads are index probes per account: O(1) rows when nothing after the changed day is
+/// stored, whatever the account's history.
+pub async fn accrual_inputs(
     conn: &mut PgConnection,
-    from_days: &[(AccountId, NaiveDate)],
-) -> sqlx::Result<HashMap<AccountId, Vec<ClosingBalance>>> {
-    let accounts = account_ids::texts(from_days.iter().map(|(a, _)| a));
-    let days: Vec<NaiveDate> = from_days.iter().map(|(_, d)| *d).collect();
-    let rows: Vec<(String, NaiveDate, i64)> = sqlx::query_as(
-        "SELECT f.account_id, b.day, b.closing_balance_minor \
-           FROM UNNEST($1::text[], $2::date[]) AS f(account_id, from_day) \
-           CROSS JOIN LATERAL ( \
-                 (SELECT day, closing_balance_minor FROM daily_balances \
-                   WHERE account_id = f.account_id AND day < f.from_day \
-                   ORDER BY day DESC LIMIT 1) \
-                 UNION ALL \
-                 (SELECT day, closing_balance_minor FROM daily_balances \
-                   WHERE account_id = f.account_id AND day >= f.from_day) \
-           ) b \
-          ORDER BY f.account_id, b.day",
+    requests: &[AccrualRequest],
+) -> anyhow::Result<HashMap<AccountId, AccrualInputs>> {
+    let accounts = account_ids::texts(requests.iter().map(|r| &r.account_id));
+    let changed: Vec<Option<NaiveDate>> = requests.iter().map(|r| r.changed_from).collect();
+    let currencies: Vec<String> = requests.iter().map(|r| r.currency.clone()).collect();
+    type Row = (
+        String,
+        Option<NaiveDate>,
+        Option<NaiveDate>,
+        Vec<NaiveDate>,
+        Vec<i64>,
+        Vec<NaiveDate>,
+        Vec<i64>,
+    );
+    // numeric(7,4) percent x 10,000 is an integer exactly: the rate in parts per million.
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT f.account_id, h.day, s.from_day, \
+                COALESCE(bal.days, '{}'), COALESCE(bal.balances, '{}'), \
+                COALESCE(rt.days, '{}'), COALESCE(rt.ppms, '{}') \
+           FROM UNNEST($1::text[], $2::date[], $3::text[]) AS f(account_id, changed_from, currency) \
+           LEFT JOIN LATERAL (SELECT day FROM daily_accruals WHERE account_id = f.account_id \
+                               ORDER BY day DESC LIMIT 1) h ON true \
+          CROSS JOIN LATERAL (SELECT COALESCE(LEAST(f.changed_from, h.day + 1), \
+                                              (SELECT min(day) FROM daily_balances \
+                                                WHERE account_id = f.account_id)) \
+                                     AS from_day) s \
+          CROSS JOIN LATERAL ( \
+                SELECT array_agg(b.day ORDER BY b.day) AS days, \
+                       array_agg(b.closing_balance_minor ORDER BY b.day) AS balances \
+                  FROM ((SELECT day, closing_balance_minor FROM daily_balances \
+                          WHERE account_id = f.account_id AND day < s.from_day \
+                          ORDER BY day DESC LIMIT 1) \
+                        UNION ALL \
+                        (SELECT day, closing_balance_minor FROM daily_balances \
+                          WHERE account_id = f.account_id AND day >= s.from_day)) b) bal \
+          CROSS JOIN LATERAL ( \
+                SELECT array_agg(r.effective_from ORDER BY r.effective_from) AS days, \
+                       array_agg((r.annual_rate_percent * 10000)::bigint \
+                                 ORDER BY r.effective_from) AS ppms \
+                  FROM rates r \
+                 WHERE r.currency = f.currency \
+                   AND r.effective_from >= COALESCE( \
+                         (SELECT max(p.effective_from) FROM rates p \
+                           WHERE p.currency = f.currency AND p.effective_from <= s.from_day), \
+                         '-infinity')) rt",
     )
     .bind(accounts)
-    .bind(days)
+    .bind(changed)
+    .bind(currencies)
     .fetch_all(conn)
     .await?;
-    let mut out: HashMap<AccountId, Vec<ClosingBalance>> = HashMap::new();
-    for (account_id, day, balance_minor) in rows {
-        out.entry(account_ids::decode(account_id)?)
-            .or_default()
-            .push(ClosingBalance { day, balance_minor });
+    let mut out = HashMap::with_capacity(rows.len());
+    for (account_id, horizon, from, balance_days, balances, rate_days, ppms) in rows {
+        let account_id = account_ids::decode(account_id)?;
+        let balances = balance_days
+            .into_iter()
+            .zip(balances)
+            .map(|(day, balance_minor)| ClosingBalance { day, balance_minor })
+            .collect();
+        let rates = rate_days
+            .into_iter()
+            .zip(ppms)
+            .map(|(day, ppm)| {
+                AnnualRate::from_ppm(ppm)
+                    .map(|rate| (day, rate))
+                    .map_err(|e| anyhow::anyhow!("rate of {account_id} from {day}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        out.insert(
+            account_id,
+            AccrualInputs {
+                horizon,
+                from,
+                balances,
+                schedule: RateSchedule::new(rates),
+            },
+        );
     }
     Ok(out)
 }
@@ -429,22 +482,6 @@ pub async fn accounts_behind(
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(account_ids::decode).collect()
-}
-
-/// The first business day (first closing-balance row) per account.
-pub async fn first_days(
-    conn: &mut PgConnection,
-    accounts: &[AccountId],
-) -> sqlx::Result<HashMap<AccountId, NaiveDate>> {
-    day_per_account(
-        conn,
-        "SELECT a.account_id, f.day FROM UNNEST($1::text[]) AS a(account_id) \
-           CROSS JOIN LATERAL (SELECT day FROM daily_balances \
-                                WHERE account_id = a.account_id \
-                                ORDER BY day LIMIT 1) f",
-        accounts,
-    )
-    .await
 }
 
 #[cfg(test)]
