@@ -1,9 +1,11 @@
 //! email: sends a confirmation for every deposit.
 //!
 //! The consumer (shared runtime) hands each new `DepositCompleted` to [`handler`], which renders
-//! the confirmation from the event alone ([`render`]) and queues it in the same transaction as
-//! the dedup row. The [`sender`] delivers queued emails through the configured [`transport`]
-//! (SMTP or a folder of `.eml` files) with retry and backoff. [`api`] shows what was sent.
+//! the confirmation from the event alone ([`render`]) and writes it in the same transaction as
+//! the dedup row, leased to this process's sender when it has room. After the commit the
+//! [`handoff`] passes those to the [`sender`] in memory; it claims the others from the table.
+//! The sender delivers through the configured [`transport`] (SMTP or a folder of `.eml` files)
+//! with retry and backoff. [`api`] shows what was sent.
 //!
 //! - [`store`]: the SQL, in small functions.
 //! - [`metrics`]: the service's own Prometheus metrics.
@@ -12,6 +14,7 @@
 pub mod api;
 pub mod error;
 pub mod handler;
+pub mod handoff;
 pub mod metrics;
 pub mod render;
 pub mod sender;
@@ -20,6 +23,7 @@ pub mod transport;
 
 pub use api::{AppState, app};
 pub use handler::EmailHandler;
+pub use handoff::Handoff;
 pub use metrics::EmailMetrics;
 pub use sender::{Sender, SenderSettings};
 pub use transport::{Mailer, Transport};
@@ -32,7 +36,6 @@ use lettre::message::Mailbox;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/email");
 
@@ -121,7 +124,7 @@ pub async fn run(
     let pool = db::connect_and_migrate(&config.common, &MIGRATOR, Duration::from_secs(60)).await?;
     let mut registry = eventbank_runtime::metrics::new_registry("email");
     let metrics = EmailMetrics::register(&mut registry);
-    let wake = Arc::new(Notify::new());
+    let handoff = Handoff::new(config.sender.handoff_capacity, config.sender.lease);
 
     let sender = Sender {
         pool: pool.clone(),
@@ -129,14 +132,14 @@ pub async fn run(
         from: config.from.clone(),
         settings: config.sender.clone(),
         metrics: metrics.clone(),
-        wake: Arc::clone(&wake),
+        handoff: handoff.clone(),
     };
     shutdown.spawn(sender.run(shutdown.clone()));
 
     ConsumerService {
         config: config.common,
         pool: pool.clone(),
-        handler: Arc::new(EmailHandler::new(metrics, wake)),
+        handler: Arc::new(EmailHandler::new(metrics, handoff)),
         api: api::router(AppState { pool }),
         registry,
     }

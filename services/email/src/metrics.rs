@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Default)]
 pub struct EmailMetrics {
     pub queued: Counter,
+    pub handed_off: Counter,
     pub sent: Counter,
     pub failed: Counter,
     pub retried: Counter,
@@ -23,6 +24,11 @@ impl EmailMetrics {
             "emails_queued",
             "Confirmation emails rendered and queued (committed with their event)",
             m.queued.clone(),
+        );
+        registry.register(
+            "emails_handed_off",
+            "Queued emails passed to the sender in memory, leased, without a claim",
+            m.handed_off.clone(),
         );
         registry.register(
             "emails_sent",

@@ -1,17 +1,21 @@
 //! The sender: delivers queued emails, retrying failures with backoff, until shutdown.
 //!
-//! Each round claims a batch of due emails (a short transaction with `FOR UPDATE SKIP LOCKED`,
-//! see [`store::claim_due`]), delivers them a few at a time, and records each outcome as soon as
-//! it is known (deliveries that finished together, in one statement): `sent`, rescheduled with
-//! exponential backoff and jitter, or `failed` (a permanent error, or `max_attempts` reached).
-//! It wakes when the consumer commits new emails (a shared `Notify`) or on a poll timer (for
-//! retries that fall due), and on shutdown it finishes the sends in progress and hands the rest
-//! of its batch back.
+//! Each round takes a batch of emails leased to this process: either those the consumer handed
+//! off in memory as it committed them ([`crate::handoff`], no claim needed), or due emails it
+//! claims (a short transaction with `FOR UPDATE SKIP LOCKED`, see [`store::claim_due`]): on
+//! start, when the consumer queued emails the hand-off had no room for, and on a poll timer
+//! (retries that fall due, emails of a crashed process whose lease ran out). When both kinds of
+//! work wait, rounds alternate. A round delivers its emails a few at a time, and records each
+//! outcome as soon as it is known (deliveries that finished together, in one statement):
+//! `sent`, rescheduled with exponential backoff and jitter, or `failed` (a permanent error, or
+//! `max_attempts` reached). On shutdown it finishes the sends in progress and hands the rest of
+//! its batch, and the emails handed off but not started, back.
 //!
 //! Delivery is at least once: a crash between the transport accepting a message and the row
 //! being marked `sent` sends it again when the claim's lease runs out. The retried message has
 //! the same Message-ID (derived from the event id), so a downstream can recognise it.
 
+use crate::handoff::{Handed, Handoff};
 use crate::metrics::EmailMetrics;
 use crate::store::{self, EmailStatus, Outgoing};
 use crate::transport::{DeliveryError, Mailer, build_message};
@@ -23,9 +27,8 @@ use lettre::message::Mailbox;
 use sqlx::PgPool;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 /// Tuning of the sender. `Default` holds the production values; tests shorten the delays.
@@ -55,6 +58,9 @@ pub struct SenderSettings {
     pub lease: Duration,
     /// Bound on each SMTP command.
     pub smtp_timeout: Duration,
+    /// Emails the consumer may hand to this sender in memory (reserved or waiting); beyond it
+    /// they are queued for the claim. 0 turns the hand-off off.
+    pub handoff_capacity: usize,
 }
 
 impl Default for SenderSettings {
@@ -68,6 +74,8 @@ impl Default for SenderSettings {
             retry_cap: Duration::from_secs(300),
             lease: Duration::from_secs(300),
             smtp_timeout: Duration::from_secs(10),
+            // Two batches: one waiting while the previous one is sent.
+            handoff_capacity: 288,
         }
     }
 }
@@ -81,7 +89,7 @@ impl SenderSettings {
     }
 }
 
-/// Where the emails of one round's claim are: not started yet, delivered but not recorded,
+/// Where the emails of one round are: not started yet, delivered but not recorded,
 /// or handed back.
 struct Round<'a> {
     queue: std::slice::Iter<'a, Outgoing>,
@@ -153,8 +161,8 @@ pub struct Sender {
     pub from: Mailbox,
     pub settings: SenderSettings,
     pub metrics: EmailMetrics,
-    /// Notified by the handler after a commit that queued emails.
-    pub wake: Arc<Notify>,
+    /// Shared with the handler: emails it committed leased to this sender, and its wake-ups.
+    pub handoff: Handoff,
 }
 
 impl Sender {
@@ -164,55 +172,113 @@ impl Sender {
         tracing::info!(transport = ?self.mailer, "email sender started");
         let mut backoff = Backoff::new();
         let mut last_depth = None;
+        // Claim at once on start: emails a previous run or a crashed replica left.
+        let mut next_claim = Instant::now();
+        let mut claimed_last = false;
+        let batch = usize::try_from(self.settings.batch_size.max(1)).unwrap_or(1);
         while !shutdown.is_triggered() {
-            let full_batch = match self.send_due(&shutdown).await {
-                Ok(claimed) => {
-                    backoff.reset();
-                    claimed as i64 >= self.settings.batch_size
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "email sender round failed");
-                    tokio::select! {
-                        _ = shutdown.triggered() => {}
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    continue;
-                }
+            let claim_due = Instant::now() >= next_claim;
+            // Both kinds of work waiting: alternate, so neither starves the other.
+            let handed = if claim_due && !claimed_last {
+                Vec::new()
+            } else {
+                self.handoff.take(batch)
             };
-            // The gauge costs a count over the queue: at most once a second, not every round,
-            // so a long queue (an SMTP outage) does not make every round pay for it.
-            if last_depth.is_none_or(|at: tokio::time::Instant| at.elapsed() >= DEPTH_REFRESH) {
-                self.refresh_queue_depth().await;
-                last_depth = Some(tokio::time::Instant::now());
-            }
-            // A full batch means more may be due already: go again without waiting.
-            if full_batch {
+            let round = if !handed.is_empty() {
+                claimed_last = false;
+                self.send_handed(handed, &shutdown).await
+            } else if claim_due {
+                claimed_last = true;
+                let claimed = self.send_due(&shutdown).await;
+                if let Ok(n) = claimed {
+                    // A full batch means more may be due already: claim again without waiting.
+                    next_claim = if n as i64 >= self.settings.batch_size {
+                        Instant::now()
+                    } else {
+                        Instant::now() + self.settings.poll_interval
+                    };
+                }
+                claimed.map(|_| ())
+            } else {
+                tokio::select! {
+                    _ = shutdown.triggered() => {}
+                    _ = self.handoff.ready() => {}
+                    _ = self.handoff.queued() => next_claim = Instant::now(),
+                    _ = tokio::time::sleep_until(next_claim) => {}
+                }
+                continue;
+            };
+            if let Err(e) = round {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "email sender round failed");
+                tokio::select! {
+                    _ = shutdown.triggered() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 continue;
             }
-            tokio::select! {
-                _ = shutdown.triggered() => {}
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            backoff.reset();
+            // The gauge costs a count over the queue: at most once a second, not every round,
+            // so a long queue (an SMTP outage) does not make every round pay for it.
+            if last_depth.is_none_or(|at: Instant| at.elapsed() >= DEPTH_REFRESH) {
+                self.refresh_queue_depth().await;
+                last_depth = Some(Instant::now());
             }
+        }
+        // Handed off but not started: due at once for whichever sender claims next, rather
+        // than when their lease runs out.
+        let left: Vec<Outgoing> = self.handoff.close().into_iter().map(|h| h.email).collect();
+        if let Err(e) = self.release(&left.iter().collect::<Vec<_>>()).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                count = left.len(),
+                "cannot hand back emails handed off; their lease brings them back"
+            );
         }
         tracing::info!("email sender stopped");
     }
 
-    /// One round: claims due emails, delivers them (up to `concurrency` at a time), records
-    /// each outcome as soon as it is known. Returns how many were claimed. Hands the unstarted
-    /// rest back early on shutdown, and when half the lease has gone (slow or hanging sends):
-    /// the claim must never expire while this sender still works through it, or another
-    /// replica would send the same emails.
+    /// One round of claimed emails: claims due emails and sends them ([`Self::send_batch`]).
+    /// Returns how many were claimed.
     pub async fn send_due(&self, shutdown: &Shutdown) -> anyhow::Result<usize> {
         let claimed = {
             let mut conn = self.pool.acquire().await?;
             store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
         };
-        let stop_by = tokio::time::Instant::now() + self.settings.lease / 2;
-        let stopping = || shutdown.is_triggered() || tokio::time::Instant::now() >= stop_by;
+        let stop_by = Instant::now() + self.settings.lease / 2;
+        self.send_batch(&claimed, stop_by, shutdown).await?;
+        Ok(claimed.len())
+    }
+
+    /// One round of emails handed off by the consumer, already leased to this process. Those
+    /// whose time to start has passed (the sender was busy for half a lease) are handed back
+    /// for the claim instead.
+    async fn send_handed(&self, handed: Vec<Handed>, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let (fresh, late): (Vec<Handed>, Vec<Handed>) =
+            handed.into_iter().partition(|h| h.start_by > now);
+        let late: Vec<Outgoing> = late.into_iter().map(|h| h.email).collect();
+        self.release(&late.iter().collect::<Vec<_>>()).await?;
+        let Some(stop_by) = fresh.iter().map(|h| h.start_by).min() else {
+            return Ok(());
+        };
+        let emails: Vec<Outgoing> = fresh.into_iter().map(|h| h.email).collect();
+        self.send_batch(&emails, stop_by, shutdown).await
+    }
+
+    /// Delivers emails leased to this process (up to `concurrency` at a time), and records each
+    /// outcome as soon as it is known. Hands the unstarted rest back early on shutdown, and at
+    /// `stop_by` (half the lease gone: slow or hanging sends): the lease must never expire
+    /// while this sender still works through it, or another replica would send the same emails.
+    async fn send_batch(
+        &self,
+        emails: &[Outgoing],
+        stop_by: Instant,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        let stopping = || shutdown.is_triggered() || Instant::now() >= stop_by;
         let concurrency = self.settings.concurrency.max(1);
-        let mut round = Round::new(&claimed);
+        let mut round = Round::new(emails);
         let mut in_flight = FuturesUnordered::new();
         // Deliveries are recorded while the other sends go on: one statement at a time, for
         // every delivery finished since the previous one began (a group commit). A delivery is
@@ -260,7 +326,7 @@ impl Sender {
         let released = self.release(&round.unstarted).await;
         match round.failure {
             Some(e) => Err(e),
-            None => released.map(|()| claimed.len()),
+            None => released,
         }
     }
 

@@ -93,15 +93,21 @@ pub struct Outgoing {
     pub created_at: DateTime<Utc>,
 }
 
-/// Queues one rendered confirmation per event, in one statement (set-based: a batch of up to
-/// 50 events costs one round trip, not 50).
+/// Writes one rendered confirmation per event, in one statement (set-based: a batch of up to
+/// 50 events costs one round trip, not 50). The email of event `i` is inserted leased to this
+/// process for `lease` when `leased[i]` (as [`claim_due`] leaves a claimed row, so the lease
+/// ends the same way), due at once otherwise.
+/// The lease runs from the statement's clock rather than the transaction's start, so it never
+/// ends earlier than `lease` after the caller reserved the email (see `crate::handoff`).
 /// An event id already present is skipped, so a replay cannot queue a second email.
-/// Returns the number of rows inserted.
-pub async fn insert_queued(
+/// Returns the event id and `created_at` of each email inserted leased (not of those skipped).
+pub async fn insert(
     conn: &mut PgConnection,
     events: &[DepositCompleted],
     rendered: &[Rendered],
-) -> sqlx::Result<u64> {
+    leased: &[bool],
+    lease: Duration,
+) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
     let n = events.len().min(rendered.len());
     let mut event_ids = Vec::with_capacity(n);
     let mut deposit_ids = Vec::with_capacity(n);
@@ -113,7 +119,8 @@ pub async fn insert_queued(
     let mut texts = Vec::with_capacity(n);
     let mut htmls = Vec::with_capacity(n);
     let mut message_ids = Vec::with_capacity(n);
-    for (event, r) in events.iter().zip(rendered) {
+    let mut leases = Vec::with_capacity(n);
+    for (i, (event, r)) in events.iter().zip(rendered).enumerate() {
         event_ids.push(event.event_id);
         deposit_ids.push(event.deposit_id);
         account_ids.push(event.account_id.as_str());
@@ -124,13 +131,25 @@ pub async fn insert_queued(
         texts.push(r.body_text.clone());
         htmls.push(r.body_html.clone());
         message_ids.push(r.message_id.clone());
+        leases.push(leased.get(i).copied().unwrap_or(false));
     }
-    let done = sqlx::query(
-        "INSERT INTO emails (event_id, deposit_id, account_id, sequence, to_name, to_address,
-                             subject, body_text, body_html, message_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
-                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-         ON CONFLICT (event_id) DO NOTHING",
+    sqlx::query_as(
+        "WITH inserted AS (
+         INSERT INTO emails (event_id, deposit_id, account_id, sequence, to_name, to_address,
+                             subject, body_text, body_html, message_id, next_attempt_at)
+         SELECT event_id, deposit_id, account_id, sequence, to_name, to_address, subject,
+                body_text, body_html, message_id,
+                CASE WHEN leased
+                     THEN clock_timestamp() + $12::bigint * interval '1 millisecond'
+                     ELSE now() END
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                       $11::bool[])
+                AS t(event_id, deposit_id, account_id, sequence, to_name, to_address, subject,
+                     body_text, body_html, message_id, leased)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id, created_at, next_attempt_at > now() AS leased)
+         SELECT event_id, created_at FROM inserted WHERE leased",
     )
     .bind(&event_ids)
     .bind(&deposit_ids)
@@ -142,9 +161,10 @@ pub async fn insert_queued(
     .bind(&texts)
     .bind(&htmls)
     .bind(&message_ids)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+    .bind(&leases)
+    .bind(millis(lease))
+    .fetch_all(conn)
+    .await
 }
 
 /// Claims up to `limit` due emails, longest due first, for `lease`: their `next_attempt_at` moves

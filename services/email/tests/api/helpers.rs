@@ -4,7 +4,7 @@
 
 use chrono::{TimeZone, Utc};
 use email::store::{self, EmailDetail, EmailStatus};
-use email::{EmailHandler, EmailMetrics, Mailer, Sender, SenderSettings};
+use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Sender, SenderSettings};
 use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
 use eventbank_runtime::Shutdown;
 use eventbank_runtime::consumer::Handler;
@@ -12,10 +12,8 @@ use eventbank_runtime::testing::TestDatabase;
 use sqlx::PgPool;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -73,9 +71,19 @@ pub fn alice(amount_minor: i64) -> DepositCompleted {
     )
 }
 
-/// Runs the handler the way the consumer loop does: in one transaction, then commit.
+/// A handler without an in-memory hand-off: every email it writes is queued for a claim, as
+/// written by a process whose sender has no room (or by another process).
+pub fn queueing_handler() -> EmailHandler {
+    EmailHandler::new(
+        EmailMetrics::default(),
+        Handoff::new(0, SenderSettings::default().lease),
+    )
+}
+
+/// Runs the handler the way the consumer loop does: in one transaction, then commit. The
+/// emails are queued for a claim (no hand-off).
 pub async fn handle(pool: &PgPool, events: &[DepositCompleted]) {
-    let handler = EmailHandler::new(EmailMetrics::default(), Arc::new(Notify::new()));
+    let handler = queueing_handler();
     let mut tx = pool.begin().await.expect("begin");
     handler.handle(&mut tx, events).await.expect("handle");
     tx.commit().await.expect("commit");
@@ -113,6 +121,17 @@ pub struct RunningSender {
 }
 
 pub fn start_sender(pool: &PgPool, mailer: Mailer, settings: SenderSettings) -> RunningSender {
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    start_sender_with(pool, mailer, settings, handoff)
+}
+
+/// A sender that takes the emails handed off through `handoff` (shared with a handler).
+pub fn start_sender_with(
+    pool: &PgPool,
+    mailer: Mailer,
+    settings: SenderSettings,
+    handoff: Handoff,
+) -> RunningSender {
     let shutdown = Shutdown::new();
     let metrics = EmailMetrics::default();
     let sender = Sender {
@@ -121,7 +140,7 @@ pub fn start_sender(pool: &PgPool, mailer: Mailer, settings: SenderSettings) -> 
         from: email::DEFAULT_FROM.parse().expect("from"),
         settings,
         metrics: metrics.clone(),
-        wake: Arc::new(Notify::new()),
+        handoff,
     };
     let task = tokio::spawn(sender.run(shutdown.clone()));
     RunningSender {
@@ -200,10 +219,19 @@ pub async fn closed_port() -> u16 {
 }
 
 /// Delivers `events` through the consumer runtime's own dedup transaction, then runs the
-/// handler's post-commit step as the loop would. Returns how many were new.
+/// handler's post-commit step as the loop would. Returns how many were new. The emails are
+/// queued for a claim (no hand-off).
 pub async fn deliver(pool: &PgPool, events: &[DepositCompleted]) -> usize {
-    let handler = EmailHandler::new(EmailMetrics::default(), Arc::new(Notify::new()));
-    let fresh = eventbank_runtime::consumer::deliver(pool, &handler, events)
+    deliver_with(pool, &queueing_handler(), events).await
+}
+
+/// [`deliver`] through `handler`.
+pub async fn deliver_with(
+    pool: &PgPool,
+    handler: &EmailHandler,
+    events: &[DepositCompleted],
+) -> usize {
+    let fresh = eventbank_runtime::consumer::deliver(pool, handler, events)
         .await
         .expect("deliver");
     handler.committed(&fresh);

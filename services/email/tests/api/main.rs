@@ -9,6 +9,7 @@
 mod api;
 mod claims;
 mod handler;
+mod handoff;
 mod helpers;
 mod openapi;
 mod render;

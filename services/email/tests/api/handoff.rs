@@ -1,0 +1,202 @@
+//! The in-memory hand-off: an email committed by the consumer goes to the sender of the same
+//! process without a claim, while the table keeps every guarantee of the claim path.
+
+use crate::helpers::{
+    ReceivedMail, SmtpSink, alice, database, deliver_with, fast_settings, row, start_sender,
+    start_sender_with, wait_all_sent,
+};
+use email::store::{self, EmailStatus};
+use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Transport};
+use sqlx::PgPool;
+use std::time::Duration;
+
+fn smtp_mailer(port: u16) -> Mailer {
+    Mailer::new(
+        &Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_secs(5),
+    )
+}
+
+/// Logs the transaction id of every row written to `emails` or `processed_events`, so a test
+/// can count the committed transactions that wrote to the email database (a rolled-back one
+/// takes its log rows with it). Reads, such as a claim that found nothing, write no row.
+async fn log_write_transactions(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE write_log (xid xid8 NOT NULL);
+         CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO write_log VALUES (pg_current_xact_id());
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER log_emails AFTER INSERT OR UPDATE OR DELETE ON emails
+             FOR EACH ROW EXECUTE FUNCTION log_write();
+         CREATE TRIGGER log_processed AFTER INSERT OR UPDATE OR DELETE ON processed_events
+             FOR EACH ROW EXECUTE FUNCTION log_write();",
+    )
+    .execute(pool)
+    .await
+    .expect("write log");
+}
+
+async fn write_transactions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT xid) FROM write_log")
+        .fetch_one(pool)
+        .await
+        .expect("count write transactions")
+}
+
+fn sorted_message_ids(sink: &SmtpSink) -> Vec<String> {
+    let mut ids: Vec<String> = sink
+        .messages()
+        .iter()
+        .filter_map(ReceivedMail::message_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_delivered_email_costs_two_write_transactions_and_a_batch_costs_less_per_email() {
+    let db = database().await;
+    log_write_transactions(&db.pool).await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    let settings = fast_settings();
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let metrics = EmailMetrics::default();
+    let handler = EmailHandler::new(metrics.clone(), handoff.clone());
+    let sender = start_sender_with(
+        &db.pool,
+        smtp_mailer(sink.port()),
+        settings,
+        handoff.clone(),
+    );
+
+    // Idle service, one deposit: the consumer's transaction (dedup row and email), then the
+    // delivery record. A claim of the email would be a third.
+    let one = alice(100);
+    assert_eq!(
+        deliver_with(&db.pool, &handler, std::slice::from_ref(&one)).await,
+        1
+    );
+    wait_all_sent(
+        &db.pool,
+        std::slice::from_ref(&one),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(write_transactions(&db.pool).await, 2);
+    assert_eq!(metrics.handed_off.get(), 1);
+    let stored = row(&db.pool, one.event_id).await.expect("row");
+    assert_eq!(stored.summary.attempts, 1);
+
+    // A consumer batch of 50: one transaction for all of them, and the deliveries recorded in
+    // groups.
+    let batch: Vec<_> = (1..=50).map(|i| alice(100 * i)).collect();
+    assert_eq!(deliver_with(&db.pool, &handler, &batch).await, 50);
+    wait_all_sent(&db.pool, &batch, Duration::from_secs(30)).await;
+    let writes = write_transactions(&db.pool).await - 2;
+    assert!(
+        writes <= 1 + 50 / 2,
+        "{writes} write transactions for a batch of 50 emails"
+    );
+    assert_eq!(metrics.handed_off.get(), 51);
+    sender.stop().await;
+
+    let mut want: Vec<String> = std::iter::once(&one)
+        .chain(&batch)
+        .map(|e| format!("<{}@eventbank.example>", e.event_id))
+        .collect();
+    want.sort();
+    assert_eq!(sorted_message_ids(&sink), want, "each email exactly once");
+    assert!(handoff.is_empty());
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn an_email_handed_off_but_never_sent_is_sent_once_by_the_claim_path_when_its_lease_ends() {
+    let db = database().await;
+    let lease = Duration::from_secs(60);
+    // The process that consumes the event has no running sender: it stops before the send.
+    let handoff = Handoff::new(10, lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let e = alice(100);
+    assert_eq!(
+        deliver_with(&db.pool, &handler, std::slice::from_ref(&e)).await,
+        1
+    );
+    assert_eq!(handoff.len(), 1, "handed off, waiting for the sender");
+
+    // Stored exactly as a claim leaves an email: queued, not attempted, leased for `lease`.
+    let stored = row(&db.pool, e.event_id).await.expect("row");
+    assert_eq!(stored.summary.status, EmailStatus::Queued);
+    assert_eq!(stored.summary.attempts, 0);
+    let leased_for = stored.next_attempt_at - stored.summary.created_at;
+    assert!(
+        leased_for >= chrono::Duration::seconds(60) && leased_for < chrono::Duration::seconds(70),
+        "leased for {leased_for}"
+    );
+    drop(handler);
+    drop(handoff);
+
+    // Another process's sender does not take it while the lease holds...
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    let sender = start_sender(&db.pool, smtp_mailer(sink.port()), fast_settings());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.messages().is_empty(), "sent while leased");
+
+    // ...and sends it once the lease has run out (moved into the past instead of waiting).
+    sqlx::query("UPDATE emails SET next_attempt_at = now() - interval '1 ms' WHERE event_id = $1")
+        .bind(e.event_id)
+        .execute(&db.pool)
+        .await
+        .expect("lease ended");
+    wait_all_sent(&db.pool, std::slice::from_ref(&e), Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sender.stop().await;
+
+    assert_eq!(
+        sorted_message_ids(&sink),
+        vec![format!("<{}@eventbank.example>", e.event_id)],
+        "sent exactly once"
+    );
+    let sent = row(&db.pool, e.event_id).await.expect("row");
+    assert_eq!(sent.summary.attempts, 1);
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn emails_the_hand_off_has_no_room_for_are_queued_due_for_the_claim() {
+    let db = database().await;
+    let handoff = Handoff::new(2, Duration::from_secs(60));
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let events: Vec<_> = (1..=5).map(|i| alice(100 * i)).collect();
+    assert_eq!(deliver_with(&db.pool, &handler, &events).await, 5);
+
+    let handed: Vec<_> = handoff
+        .take(10)
+        .into_iter()
+        .map(|h| h.email.event_id)
+        .collect();
+    assert_eq!(handed, vec![events[0].event_id, events[1].event_id]);
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let mut claimed: Vec<_> = store::claim_due(&mut conn, 10, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|o| o.event_id)
+        .collect();
+    claimed.sort();
+    let mut rest: Vec<_> = events[2..].iter().map(|e| e.event_id).collect();
+    rest.sort();
+    assert_eq!(
+        claimed, rest,
+        "the rest are due at once, the handed-off ones leased"
+    );
+    drop(conn);
+    db.drop_db().await.expect("drop");
+}
