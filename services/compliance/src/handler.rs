@@ -8,17 +8,25 @@
 //! link and append the batch's entries: the partitions' batches run their rules side by side and
 //! queue only for the append. Locking the head first would serialise whole batches of every
 //! partition behind one lock (BENCHMARKS.md, Optimisations).
+//!
+//! Structuring has two paths per account and currency of the batch. Deposits at or after the
+//! latest one recorded (the common case) take the in-order path: their running totals
+//! continue the scope's rolling state, each new window's total is two running totals apart
+//! (at most one index probe), and only a window that alerts reads its deposits, to name them.
+//! A late deposit, or a scope whose totals were computed for another threshold, takes the
+//! recompute path: the walk over every deposit its windows can hold, then the running totals
+//! rewritten from it on. Either way a batch runs a fixed number of set-based statements.
 
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
-use crate::rules::{Rules, Structuring, Window};
-use crate::store::{self, ActiveStructuring, AlertKind, NewAlert, Scope};
+use crate::rules::{Before, Deposit, Rolling, Rules, Structuring, Window};
+use crate::store::{self, AccountCurrency, ActiveStructuring, AlertKind, NewAlert, Scope};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
 use serde_json::json;
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The compliance service's domain handler.
 #[derive(Clone, Default)]
@@ -120,11 +128,15 @@ impl ComplianceHandler {
         tx: &mut PgConnection,
         fresh: &[&DepositCompleted],
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
-        // Deposits first: the structuring walk reads them back with the precision Postgres
-        // keeps, together with the earlier ones.
-        store::insert_deposits(tx, fresh).await?;
+        let threshold = self.rules.ctr_threshold_minor;
+        let plan = self.plan(tx, fresh).await?;
+        // Deposits first: the structuring walks and probes read them back with the precision
+        // Postgres keeps, together with the earlier ones.
+        store::insert_deposits(tx, &plan.rows).await?;
+        store::rebuild_running_totals(tx, &plan.rebuilds, threshold).await?;
         let mut alerts = self.ctr_alerts(fresh);
-        let (structuring, superseded) = self.structuring(tx, fresh).await?;
+        let (structuring, superseded) = self.structuring(tx, &plan).await?;
+        store::refresh_scope_states(tx, &plan.keys, threshold).await?;
         // Superseded first: a replacement may name the same event, and only one alert of a
         // kind per event may be active.
         let superseded_ids: Vec<i64> = superseded.iter().map(|a| a.id).collect();
@@ -206,68 +218,212 @@ impl ComplianceHandler {
             .collect()
     }
 
-    /// Rule 2: walks the structuring windows of every account and currency of the batch from
-    /// its earliest new sub-threshold deposit on (see [`crate::rules`]), and compares the
-    /// result with the active alerts from there on. Returns the alerts to insert and the
-    /// active ones that the walk no longer gives (to supersede); an alert the walk gives again
-    /// unchanged stays as it is.
+    /// Sorts the batch's accounts and currencies into the two structuring paths (see the
+    /// module documentation), from their rolling state (one statement), and gives each
+    /// in-order sub-threshold deposit its running total.
+    async fn plan<'e>(
+        &self,
+        tx: &mut PgConnection,
+        fresh: &[&'e DepositCompleted],
+    ) -> Result<Plan<'e>, HandlerError> {
+        let threshold = self.rules.ctr_threshold_minor;
+        let mut by_scope: BTreeMap<AccountCurrency, Vec<&DepositCompleted>> = BTreeMap::new();
+        for e in fresh {
+            by_scope
+                .entry((e.account_id.clone(), e.currency.code().to_owned()))
+                .or_default()
+                .push(e);
+        }
+        let keys: Vec<AccountCurrency> = by_scope.keys().cloned().collect();
+        let mut states = store::scope_states(tx, &keys).await?;
+        let mut totals: HashMap<uuid::Uuid, i128> = HashMap::new();
+        let mut plan = Plan {
+            rows: Vec::with_capacity(fresh.len()),
+            keys,
+            rebuilds: Vec::new(),
+            walks: Vec::new(),
+            in_order: Vec::new(),
+        };
+        for (key, events) in by_scope {
+            let mut under: Vec<(DateTime<Utc>, &DepositCompleted)> = events
+                .into_iter()
+                .filter(|e| e.amount_minor < threshold)
+                .map(|e| (as_stored(e.occurred_at), e))
+                .collect();
+            under.sort_by_key(|(t, e)| (*t, e.event_id));
+            // No row: the scope has no deposit yet.
+            let state = states.remove(&key);
+            let stale = state.is_some_and(|s| s.threshold_minor != threshold);
+            let rolling = state.map(|s| s.rolling).unwrap_or_default();
+            let Some(&(first, _)) = under.first() else {
+                if stale {
+                    plan.rebuilds.push((key, None));
+                }
+                continue;
+            };
+            if stale || rolling.last_at.is_some_and(|last| first < last) {
+                plan.rebuilds.push((key.clone(), (!stale).then_some(first)));
+                // A microsecond before the deposit: the walk recomputes the windows ending at
+                // its instant too.
+                let from = first
+                    .checked_sub_signed(TimeDelta::microseconds(1))
+                    .unwrap_or(first);
+                plan.walks.push(scope(key, from));
+                continue;
+            }
+            let mut total = rolling.total;
+            let mut new = Vec::with_capacity(under.len());
+            for (t, e) in under {
+                total += i128::from(e.amount_minor);
+                totals.insert(e.event_id, total);
+                new.push((t, total));
+            }
+            plan.in_order.push(InOrder {
+                scope: scope(key, first),
+                rolling,
+                new,
+            });
+        }
+        plan.rows = fresh
+            .iter()
+            .map(|e| (*e, totals.get(&e.event_id).copied()))
+            .collect();
+        Ok(plan)
+    }
+
+    /// Rule 2 for both paths (see [`crate::rules`]), compared with the active alerts from
+    /// where each scope's walk starts. Returns the alerts to insert and the active ones that
+    /// the walk no longer gives (to supersede); an alert the walk gives again unchanged stays
+    /// as it is.
     async fn structuring(
         &self,
         tx: &mut PgConnection,
-        fresh: &[&DepositCompleted],
+        plan: &Plan<'_>,
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
-        let scopes = self.walk_scopes(fresh);
+        let mut scopes: Vec<Scope> = plan.walks.clone();
+        scopes.extend(plan.in_order.iter().map(|s| s.scope.clone()));
         if scopes.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let threshold = self.rules.ctr_threshold_minor;
-        let window = self.rules.structuring_window;
-        let mut deposits = store::deposits_for_walk(tx, &scopes, window, threshold).await?;
         let mut state = store::structuring_state(tx, &scopes).await?;
+        let mut walked: Vec<(Scope, Vec<Structuring>)> = self.recompute(tx, plan, &state).await?;
+        walked.extend(self.in_order(tx, plan, &state).await?);
 
         let mut raise = Vec::new();
         let mut supersede = Vec::new();
-        for scope in scopes {
+        for (scope, found) in walked {
             let key = (scope.account_id.clone(), scope.currency.clone());
-            let history = deposits.remove(&key).unwrap_or_default();
-            let (previous, existing) = state.remove(&key).unwrap_or_default();
-            let walked = self
-                .rules
-                .structuring_from(&history, scope.from, previous)
+            let (_, existing) = state.remove(&key).unwrap_or_default();
+            let alerts = found
                 .into_iter()
                 .map(|found| self.structuring_alert(&scope, found));
-            let (new, gone) = compare_with_active(walked, existing);
+            let (new, gone) = compare_with_active(alerts, existing);
             raise.extend(new);
             supersede.extend(gone);
         }
         Ok((raise, supersede))
     }
 
-    /// Where the structuring walk restarts, per account and currency of the batch's
-    /// sub-threshold deposits: just before the earliest of them. In account and currency order.
-    fn walk_scopes(&self, fresh: &[&DepositCompleted]) -> Vec<Scope> {
-        let threshold = self.rules.ctr_threshold_minor;
-        let mut froms: BTreeMap<(AccountId, String), DateTime<Utc>> = BTreeMap::new();
-        for e in fresh.iter().filter(|e| e.amount_minor < threshold) {
-            // A microsecond before the deposit, truncated to microseconds: Postgres keeps
-            // microseconds, and the stored instant must not fall before the walk's start.
-            let t = e.occurred_at.trunc_subsecs(6);
-            let t = t
-                .checked_sub_signed(TimeDelta::microseconds(1))
-                .unwrap_or(t);
-            let from = froms
-                .entry((e.account_id.clone(), e.currency.code().to_owned()))
-                .or_insert(t);
-            *from = (*from).min(t);
+    /// The recompute path: walks every deposit the windows from each scope's start can hold.
+    async fn recompute(
+        &self,
+        tx: &mut PgConnection,
+        plan: &Plan<'_>,
+        state: &HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)>,
+    ) -> Result<Vec<(Scope, Vec<Structuring>)>, HandlerError> {
+        if plan.walks.is_empty() {
+            return Ok(Vec::new());
         }
-        froms
-            .into_iter()
-            .map(|((account_id, currency), from)| Scope {
-                account_id,
-                currency,
-                from,
+        let threshold = self.rules.ctr_threshold_minor;
+        let window = self.rules.structuring_window;
+        let mut deposits = store::deposits_for_walk(tx, &plan.walks, window, threshold).await?;
+        Ok(plan
+            .walks
+            .iter()
+            .map(|scope| {
+                let key = (scope.account_id.clone(), scope.currency.clone());
+                let history = deposits.remove(&key).unwrap_or_default();
+                let previous = state.get(&key).and_then(|(previous, _)| *previous);
+                let found = self.rules.structuring_from(&history, scope.from, previous);
+                (scope.clone(), found)
             })
-            .collect()
+            .collect())
+    }
+
+    /// The in-order path: the windows ending at the new deposits, from running totals (one
+    /// probe per window that starts among the recorded deposits); only the windows that alert
+    /// read their deposits.
+    async fn in_order(
+        &self,
+        tx: &mut PgConnection,
+        plan: &Plan<'_>,
+        state: &HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)>,
+    ) -> Result<Vec<(Scope, Vec<Structuring>)>, HandlerError> {
+        if plan.in_order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ends: Vec<Vec<_>> = plan
+            .in_order
+            .iter()
+            .map(|s| self.rules.in_order_ends(s.rolling, &s.new))
+            .collect();
+        let probes: Vec<(AccountCurrency, DateTime<Utc>)> = plan
+            .in_order
+            .iter()
+            .zip(&ends)
+            .flat_map(|(s, ends)| {
+                ends.iter().filter_map(|end| match end.before {
+                    Before::Probe(at) => Some((s.scope.key(), at)),
+                    Before::Known(_) => None,
+                })
+            })
+            .collect();
+        let mut probed = store::running_totals_before(tx, &probes).await?.into_iter();
+        let mut found: Vec<Vec<(Window, i128)>> = Vec::with_capacity(ends.len());
+        for (s, ends) in plan.in_order.iter().zip(ends) {
+            let mut windows = Vec::with_capacity(ends.len());
+            for end in ends {
+                let before = match end.before {
+                    Before::Known(total) => total,
+                    Before::Probe(_) => probed.next().ok_or_else(|| {
+                        HandlerError::Other(anyhow::anyhow!(
+                            "a running-total probe went unanswered"
+                        ))
+                    })?,
+                };
+                windows.push((end.window, end.through - before));
+            }
+            let previous = state
+                .get(&s.scope.key())
+                .and_then(|(previous, _)| *previous);
+            found.push(self.rules.structuring_in_order(&windows, previous));
+        }
+        let alerting: Vec<(AccountCurrency, Window)> = plan
+            .in_order
+            .iter()
+            .zip(&found)
+            .flat_map(|(s, found)| found.iter().map(|(w, _)| (s.scope.key(), *w)))
+            .collect();
+        let threshold = self.rules.ctr_threshold_minor;
+        let mut named = store::deposits_in_windows(tx, &alerting, threshold)
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(found.len());
+        for (s, found) in plan.in_order.iter().zip(found) {
+            let mut structurings = Vec::with_capacity(found.len());
+            for (window, total) in found {
+                let inside = named.next().unwrap_or_default();
+                let structuring = named_structuring(window, total, inside).ok_or_else(|| {
+                    HandlerError::Other(anyhow::anyhow!(
+                        "structuring window ending {} holds no recorded deposit",
+                        window.end
+                    ))
+                })?;
+                structurings.push(structuring);
+            }
+            out.push((s.scope.clone(), structurings));
+        }
+        Ok(out)
     }
 
     /// The alert of one structuring finding of the walk.
@@ -287,6 +443,63 @@ impl ComplianceHandler {
             }),
         }
     }
+}
+
+/// How the batch's accounts and currencies are handled (see [`ComplianceHandler::plan`]).
+struct Plan<'e> {
+    /// Every new deposit, with its running total when it is in time order.
+    rows: Vec<(&'e DepositCompleted, Option<i128>)>,
+    /// Every account and currency of the batch: their rolling state is refreshed.
+    keys: Vec<AccountCurrency>,
+    /// Running totals to recompute, from an instant on (`None`: all of them).
+    rebuilds: Vec<(AccountCurrency, Option<DateTime<Utc>>)>,
+    /// The recompute path's walks.
+    walks: Vec<Scope>,
+    /// The in-order path's scopes.
+    in_order: Vec<InOrder>,
+}
+
+/// One account and currency on the in-order path.
+struct InOrder {
+    /// Starts at the first new instant: the windows ending there and later are walked.
+    scope: Scope,
+    /// The rolling state before the batch.
+    rolling: Rolling,
+    /// The new sub-threshold deposits' instants and running totals, in time order.
+    new: Vec<(DateTime<Utc>, i128)>,
+}
+
+fn scope((account_id, currency): AccountCurrency, from: DateTime<Utc>) -> Scope {
+    Scope {
+        account_id,
+        currency,
+        from,
+    }
+}
+
+/// The instant Postgres stores for `t`: sqlx sends whole microseconds since 2000-01-01,
+/// truncated towards that epoch. Window ends must be the instants the deposits table holds.
+fn as_stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(946_684_800, 0)
+        .and_then(|epoch| {
+            let micros = (t - epoch).num_microseconds()?;
+            epoch.checked_add_signed(TimeDelta::microseconds(micros))
+        })
+        .unwrap_or_else(|| t.trunc_subsecs(6))
+}
+
+/// A finding of the in-order walk with the deposits its window holds: the alert is the last
+/// one's, in (time, event id) order. `None` if the window holds none (it cannot: it ends at a
+/// deposit).
+fn named_structuring(window: Window, total: i128, mut inside: Vec<Deposit>) -> Option<Structuring> {
+    inside.sort_by_key(|d| (d.occurred_at, d.event_id));
+    let event_id = inside.last()?.event_id;
+    Some(Structuring {
+        window,
+        total_minor: i64::try_from(total).unwrap_or(i64::MAX),
+        event_id,
+        event_ids: inside.iter().map(|d| d.event_id).collect(),
+    })
 }
 
 /// The walk's alerts of one scope against the active ones it replaces: returns those to raise

@@ -4,7 +4,7 @@
 //! the whole batch of entries is inserted in one statement.
 
 use crate::chain::{self, Broken, StoredEntry, Verifier};
-use crate::rules::{Deposit, Window};
+use crate::rules::{Deposit, Rolling, Window};
 use chrono::{DateTime, TimeDelta, Utc};
 use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::account_ids;
@@ -81,21 +81,29 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
     Ok(())
 }
 
-/// Records the deposits of the events, as the rules read them back.
+/// Records the deposits of the events, as the rules read them back, each with its running
+/// total when the handler knows it (a deposit in time order); the others get theirs from
+/// [`rebuild_running_totals`].
 pub async fn insert_deposits(
     conn: &mut PgConnection,
-    events: &[&DepositCompleted],
+    rows: &[(&DepositCompleted, Option<i128>)],
 ) -> sqlx::Result<()> {
-    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let deposit_ids: Vec<Uuid> = events.iter().map(|e| e.deposit_id).collect();
-    let accounts = account_ids::texts(events.iter().map(|e| &e.account_id));
-    let amounts: Vec<i64> = events.iter().map(|e| e.amount_minor).collect();
-    let currencies: Vec<&str> = events.iter().map(|e| e.currency.code()).collect();
-    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let event_ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
+    let deposit_ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.deposit_id).collect();
+    let accounts = account_ids::texts(rows.iter().map(|(e, _)| &e.account_id));
+    let amounts: Vec<i64> = rows.iter().map(|(e, _)| e.amount_minor).collect();
+    let currencies: Vec<&str> = rows.iter().map(|(e, _)| e.currency.code()).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(e, _)| e.occurred_at).collect();
+    // numeric travels as text: sqlx is built without a decimal type.
+    let totals: Vec<Option<String>> = rows
+        .iter()
+        .map(|(_, total)| total.map(|t| t.to_string()))
+        .collect();
     sqlx::query(
-        "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, occurred_at) \
+        "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, \
+                               occurred_at, cum_minor) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
-                              $6::timestamptz[]) \
+                              $6::timestamptz[], $7::text[]::numeric[]) \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event_ids)
@@ -104,9 +112,207 @@ pub async fn insert_deposits(
     .bind(amounts)
     .bind(currencies)
     .bind(occurred)
+    .bind(totals)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A running total as Postgres prints a numeric of scale 0.
+fn parse_total(text: &str) -> sqlx::Result<i128> {
+    text.parse::<i128>()
+        .map_err(|e| sqlx::Error::Decode(format!("running total {text:?}: {e}").into()))
+}
+
+/// The rolling state of one account and currency (`structuring_scopes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeState {
+    /// The threshold the running totals were computed for.
+    pub threshold_minor: i64,
+    pub rolling: Rolling,
+}
+
+/// The rolling state of these accounts and currencies; one without a row has no deposit.
+pub async fn scope_states(
+    conn: &mut PgConnection,
+    keys: &[AccountCurrency],
+) -> sqlx::Result<HashMap<AccountCurrency, ScopeState>> {
+    let accounts = account_ids::texts(keys.iter().map(|(a, _)| a));
+    let currencies: Vec<&str> = keys.iter().map(|(_, c)| c.as_str()).collect();
+    type Row = (String, String, i64, Option<DateTime<Utc>>, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.account_id, s.currency, s.threshold_minor, s.last_at, s.cum_minor::text \
+           FROM UNNEST($1::text[], $2::text[]) AS k(account_id, currency) \
+           JOIN structuring_scopes s ON s.account_id = k.account_id AND s.currency = k.currency",
+    )
+    .bind(accounts)
+    .bind(currencies)
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (account_id, currency, threshold_minor, last_at, total) in rows {
+        out.insert(
+            (account_ids::decode(account_id)?, currency),
+            ScopeState {
+                threshold_minor,
+                rolling: Rolling {
+                    last_at,
+                    total: parse_total(&total)?,
+                },
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Recomputes the running totals of each account and currency from an instant on (`None`:
+/// the whole history), for the threshold `under_minor`: after a late deposit, the totals of
+/// every deposit from it on; after a threshold change, all of them. One statement.
+pub async fn rebuild_running_totals(
+    conn: &mut PgConnection,
+    rebuilds: &[(AccountCurrency, Option<DateTime<Utc>>)],
+    under_minor: i64,
+) -> sqlx::Result<()> {
+    if rebuilds.is_empty() {
+        return Ok(());
+    }
+    let accounts = account_ids::texts(rebuilds.iter().map(|((a, _), _)| a));
+    let currencies: Vec<&str> = rebuilds.iter().map(|((_, c), _)| c.as_str()).collect();
+    let froms: Vec<Option<DateTime<Utc>>> = rebuilds.iter().map(|(_, from)| *from).collect();
+    sqlx::query(
+        "WITH base AS ( \
+             SELECT s.account_id, s.currency, \
+                    COALESCE(s.from_at, '-infinity'::timestamptz) AS from_at, \
+                    COALESCE((SELECT d.cum_minor FROM deposits d \
+                               WHERE d.account_id = s.account_id AND d.currency = s.currency \
+                                 AND d.cum_minor IS NOT NULL AND d.occurred_at < s.from_at \
+                               ORDER BY d.occurred_at DESC, d.cum_minor DESC LIMIT 1), 0) AS before \
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, from_at)), \
+         running AS ( \
+             SELECT d.event_id, d.amount_minor, \
+                    b.before + sum(CASE WHEN d.amount_minor < $4 THEN d.amount_minor ELSE 0 END) \
+                        OVER (PARTITION BY d.account_id, d.currency \
+                              ORDER BY d.occurred_at, d.event_id) AS cum \
+               FROM base b \
+               JOIN deposits d ON d.account_id = b.account_id AND d.currency = b.currency \
+                              AND d.occurred_at >= b.from_at) \
+         UPDATE deposits d \
+            SET cum_minor = CASE WHEN r.amount_minor < $4 THEN r.cum END \
+           FROM running r WHERE d.event_id = r.event_id",
+    )
+    .bind(accounts)
+    .bind(currencies)
+    .bind(froms)
+    .bind(under_minor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets the rolling state of each account and currency from its last recorded running total
+/// (one index probe each), for the threshold the totals were computed for.
+pub async fn refresh_scope_states(
+    conn: &mut PgConnection,
+    keys: &[AccountCurrency],
+    threshold_minor: i64,
+) -> sqlx::Result<()> {
+    let accounts = account_ids::texts(keys.iter().map(|(a, _)| a));
+    let currencies: Vec<&str> = keys.iter().map(|(_, c)| c.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO structuring_scopes (account_id, currency, threshold_minor, last_at, cum_minor) \
+         SELECT k.account_id, k.currency, $3, l.occurred_at, COALESCE(l.cum_minor, 0) \
+           FROM UNNEST($1::text[], $2::text[]) AS k(account_id, currency) \
+           LEFT JOIN LATERAL ( \
+                SELECT d.occurred_at, d.cum_minor FROM deposits d \
+                 WHERE d.account_id = k.account_id AND d.currency = k.currency \
+                   AND d.cum_minor IS NOT NULL \
+                 ORDER BY d.occurred_at DESC, d.cum_minor DESC LIMIT 1) l ON true \
+         ON CONFLICT (account_id, currency) DO UPDATE \
+            SET threshold_minor = EXCLUDED.threshold_minor, last_at = EXCLUDED.last_at, \
+                cum_minor = EXCLUDED.cum_minor",
+    )
+    .bind(accounts)
+    .bind(currencies)
+    .bind(threshold_minor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// For each (account, currency, instant): the running total of the last recorded deposit
+/// before the instant, 0 if none. One index probe each, in the order asked.
+pub async fn running_totals_before(
+    conn: &mut PgConnection,
+    probes: &[(AccountCurrency, DateTime<Utc>)],
+) -> sqlx::Result<Vec<i128>> {
+    if probes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts = account_ids::texts(probes.iter().map(|((a, _), _)| a));
+    let currencies: Vec<&str> = probes.iter().map(|((_, c), _)| c.as_str()).collect();
+    let befores: Vec<DateTime<Utc>> = probes.iter().map(|(_, at)| *at).collect();
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT p.i, (SELECT d.cum_minor::text FROM deposits d \
+                       WHERE d.account_id = p.account_id AND d.currency = p.currency \
+                         AND d.cum_minor IS NOT NULL AND d.occurred_at < p.before_at \
+                       ORDER BY d.occurred_at DESC, d.cum_minor DESC LIMIT 1) \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) \
+                WITH ORDINALITY AS p(account_id, currency, before_at, i) \
+          ORDER BY p.i",
+    )
+    .bind(accounts)
+    .bind(currencies)
+    .bind(befores)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(_, total)| total.as_deref().map_or(Ok(0), parse_total))
+        .collect()
+}
+
+/// The recorded deposits under `under_minor` inside each window of an account and currency,
+/// one list per window in the order asked: what a structuring alert names.
+pub async fn deposits_in_windows(
+    conn: &mut PgConnection,
+    windows: &[(AccountCurrency, Window)],
+    under_minor: i64,
+) -> sqlx::Result<Vec<Vec<Deposit>>> {
+    let mut out: Vec<Vec<Deposit>> = vec![Vec::new(); windows.len()];
+    if windows.is_empty() {
+        return Ok(out);
+    }
+    let accounts = account_ids::texts(windows.iter().map(|((a, _), _)| a));
+    let currencies: Vec<&str> = windows.iter().map(|((_, c), _)| c.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = windows.iter().map(|(_, w)| w.start).collect();
+    let ends: Vec<DateTime<Utc>> = windows.iter().map(|(_, w)| w.end).collect();
+    let rows: Vec<(i64, Uuid, i64, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT w.i, d.event_id, d.amount_minor, d.currency, d.occurred_at \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
+                WITH ORDINALITY AS w(account_id, currency, start_at, end_at, i) \
+           JOIN deposits d ON d.account_id = w.account_id AND d.currency = w.currency \
+                          AND d.occurred_at >= w.start_at AND d.occurred_at <= w.end_at \
+          WHERE d.amount_minor < $5",
+    )
+    .bind(accounts)
+    .bind(currencies)
+    .bind(starts)
+    .bind(ends)
+    .bind(under_minor)
+    .fetch_all(conn)
+    .await?;
+    for (i, event_id, amount_minor, currency, occurred_at) in rows {
+        let slot = usize::try_from(i - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| sqlx::Error::Protocol(format!("window {i} was not asked for")))?;
+        slot.push(Deposit {
+            event_id,
+            amount_minor,
+            currency,
+            occurred_at,
+        });
+    }
+    Ok(out)
 }
 
 /// Where the structuring walk of one account and currency restarts: every window ending at
@@ -116,6 +322,13 @@ pub struct Scope {
     pub account_id: AccountId,
     pub currency: String,
     pub from: DateTime<Utc>,
+}
+
+impl Scope {
+    /// (account, currency).
+    pub fn key(&self) -> AccountCurrency {
+        (self.account_id.clone(), self.currency.clone())
+    }
 }
 
 type ScopeColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<DateTime<Utc>>);
