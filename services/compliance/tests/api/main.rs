@@ -9,3 +9,4 @@ mod helpers;
 mod http;
 mod openapi;
 mod reorder;
+mod structuring;
