@@ -287,15 +287,15 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_replaced_by_a_queued_retry_is_never_handed_off() {
-        let handoff = Handoff::new(1, Duration::from_secs(60));
+    fn once_the_sender_has_stopped_nothing_is_reserved_or_handed_off() {
+        let handoff = Handoff::new(2, Duration::from_secs(60));
         let a = Uuid::now_v7();
         assert_eq!(handoff.reserve(&[a]), vec![true]);
         handoff.inserted(&[a], vec![email(a)]);
-        // That transaction rolled back; the retry finds the hand-off closed and queues `a`.
-        handoff.close();
-        assert_eq!(handoff.reserve(&[a]), vec![false]);
+        assert!(handoff.close().is_empty());
+        // Committed after the sender stopped: left to its lease, not to a sender that is gone.
         assert_eq!(handoff.committed([a]), 0);
+        assert_eq!(handoff.reserve(&[Uuid::now_v7()]), vec![false]);
         assert!(handoff.take(10).is_empty());
     }
 

@@ -200,3 +200,39 @@ async fn emails_the_hand_off_has_no_room_for_are_queued_due_for_the_claim() {
     drop(conn);
     db.drop_db().await.expect("drop");
 }
+
+#[tokio::test]
+async fn a_stopping_sender_makes_the_emails_handed_off_but_not_started_due_at_once() {
+    let db = database().await;
+    let settings = fast_settings();
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let e = alice(100);
+    assert_eq!(
+        deliver_with(&db.pool, &handler, std::slice::from_ref(&e)).await,
+        1
+    );
+    assert_eq!(handoff.len(), 1);
+    // Shut down before the sender took it.
+    let shutdown = eventbank_runtime::Shutdown::new();
+    shutdown.trigger();
+    let sender = email::Sender {
+        pool: db.pool.clone(),
+        mailer: smtp_mailer(1),
+        from: email::DEFAULT_FROM.parse().expect("from"),
+        settings,
+        metrics: EmailMetrics::default(),
+        handoff: handoff.clone(),
+    };
+    sender.run(shutdown).await;
+
+    assert!(handoff.is_empty());
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let due = store::claim_due(&mut conn, 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(due.len(), 1, "due at once, not when the lease ends");
+    assert_eq!(due[0].event_id, e.event_id);
+    drop(conn);
+    db.drop_db().await.expect("drop");
+}
