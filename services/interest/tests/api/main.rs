@@ -6,6 +6,7 @@
 mod accrual;
 mod balances;
 mod cases;
+mod cost;
 mod eod;
 mod helpers;
 mod http;
