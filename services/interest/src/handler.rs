@@ -3,7 +3,12 @@
 //!
 //! Runs inside the consumer runtime's transaction, after the events' ids went into
 //! `processed_events`; everything here commits or rolls back with that dedup row. The batch is
-//! applied with one set-based statement per step whatever its size.
+//! applied with one set-based statement per step whatever its size: create and lock the
+//! accounts (two, so the lock is taken before anything is read), record the deposits, upsert
+//! the closing balances, read the accrual inputs, upsert the accruals. Each reads and writes
+//! per account only the deposits' days and the stored days after them, so a deposit on an
+//! account's latest day costs the same whatever the account's history; only a back-dated one
+//! pays for the days that follow it.
 
 use crate::accrual;
 use crate::metrics::InterestMetrics;
