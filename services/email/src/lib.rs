@@ -53,7 +53,8 @@ pub struct Config {
     /// Sender tuning: `EMAIL_MAX_ATTEMPTS` (default 20) sets `max_attempts`,
     /// `EMAIL_RETRY_BASE_MS` (default 1,000) the delay after the first failed attempt, which
     /// doubles per attempt up to `EMAIL_RETRY_CAP_SECS` (default 300); `EMAIL_LEASE_SECS`
-    /// (default 300) how long a crashed sender's claimed emails wait before another sends them.
+    /// (default 300) how long a crashed sender's claimed or handed-off emails wait before another
+    /// sends them.
     pub sender: SenderSettings,
 }
 

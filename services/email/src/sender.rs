@@ -12,7 +12,7 @@
 //! its batch, and the emails handed off but not started, back.
 //!
 //! Delivery is at least once: a crash between the transport accepting a message and the row
-//! being marked `sent` sends it again when the claim's lease runs out. The retried message has
+//! being marked `sent` sends it again when the email's lease runs out. The retried message has
 //! the same Message-ID (derived from the event id), so a downstream can recognise it.
 
 use crate::handoff::{Handed, Handoff};
@@ -52,8 +52,9 @@ pub struct SenderSettings {
     /// Delay after the first failed attempt; doubles per attempt up to `retry_cap`.
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// How long a claim keeps other senders away, and how long emails claimed by a sender
-    /// that crashed wait before another takes them. A round stops at half of it, so it must
+    /// How long a claim or a hand-off keeps other senders away, and how long emails leased to
+    /// a sender that crashed wait before another takes them. A round stops at half of it (a
+    /// handed-off email: half of it after the consumer reserved it), so it must
     /// comfortably exceed one send (a few SMTP commands, each bounded by `smtp_timeout`).
     pub lease: Duration,
     /// Bound on each SMTP command.
