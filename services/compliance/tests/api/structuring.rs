@@ -99,7 +99,7 @@ fn full_walk(events: &[DepositCompleted]) -> BTreeSet<AlertFields> {
 
 impl TestApp {
     async fn active_structuring(&self) -> BTreeSet<AlertFields> {
-        let rows: Vec<(
+        type Row = (
             String,
             String,
             Uuid,
@@ -107,7 +107,8 @@ impl TestApp {
             DateTime<Utc>,
             DateTime<Utc>,
             serde_json::Value,
-        )> = sqlx::query_as(
+        );
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT account_id, currency, event_id, amount_minor, window_start, window_end, \
                         details->'event_ids' \
                    FROM alerts WHERE kind = 'structuring' AND superseded_at IS NULL",
@@ -260,4 +261,91 @@ async fn an_in_order_deposit_does_not_read_the_accounts_history() {
     assert!(late > 288, "the late deposit read only {late} deposit rows");
     assert!(app.alerts().await.is_empty());
     app.finish().await;
+}
+
+/// A database that recorded deposits before the running totals existed gets them from the
+/// migration (for the default threshold), and its next in-order deposit alerts on the whole
+/// window; a service configured with another threshold recomputes them on first sight.
+#[tokio::test]
+async fn deposits_recorded_before_the_migration_get_running_totals() {
+    let before: Vec<_> = compliance::MIGRATOR
+        .iter()
+        .filter(|m| m.version < 3)
+        .cloned()
+        .collect();
+    let old = sqlx::migrate::Migrator::with_migrations(before);
+    let app = TestApp {
+        db: eventbank_runtime::testing::TestDatabase::create("compliance", &old)
+            .await
+            .unwrap(),
+        handler: compliance::ComplianceHandler::default(),
+    };
+    let start = at("2024-01-01T00:00:00Z");
+    // Five 1,500.00 deposits and a CTR in one day, recorded by the old schema: no alert yet.
+    let recorded: Vec<DepositCompleted> = (0..5)
+        .map(|i| usd("ACC-OLD", 150_000, start + TimeDelta::hours(i)))
+        .chain([usd("ACC-OLD", 2_000_000, start + TimeDelta::hours(5))])
+        .collect();
+    for e in &recorded {
+        sqlx::query(
+            "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, \
+                                   occurred_at) VALUES ($1, $2, $3, $4, 'USD', $5)",
+        )
+        .bind(e.event_id)
+        .bind(e.deposit_id)
+        .bind(e.account_id.as_str())
+        .bind(e.amount_minor)
+        .bind(e.occurred_at)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+    compliance::MIGRATOR.run(&app.db.pool).await.unwrap();
+    let (totals, scopes) = app.running_totals().await;
+    assert_eq!(totals.len(), 5);
+    assert_eq!(
+        scopes.into_iter().collect::<Vec<_>>(),
+        vec![(
+            "ACC-OLD".into(),
+            "USD".into(),
+            1_000_000,
+            Some(start + TimeDelta::hours(4)),
+            "750000".into()
+        )]
+    );
+
+    // In order: 750,000 + 300,000 reach the threshold, the alert names all six deposits.
+    let next = usd("ACC-OLD", 300_000, start + TimeDelta::hours(6));
+    app.apply(std::slice::from_ref(&next)).await;
+    let mut all = recorded.clone();
+    all.push(next);
+    let expected = full_walk(&all);
+    assert_eq!(expected.len(), 1);
+    assert_eq!(app.active_structuring().await, expected);
+
+    // The same database under a 2,000.00 threshold: the 3,000.00 deposit no longer counts,
+    // and the running totals are recomputed without it.
+    let rules = Rules {
+        ctr_threshold_minor: 200_000,
+        ..Rules::default()
+    };
+    let strict = TestApp {
+        db: app.db,
+        handler: compliance::ComplianceHandler::new(rules, Default::default()),
+    };
+    strict
+        .apply(&[usd("ACC-OLD", 100, start + TimeDelta::hours(7))])
+        .await;
+    let (_, scopes) = strict.running_totals().await;
+    assert_eq!(
+        scopes.into_iter().collect::<Vec<_>>(),
+        vec![(
+            "ACC-OLD".into(),
+            "USD".into(),
+            200_000,
+            Some(start + TimeDelta::hours(7)),
+            "750100".into()
+        )]
+    );
+    strict.finish().await;
 }
