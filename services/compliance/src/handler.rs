@@ -263,12 +263,7 @@ impl ComplianceHandler {
             };
             if stale || rolling.last_at.is_some_and(|last| first < last) {
                 plan.rebuilds.push((key.clone(), (!stale).then_some(first)));
-                // A microsecond before the deposit: the walk recomputes the windows ending at
-                // its instant too.
-                let from = first
-                    .checked_sub_signed(TimeDelta::microseconds(1))
-                    .unwrap_or(first);
-                plan.walks.push(scope(key, from));
+                plan.walks.push(scope(key, first));
                 continue;
             }
             let mut total = rolling.total;
