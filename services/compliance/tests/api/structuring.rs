@@ -162,13 +162,24 @@ impl TestApp {
     /// the connection last reported (not since the transaction began), and a connection
     /// reports only between transactions, so the handler's part is the difference of two
     /// readings inside its transaction.
-    async fn apply_counting_deposit_reads(&self, events: &[DepositCompleted]) -> i64 {
+    /// `plan_cache_mode` is Postgres's: `auto`, or `force_generic_plan` for the plans a
+    /// prepared statement gets after a few executions.
+    async fn apply_counting_deposit_reads(
+        &self,
+        events: &[DepositCompleted],
+        plan_cache_mode: &str,
+    ) -> i64 {
         const READ: &str = "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint \
                               FROM pg_class c \
                              WHERE c.oid = 'deposits'::regclass \
                                 OR c.oid IN (SELECT indexrelid FROM pg_index \
                                               WHERE indrelid = 'deposits'::regclass)";
         let mut tx = self.db.pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('plan_cache_mode', $1, true)")
+            .bind(plan_cache_mode)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         let before: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
         self.handler.handle(&mut tx, events).await.unwrap();
         let after: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
@@ -242,21 +253,27 @@ async fn an_in_order_deposit_does_not_read_the_accounts_history() {
         app.apply(batch).await;
     }
     let after_300 = app
-        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(300))])
+        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(300))], "auto")
         .await;
     for batch in history(301, 600).chunks(50) {
         app.apply(batch).await;
     }
     let after_600 = app
-        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(600))])
+        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(600))], "auto")
+        .await;
+    let generic = app
+        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(601))], "force_generic_plan")
         .await;
     assert!(
-        after_300 <= 4 && after_600 <= 4,
-        "in-order deposit read {after_300} and {after_600} deposit rows"
+        after_300 <= 4 && after_600 <= 4 && generic <= 4,
+        "in-order deposit read {after_300}, {after_600} and (generic plans) {generic} deposit rows"
     );
     // The same account's deposit an hour late: the recompute path reads its windows.
     let late = app
-        .apply_counting_deposit_reads(&[usd("ACC-HOT", 1_000, every(588) + TimeDelta::seconds(1))])
+        .apply_counting_deposit_reads(
+            &[usd("ACC-HOT", 1_000, every(588) + TimeDelta::seconds(1))],
+            "auto",
+        )
         .await;
     assert!(late > 288, "the late deposit read only {late} deposit rows");
     assert!(app.alerts().await.is_empty());
