@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: DepositMetrics,
     /// Wakes the relay after a deposit commits (see [`crate::wakeup`]).
     pub outbox: Arc<crate::wakeup::OutboxSignal>,
+    /// Stores deposits, several per transaction (see [`crate::writer`]).
+    pub writer: crate::writer::Writer,
 }
 
 /// The service's routes with their OpenAPI paths (see [`crate::openapi`]), state applied. `run`
@@ -229,7 +231,7 @@ async fn create_deposit(
     async move {
         let key = idempotency::key(&headers)?;
         let deposit = validate::deposit(&body, &state.config)?;
-        accept::accept(&state, key.as_deref(), deposit, traceparent).await
+        accept::accept(&state, key, deposit, traceparent).await
     }
     .instrument(span)
     .await

@@ -1,5 +1,5 @@
 //! Idempotency-Key on `POST /deposits`: the header's rules, what "the same request" means, and
-//! claiming a key or answering again with what was stored under it.
+//! answering again with what was stored under a key (the [`crate::writer`] claims them).
 
 use crate::error::ApiError;
 use crate::store;
@@ -34,33 +34,26 @@ pub fn fingerprint(deposit: &ValidDeposit) -> String {
     )
 }
 
-/// Claims `key` for this transaction, or, when it was used before, answers with the stored
-/// response (same body) or a 422 (another body).
-pub async fn claim_or_replay(
-    tx: &mut sqlx::PgConnection,
+/// What a request whose Idempotency-Key `key` was used before (`stored`) answers: the stored
+/// status and body again when the body is the same, else a 422.
+pub fn replay(
     key: &str,
+    stored: Option<store::IdempotencyRow>,
     fingerprint: &str,
-) -> Result<Option<Response>, ApiError> {
-    if store::claim_idempotency_key(tx, key, fingerprint).await? {
-        return Ok(None);
-    }
-    let stored = store::get_idempotency_key(tx, key)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let stored = stored.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
     if stored.fingerprint != fingerprint {
         return Err(ApiError::IdempotencyKeyReused);
     }
     tracing::info!(idempotency_key = %key, "replaying the stored response");
     let status = StatusCode::from_u16(u16::try_from(stored.status_code).unwrap_or(500))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Ok(Some(
-        (
-            status,
-            [("idempotent-replayed", "true")],
-            Json(stored.response),
-        )
-            .into_response(),
-    ))
+    Ok((status, stored.response))
+}
+
+/// The stored answer, marked as a replay.
+pub fn replayed(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [("idempotent-replayed", "true")], Json(body)).into_response()
 }
 
 #[cfg(test)]

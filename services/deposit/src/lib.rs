@@ -4,7 +4,8 @@
 //! - [`api`]: the routes and handlers: `POST /accounts`, `POST /deposits`, reads.
 //! - [`body`]: every request body read whole first; [`auth`]: the API key of the writes.
 //! - [`validate`]: the request bodies' rules; [`idempotency`]: Idempotency-Key.
-//! - [`accept`]: a deposit's one transaction (sequence, row, outbox row).
+//! - [`accept`]: a valid deposit stored and answered; [`writer`]: group commit, the deposits
+//!   that arrive together stored in one transaction (sequence, row, outbox row each).
 //! - [`store`]: the SQL, in small functions.
 //! - [`relay`]: publishes the outbox in order with confirms; one leader at a time.
 
@@ -19,6 +20,7 @@ pub mod relay;
 pub mod store;
 pub mod validate;
 pub mod wakeup;
+pub mod writer;
 
 use anyhow::Context;
 use eventbank_events::{Currency, Money};
@@ -41,6 +43,10 @@ pub struct Config {
     pub max_deposit_amount: String,
     /// Outbox rows published per relay round.
     pub relay_batch: i64,
+    /// Deposit writer tasks (`WRITERS`): transactions in flight at once.
+    pub writers: usize,
+    /// Most deposits one writer stores per transaction (`WRITE_BATCH`).
+    pub write_batch: usize,
     /// The key write endpoints require in `x-api-key` (`API_KEY`; the demo key when unset).
     pub api_key: Secret,
 }
@@ -55,6 +61,8 @@ impl Config {
             seed_demo_accounts: env_parse("SEED_DEMO_ACCOUNTS", true)?,
             max_deposit_amount: env_or("MAX_DEPOSIT_AMOUNT", "1000000.00"),
             relay_batch: env_parse("RELAY_BATCH", 500)?,
+            writers: env_parse("WRITERS", 2)?,
+            write_batch: env_parse("WRITE_BATCH", 64)?,
             api_key: Secret::new(env_or("API_KEY", DEMO_API_KEY)),
         };
         if config.api_key.expose().len() < 8 {
@@ -174,6 +182,7 @@ pub async fn run(
         config: Arc::new(config.clone()),
         metrics: deposit_metrics,
         outbox,
+        writer: writer::Writer::start(pool.clone(), config.writers, config.write_batch),
     };
     http::serve_service(listener, api::router(state), ops, &config.common, shutdown).await
 }

@@ -22,7 +22,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The advisory lock key: "evbkrely" as bytes, so it is recognisable in pg_locks.
 pub const RELAY_LOCK_KEY: i64 = 0x6576_626b_7265_6c79;
@@ -155,13 +155,14 @@ impl Relay {
             .map_err(RelayError::Broker)?;
         self.broker_connected.set(1);
         let exchange = names.events_exchange();
+        let mut backlog_read = Instant::now();
+        let mut rows = store::unpublished(lock, self.batch)
+            .await
+            .map_err(|e| RelayError::Database(e.into()))?;
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
             }
-            let rows = store::unpublished(lock, self.batch)
-                .await
-                .map_err(|e| RelayError::Database(e.into()))?;
             if rows.is_empty() {
                 // Idle: notice a dead broker connection now, not at the next deposit, so
                 // readiness and metrics tell the truth while nothing is being published.
@@ -170,9 +171,9 @@ impl Relay {
                         "broker connection lost"
                     )));
                 }
-                self.refresh_backlog(lock)
-                    .await
-                    .map_err(RelayError::Database)?;
+                // What the empty read just saw; no query needed.
+                self.metrics.outbox_backlog.set(0);
+                self.metrics.outbox_oldest_age_seconds.set(0);
                 tokio::select! {
                     _ = shutdown.triggered() => return Ok(()),
                     _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -181,7 +182,16 @@ impl Relay {
                         notification.map_err(|e| RelayError::Database(e.into()))?;
                     }
                 }
+                rows = store::unpublished(lock, self.batch)
+                    .await
+                    .map_err(|e| RelayError::Database(e.into()))?;
                 continue;
+            }
+            if backlog_read.elapsed() >= POLL_INTERVAL {
+                self.refresh_backlog(lock)
+                    .await
+                    .map_err(RelayError::Database)?;
+                backlog_read = Instant::now();
             }
             let messages: Vec<Outgoing> = rows
                 .iter()
@@ -199,23 +209,36 @@ impl Relay {
             // Only the confirmed prefix is marked: order is kept, and anything after a failure
             // is published again (consumers deduplicate).
             let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
-            if !ids.is_empty() {
-                store::mark_published(lock, &ids)
-                    .await
-                    .map_err(|e| RelayError::Database(e.into()))?;
-                self.metrics.published.inc_by(ids.len() as u64);
-                for row in &rows[..confirmed] {
-                    tracing::debug!(event_id = %row.event_id, account_id = %row.account_id, "published");
-                }
-                tracing::info!(
-                    count = ids.len(),
-                    first_id = ids[0],
-                    "outbox rows published"
-                );
-            }
             if let Some(e) = failure {
+                if !ids.is_empty() {
+                    store::mark_published_and_fetch(lock, &ids, 0)
+                        .await
+                        .map_err(|e| RelayError::Database(e.into()))?;
+                    self.published(&rows[..confirmed]);
+                }
                 return Err(RelayError::Broker(e.into()));
             }
+            // Marking this round and reading the next is one statement: a busy relay makes one
+            // round trip per round, an idle one two per wake-up (read, then mark).
+            let next = store::mark_published_and_fetch(lock, &ids, self.batch)
+                .await
+                .map_err(|e| RelayError::Database(e.into()))?;
+            self.published(&rows[..confirmed]);
+            rows = next;
+        }
+    }
+
+    fn published(&self, rows: &[store::OutboxRow]) {
+        self.metrics.published.inc_by(rows.len() as u64);
+        for row in rows {
+            tracing::debug!(event_id = %row.event_id, account_id = %row.account_id, "published");
+        }
+        if let Some(first) = rows.first() {
+            tracing::info!(
+                count = rows.len(),
+                first_id = first.id,
+                "outbox rows published"
+            );
         }
     }
 

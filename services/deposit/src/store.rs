@@ -109,17 +109,21 @@ pub async fn get_account(
     fetch_account(conn, sql, account_id).await
 }
 
-/// Takes the account's next sequence number. The UPDATE row-locks the account until commit, so
-/// deposits of one account are serialised and their outbox ids follow their sequence.
-pub async fn next_sequence(
+/// Locks the accounts of a batch of deposits until commit and returns them. Locking in
+/// `account_id` order means two writers whose batches share accounts wait for each other instead
+/// of deadlocking; the lock serialises one account's deposits, so their sequence numbers and
+/// outbox ids follow the order they were accepted in.
+pub async fn lock_accounts(
     conn: &mut PgConnection,
-    account_id: &AccountId,
-) -> sqlx::Result<Option<AccountRow>> {
-    let sql = format!(
-        "UPDATE accounts SET last_sequence = last_sequence + 1 WHERE account_id = $1
-         RETURNING {ACCOUNT_COLUMNS}"
-    );
-    fetch_account(conn, sql, account_id).await
+    account_ids: &[&str],
+) -> sqlx::Result<Vec<AccountRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1)
+         ORDER BY account_id FOR UPDATE"
+    )))
+    .bind(account_ids)
+    .fetch_all(conn)
+    .await
 }
 
 /// A stored deposit.
@@ -142,23 +146,6 @@ pub struct DepositRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn insert_deposit(conn: &mut PgConnection, d: &DepositRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO deposits (deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(d.deposit_id)
-    .bind(d.event_id)
-    .bind(d.account_id.as_str())
-    .bind(d.sequence)
-    .bind(d.amount_minor)
-    .bind(d.currency.code())
-    .bind(d.created_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 pub async fn get_deposit(
     conn: &mut PgConnection,
     deposit_id: Uuid,
@@ -172,22 +159,44 @@ pub async fn get_deposit(
     .await
 }
 
-pub async fn insert_outbox(
-    conn: &mut PgConnection,
-    event_id: Uuid,
-    account_id: &AccountId,
-    sequence: i64,
-    traceparent: Option<&str>,
-    payload: &[u8],
-) -> sqlx::Result<()> {
+/// A deposit to store with its outbox row: the row, and the event's trace context and JSON.
+pub struct NewDeposit {
+    pub row: DepositRow,
+    pub traceparent: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Stores a batch of deposits in one statement: each account's `last_sequence` set to its
+/// latest deposit's, the deposit rows, and their outbox rows in the batch's order (outbox ids
+/// are the publishing order).
+pub async fn insert_deposits(conn: &mut PgConnection, batch: &[NewDeposit]) -> sqlx::Result<()> {
+    let rows = || batch.iter().map(|d| &d.row);
     sqlx::query(
-        "INSERT INTO outbox (event_id, account_id, sequence, traceparent, payload) VALUES ($1, $2, $3, $4, $5)",
+        "WITH batch AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
+                                  $6::text[], $7::timestamptz[], $8::text[], $9::bytea[])
+                 WITH ORDINALITY AS b(deposit_id, event_id, account_id, sequence, amount_minor,
+                                      currency, created_at, traceparent, payload, ord)
+         ), sequences AS (
+             UPDATE accounts AS a SET last_sequence = latest.sequence
+             FROM (SELECT account_id, max(sequence) AS sequence FROM batch GROUP BY account_id) latest
+             WHERE a.account_id = latest.account_id
+         ), deposits AS (
+             INSERT INTO deposits (deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at)
+             SELECT deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at FROM batch
+         )
+         INSERT INTO outbox (event_id, account_id, sequence, traceparent, payload)
+         SELECT event_id, account_id, sequence, traceparent, payload FROM batch ORDER BY ord",
     )
-    .bind(event_id)
-    .bind(account_id.as_str())
-    .bind(sequence)
-    .bind(traceparent)
-    .bind(payload)
+    .bind(rows().map(|r| r.deposit_id).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.sequence).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.amount_minor).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.currency.code()).collect::<Vec<_>>())
+    .bind(rows().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| d.traceparent.as_deref()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| d.payload.as_slice()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -196,51 +205,66 @@ pub async fn insert_outbox(
 /// A stored Idempotency-Key.
 #[derive(Debug, sqlx::FromRow)]
 pub struct IdempotencyRow {
+    pub key: String,
     pub fingerprint: String,
     pub status_code: i32,
     pub response: serde_json::Value,
 }
 
-/// Claims `key` for this transaction. Returns false if it already exists. A concurrent request
-/// with the same key waits here until the first one commits or rolls back.
-pub async fn claim_idempotency_key(
+/// Claims `keys` (with their request fingerprints) for this transaction and returns the ones
+/// it claimed; the others already exist. A request with a key another transaction has just
+/// claimed waits here until that one commits or rolls back. `keys` must be distinct.
+pub async fn claim_idempotency_keys(
     conn: &mut PgConnection,
-    key: &str,
-    fingerprint: &str,
-) -> sqlx::Result<bool> {
-    let claimed: Option<String> = sqlx::query_scalar(
+    keys: &[&str],
+    fingerprints: &[&str],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
         "INSERT INTO idempotency_keys (key, fingerprint, status_code, response)
-         VALUES ($1, $2, 0, 'null') ON CONFLICT (key) DO NOTHING RETURNING key",
+         SELECT key, fingerprint, 0, 'null' FROM UNNEST($1::text[], $2::text[]) AS k(key, fingerprint)
+         ON CONFLICT (key) DO NOTHING RETURNING key",
     )
-    .bind(key)
-    .bind(fingerprint)
-    .fetch_optional(conn)
-    .await?;
-    Ok(claimed.is_some())
+    .bind(keys)
+    .bind(fingerprints)
+    .fetch_all(conn)
+    .await
 }
 
-pub async fn get_idempotency_key(
+pub async fn get_idempotency_keys(
     conn: &mut PgConnection,
-    key: &str,
-) -> sqlx::Result<Option<IdempotencyRow>> {
-    sqlx::query_as("SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1")
-        .bind(key)
-        .fetch_optional(conn)
-        .await
+    keys: &[&str],
+) -> sqlx::Result<Vec<IdempotencyRow>> {
+    sqlx::query_as(
+        "SELECT key, fingerprint, status_code, response FROM idempotency_keys WHERE key = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(conn)
+    .await
 }
 
-pub async fn save_idempotent_response(
-    conn: &mut PgConnection,
-    key: &str,
-    status_code: i32,
-    response: &serde_json::Value,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE idempotency_keys SET status_code = $2, response = $3 WHERE key = $1")
-        .bind(key)
-        .bind(status_code)
-        .bind(response)
+/// Gives back keys claimed in this transaction by requests that were refused.
+pub async fn release_idempotency_keys(conn: &mut PgConnection, keys: &[&str]) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = ANY($1)")
+        .bind(keys)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Stores the 201 each claimed key answers again.
+pub async fn save_idempotent_responses(
+    conn: &mut PgConnection,
+    keys: &[&str],
+    responses: &[serde_json::Value],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE idempotency_keys AS k SET status_code = 201, response = r.response
+         FROM UNNEST($1::text[], $2::jsonb[]) AS r(key, response) WHERE k.key = r.key",
+    )
+    .bind(keys)
+    .bind(responses)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -264,12 +288,22 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Ve
     .await
 }
 
-pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Marks `published` (the confirmed rows of the last round) and returns the next round: one
+/// statement per round. Both parts see one snapshot, so the marked rows are left out by id.
+pub async fn mark_published_and_fetch(
+    conn: &mut PgConnection,
+    published: &[i64],
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY($1))
+         SELECT id, event_id, account_id, traceparent, payload FROM outbox
+         WHERE published_at IS NULL AND id <> ALL($1) ORDER BY id LIMIT $2",
+    )
+    .bind(published)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 /// (rows waiting, age in whole seconds of the oldest).

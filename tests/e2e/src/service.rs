@@ -38,6 +38,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "SEED_DEMO_ACCOUNTS",
     "MAX_DEPOSIT_AMOUNT",
     "RELAY_BATCH",
+    "WRITERS",
+    "WRITE_BATCH",
     "API_KEY",
     "SMTP_HOST",
     "SMTP_PORT",

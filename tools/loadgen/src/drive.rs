@@ -40,25 +40,47 @@ pub enum Dist {
 }
 
 /// One phase of load: `open:RATE:SECS[:DIST]` or `closed:CONCURRENCY:SECS[:DIST]`, DIST being
-/// `uniform` (default), `zipf` (exponent 1.0) or `zipf=S`.
+/// `uniform` (default), `zipf` (exponent 1.0) or `zipf=S`. An open RATE may be `P%`: P percent
+/// of the best closed-loop uniform rate sustained by the phases before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhaseSpec {
     pub mode: Mode,
     pub secs: u64,
     pub dist: Dist,
+    /// `open:P%`: the percentage, and `Mode::Open(0)` until [`PhaseSpec::resolve`].
+    pub share: Option<u32>,
 }
 
 impl PhaseSpec {
     pub fn name(&self) -> String {
         self.to_string()
     }
+
+    /// The phase with its `P%` rate turned into deposits/s, given what earlier phases
+    /// sustained (`None`: no closed-loop uniform phase ran before it).
+    pub fn resolve(&self, sustained: Option<f64>) -> Result<PhaseSpec> {
+        let Some(share) = self.share else {
+            return Ok(self.clone());
+        };
+        let sustained = sustained.with_context(|| {
+            format!("phase {self}: a P% rate needs a closed-loop uniform phase before it")
+        })?;
+        // Whole deposits per second; at least one.
+        let rate = (sustained * f64::from(share) / 100.0).round().max(1.0) as u32;
+        Ok(PhaseSpec {
+            mode: Mode::Open(rate),
+            ..self.clone()
+        })
+    }
 }
 
 impl fmt::Display for PhaseSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.mode {
-            Mode::Open(rate) => write!(f, "open:{rate}:{}", self.secs)?,
-            Mode::Closed(c) => write!(f, "closed:{c}:{}", self.secs)?,
+        match (self.mode, self.share) {
+            (Mode::Open(0), Some(share)) => write!(f, "open:{share}%:{}", self.secs)?,
+            (Mode::Open(rate), Some(share)) => write!(f, "open:{rate}={share}%:{}", self.secs)?,
+            (Mode::Open(rate), None) => write!(f, "open:{rate}:{}", self.secs)?,
+            (Mode::Closed(c), _) => write!(f, "closed:{c}:{}", self.secs)?,
         }
         match self.dist {
             Dist::Uniform => f.write_str(":uniform"),
@@ -76,6 +98,10 @@ impl FromStr for PhaseSpec {
             [k, v, d, dist] => (*k, *v, *d, *dist),
             _ => bail!("phase {s:?}: expected open:RATE:SECS[:DIST] or closed:CONC:SECS[:DIST]"),
         };
+        let (value, share) = match value.strip_suffix('%') {
+            Some(percent) if kind == "open" => (percent, true),
+            _ => (value, false),
+        };
         let value: u32 = value
             .parse()
             .with_context(|| format!("phase {s:?}: {value:?} is not a positive integer"))?;
@@ -83,6 +109,7 @@ impl FromStr for PhaseSpec {
             bail!("phase {s:?}: rate or concurrency must be at least 1");
         }
         let mode = match kind {
+            "open" if share => Mode::Open(0),
             "open" => Mode::Open(value),
             "closed" => Mode::Closed(value),
             other => bail!("phase {s:?}: {other:?} is neither open nor closed"),
@@ -98,7 +125,12 @@ impl FromStr for PhaseSpec {
                 _ => bail!("phase {s:?}: distribution {other:?} is not uniform, zipf or zipf=S"),
             },
         };
-        Ok(PhaseSpec { mode, secs, dist })
+        Ok(PhaseSpec {
+            mode,
+            secs,
+            dist,
+            share: share.then_some(value),
+        })
     }
 }
 
@@ -384,7 +416,16 @@ mod tests {
         assert_eq!(p.dist, Dist::Zipf(1.0));
         let p: PhaseSpec = "closed:8:5:zipf=1.2".parse().unwrap();
         assert_eq!(p.dist, Dist::Zipf(1.2));
+        let p: PhaseSpec = "open:5%:30".parse().unwrap();
+        assert_eq!((p.mode, p.share), (Mode::Open(0), Some(5)));
+        assert_eq!(p.to_string(), "open:5%:30:uniform");
+        assert!(p.resolve(None).is_err());
+        let p = p.resolve(Some(1234.0)).unwrap();
+        assert_eq!(p.mode, Mode::Open(62));
+        assert_eq!(p.to_string(), "open:62=5%:30:uniform");
         for bad in [
+            "closed:5%:1",
+            "open:0%:1",
             "open:0:1",
             "open:x:1",
             "half:1:1",

@@ -47,8 +47,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     accounts: u32,
     /// Load phases, in order: open:RATE:SECS[:DIST] or closed:CONCURRENCY:SECS[:DIST], DIST =
-    /// uniform | zipf | zipf=EXPONENT. Default: open:1000:60 closed:32:60 closed:32:30:zipf
-    /// (quick: open:1000:8 closed:32:8).
+    /// uniform | zipf | zipf=EXPONENT; an open RATE of P% is P percent of the best closed-loop
+    /// uniform rate sustained before it. Default: closed:32:60 closed:32:30:zipf open:50%:30
+    /// open:5%:30 (quick: closed:32:8 open:50%:8 open:5%:8).
     #[arg(long = "phase", value_name = "SPEC")]
     phases: Vec<PhaseSpec>,
     /// Connections of an open-loop phase (requests beyond them wait, and that wait counts).
@@ -118,9 +119,14 @@ fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
     if args.phases.is_empty() {
         let defaults: &[&str] = if args.quick {
-            &["open:1000:8", "closed:32:8"]
+            &["closed:32:8", "open:50%:8", "open:5%:8"]
         } else {
-            &["open:1000:60", "closed:32:60", "closed:32:30:zipf"]
+            &[
+                "closed:32:60",
+                "closed:32:30:zipf",
+                "open:50%:30",
+                "open:5%:30",
+            ]
         };
         args.phases = defaults.iter().filter_map(|s| s.parse().ok()).collect();
     }
@@ -241,12 +247,13 @@ async fn bench(
     let mut phases = Vec::new();
     for (i, spec) in args.phases.iter().enumerate() {
         let kill_at = args.kill_leader_at.filter(|_| i == 0);
+        let spec = spec.resolve(report::sustained(&phases))?;
         let phase = run_phase(
             world,
             &services,
             deposit_addr,
             &accounts,
-            spec,
+            &spec,
             args,
             kill_at,
         )

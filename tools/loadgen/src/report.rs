@@ -99,6 +99,8 @@ pub struct Phase {
     pub mode: &'static str,
     /// Offered rate (open) or concurrency (closed).
     pub load: u32,
+    /// `open:P%`: the rate was P percent of what the phases before it sustained.
+    pub share_of_sustained_pct: Option<u32>,
     pub distribution: String,
     /// Zipf: the share of deposits that went to the hottest account.
     pub hottest_account_share: Option<f64>,
@@ -198,6 +200,7 @@ impl Phase {
             name: i.spec.name(),
             mode,
             load,
+            share_of_sustained_pct: i.spec.share,
             distribution: match i.spec.dist {
                 crate::drive::Dist::Uniform => "uniform".into(),
                 crate::drive::Dist::Zipf(s) => format!("zipf (exponent {s})"),
@@ -306,8 +309,9 @@ pub struct Result {
     /// deposits_per_s / ceiling_deposits_per_s (context: the ceilings are bounds measured with
     /// the machine to each resource alone).
     pub ceiling_ratio: Option<f64>,
-    /// Latency, memory and backlog at the reference load: the open-loop phase whose offered
-    /// rate is closest to 1,000/s (the first phase when there is none).
+    /// Latency, memory and backlog at the reference load: the `open:50%` phase, else the
+    /// open-loop phase whose offered rate is closest to 1,000/s (the first phase when there is
+    /// none).
     pub reference_phase: String,
     pub accept_p50_ms: f64,
     pub accept_p99_ms: f64,
@@ -361,27 +365,34 @@ pub struct Inputs {
     pub emails: Option<EmailTally>,
 }
 
+/// The reference load is this percentage of the sustained rate (`open:50%`).
+const REFERENCE_SHARE: u32 = 50;
+
+/// The closed-loop uniform phase that sustained the most end to end.
+fn best_closed_uniform(phases: &[Phase]) -> Option<&Phase> {
+    phases
+        .iter()
+        .filter(|p| p.mode == "closed" && p.distribution == "uniform")
+        .max_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s))
+}
+
+/// What the closed-loop uniform phases so far sustained at best (what `open:P%` is P% of).
+pub fn sustained(phases: &[Phase]) -> Option<f64> {
+    best_closed_uniform(phases).map(|p| p.e2e_per_s)
+}
+
 impl Result {
     pub fn new(i: Inputs) -> Self {
-        let reference = i
-            .phases
-            .iter()
-            .filter(|p| p.mode == "open")
-            .min_by_key(|p| p.load.abs_diff(1000))
+        let open = || i.phases.iter().filter(|p| p.mode == "open");
+        let reference = open()
+            .find(|p| p.share_of_sustained_pct == Some(REFERENCE_SHARE))
+            .or_else(|| open().min_by_key(|p| p.load.abs_diff(1000)))
             .or(i.phases.first());
-        let closed_uniform: Vec<&Phase> = i
-            .phases
-            .iter()
-            .filter(|p| p.mode == "closed" && p.distribution == "uniform")
-            .collect();
-        let candidates: Vec<&Phase> = if closed_uniform.is_empty() {
-            i.phases.iter().collect()
-        } else {
-            closed_uniform
-        };
-        let best = candidates
-            .into_iter()
-            .max_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s));
+        let best = best_closed_uniform(&i.phases).or_else(|| {
+            i.phases
+                .iter()
+                .max_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s))
+        });
         let deposits_per_s = best.map_or(0.0, |p| p.e2e_per_s);
         let ceiling = i.ceilings.as_ref().map(|c| c.deposits_per_s);
         let skeleton = i.skeleton.as_ref().map(|s| s.deposits_per_s);

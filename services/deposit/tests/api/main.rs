@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deposits;
+mod group_commit;
 mod openapi;
 
 use deposit::Config;
@@ -22,6 +23,8 @@ pub fn config(db: &TestDatabase) -> Config {
         seed_demo_accounts: true,
         max_deposit_amount: "1000000.00".into(),
         relay_batch: 100,
+        writers: 2,
+        write_batch: 64,
         api_key: Secret::new(API_KEY),
     }
 }

@@ -32,6 +32,7 @@ async fn setup() -> (TestDatabase, axum::Router, utoipa::openapi::OpenApi) {
         config: Arc::new(crate::config(&db)),
         metrics: DepositMetrics::register(&mut registry),
         outbox: Arc::new(deposit::wakeup::OutboxSignal::new()),
+        writer: deposit::writer::Writer::start(db.pool.clone(), 1, 8),
     };
     let (router, spec) = service_router(api::router(state), ops_state(db.pool.clone()));
     (db, router, spec)
