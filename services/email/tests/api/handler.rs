@@ -1,11 +1,10 @@
 //! The handler queues one email per event, set-based, and never twice for one event id.
 
 use crate::helpers::{
-    ReceivedMail, SmtpSink, alice, count_rows, database, deliver, email_state, event,
-    fast_settings, handle, row, shuffled, start_sender, wait_for,
+    SmtpSink, alice, count_rows, database, deliver, email_state, event, fast_settings, handle, row,
+    shuffled, smtp_mailer, sorted_message_ids, start_sender, wait_for,
 };
 use email::store::EmailStatus;
-use email::{Mailer, Transport};
 use std::time::Duration;
 
 #[tokio::test]
@@ -123,17 +122,7 @@ async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_deliv
 
         // And each is delivered exactly once.
         let sink = SmtpSink::start().await.expect("smtp sink");
-        let sender = start_sender(
-            &messy.pool,
-            Mailer::new(
-                &Transport::Smtp {
-                    host: "127.0.0.1".into(),
-                    port: sink.port(),
-                },
-                Duration::from_secs(5),
-            ),
-            fast_settings(),
-        );
+        let sender = start_sender(&messy.pool, smtp_mailer(sink.port()), fast_settings());
         wait_for(
             "every email to be sent",
             Duration::from_secs(30),
@@ -144,12 +133,7 @@ async fn duplicated_and_reordered_delivery_queues_the_same_emails_as_clean_deliv
         )
         .await;
         sender.stop().await;
-        let mut ids: Vec<String> = sink
-            .messages()
-            .iter()
-            .filter_map(ReceivedMail::message_id)
-            .collect();
-        ids.sort();
+        let ids = sorted_message_ids(&sink);
         let mut want: Vec<String> = events
             .iter()
             .map(|e| format!("<{}@eventbank.example>", e.event_id))

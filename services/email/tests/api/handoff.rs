@@ -2,23 +2,13 @@
 //! process without a claim, while the table keeps every guarantee of the claim path.
 
 use crate::helpers::{
-    ReceivedMail, SmtpSink, alice, database, deliver_with, fast_settings, row, start_sender,
-    start_sender_with, wait_all_sent,
+    SmtpSink, alice, database, deliver_with, fast_settings, handle, row, smtp_mailer,
+    sorted_message_ids, start_sender, start_sender_with, wait_all_sent,
 };
 use email::store::{self, EmailStatus};
 use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Transport};
 use sqlx::PgPool;
 use std::time::Duration;
-
-fn smtp_mailer(port: u16) -> Mailer {
-    Mailer::new(
-        &Transport::Smtp {
-            host: "127.0.0.1".into(),
-            port,
-        },
-        Duration::from_secs(5),
-    )
-}
 
 /// Logs the transaction id of every row written to `emails` or `processed_events`, so a test
 /// can count the committed transactions that wrote to the email database (a rolled-back one
@@ -46,16 +36,6 @@ async fn write_transactions(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count write transactions")
-}
-
-fn sorted_message_ids(sink: &SmtpSink) -> Vec<String> {
-    let mut ids: Vec<String> = sink
-        .messages()
-        .iter()
-        .filter_map(ReceivedMail::message_id)
-        .collect();
-    ids.sort();
-    ids
 }
 
 #[tokio::test]
@@ -107,7 +87,7 @@ async fn a_delivered_email_costs_two_write_transactions_and_a_batch_costs_less_p
 
     let mut want: Vec<String> = std::iter::once(&one)
         .chain(&batch)
-        .map(|e| format!("<{}@eventbank.example>", e.event_id))
+        .map(message_id)
         .collect();
     want.sort();
     assert_eq!(sorted_message_ids(&sink), want, "each email exactly once");
@@ -142,27 +122,45 @@ async fn an_email_handed_off_but_never_sent_is_sent_once_by_the_claim_path_when_
     drop(handler);
     drop(handoff);
 
-    // Another process's sender does not take it while the lease holds...
+    // Another process's sender does not take it while the lease holds: it sends an email
+    // queued after it, due at once, and not this one...
     let sink = SmtpSink::start().await.expect("smtp sink");
     let sender = start_sender(&db.pool, smtp_mailer(sink.port()), fast_settings());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(sink.messages().is_empty(), "sent while leased");
+    let due = alice(200);
+    handle(&db.pool, std::slice::from_ref(&due)).await;
+    wait_all_sent(
+        &db.pool,
+        std::slice::from_ref(&due),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        sorted_message_ids(&sink),
+        [message_id(&due)],
+        "sent while leased"
+    );
 
-    // ...and sends it once the lease has run out (moved into the past instead of waiting).
+    // ...and sends it once the lease has run out (moved into the past instead of waiting),
+    // once: a later round, which sends another due email, sends it no second time.
     sqlx::query("UPDATE emails SET next_attempt_at = now() - interval '1 ms' WHERE event_id = $1")
         .bind(e.event_id)
         .execute(&db.pool)
         .await
         .expect("lease ended");
     wait_all_sent(&db.pool, std::slice::from_ref(&e), Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = alice(300);
+    handle(&db.pool, std::slice::from_ref(&later)).await;
+    wait_all_sent(
+        &db.pool,
+        std::slice::from_ref(&later),
+        Duration::from_secs(20),
+    )
+    .await;
     sender.stop().await;
 
-    assert_eq!(
-        sorted_message_ids(&sink),
-        vec![format!("<{}@eventbank.example>", e.event_id)],
-        "sent exactly once"
-    );
+    let mut want: Vec<String> = [&e, &due, &later].into_iter().map(message_id).collect();
+    want.sort();
+    assert_eq!(sorted_message_ids(&sink), want, "each sent exactly once");
     let sent = row(&db.pool, e.event_id).await.expect("row");
     assert_eq!(sent.summary.attempts, 1);
     drop(sink);

@@ -266,3 +266,30 @@ pub async fn email_state(pool: &PgPool) -> Vec<EmailState> {
     .await
     .expect("emails")
 }
+
+/// A mailer delivering over SMTP to `127.0.0.1:port` (the test sink's).
+pub fn smtp_mailer(port: u16) -> Mailer {
+    Mailer::new(
+        &Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_secs(5),
+    )
+}
+
+/// The Message-IDs the sink received, sorted.
+pub fn sorted_message_ids(sink: &SmtpSink) -> Vec<String> {
+    let mut ids: Vec<String> = sink
+        .messages()
+        .iter()
+        .filter_map(ReceivedMail::message_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The Message-ID the email of `e` carries.
+pub fn message_id(e: &DepositCompleted) -> String {
+    format!("<{}@eventbank.example>", e.event_id)
+}

@@ -1,22 +1,12 @@
 //! The sender with the SMTP transport, against the runtime's test SMTP sink.
 
 use crate::helpers::{
-    ReceivedMail, SmtpSink, alice, closed_port, database, fast_settings, handle, row, start_sender,
-    wait_all_sent, wait_for,
+    ReceivedMail, SmtpSink, alice, closed_port, database, fast_settings, handle, row, smtp_mailer,
+    start_sender, wait_all_sent, wait_for,
 };
 use email::store::EmailStatus;
 use email::{Mailer, SenderSettings, Transport};
 use std::time::Duration;
-
-fn smtp_mailer(port: u16) -> Mailer {
-    Mailer::new(
-        &Transport::Smtp {
-            host: "127.0.0.1".into(),
-            port,
-        },
-        Duration::from_secs(5),
-    )
-}
 
 #[tokio::test]
 async fn the_smtp_transport_delivers_the_message_to_the_server() {
