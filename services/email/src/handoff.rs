@@ -304,8 +304,13 @@ mod tests {
         let handoff = Handoff::new(1, Duration::from_millis(2));
         let a = Uuid::now_v7();
         assert_eq!(handoff.reserve(&[a]), vec![true]);
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(handoff.reserve(&[Uuid::now_v7()]), vec![true]);
+        // Full until the reservation expires; then there is room again.
+        let b = Uuid::now_v7();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while handoff.reserve(&[b]) != vec![true] {
+            assert!(std::time::Instant::now() < deadline, "it never expired");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(handoff.committed([a]), 0, "the expired reservation is gone");
     }
 
