@@ -2,11 +2,11 @@
 //! process without a claim, while the table keeps every guarantee of the claim path.
 
 use crate::helpers::{
-    SmtpSink, alice, database, deliver_with, fast_settings, handle, row, smtp_mailer,
+    SmtpSink, alice, database, deliver_with, fast_settings, handle, message_id, row, smtp_mailer,
     sorted_message_ids, start_sender, start_sender_with, wait_all_sent,
 };
 use email::store::{self, EmailStatus};
-use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Transport};
+use email::{EmailHandler, EmailMetrics, Handoff};
 use sqlx::PgPool;
 use std::time::Duration;
 

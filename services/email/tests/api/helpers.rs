@@ -4,7 +4,7 @@
 
 use chrono::{TimeZone, Utc};
 use email::store::{self, EmailDetail, EmailStatus};
-use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Sender, SenderSettings};
+use email::{EmailHandler, EmailMetrics, Handoff, Mailer, Sender, SenderSettings, Transport};
 use eventbank_events::{AccountId, AccountSnapshot, Currency, DepositCompleted};
 use eventbank_runtime::Shutdown;
 use eventbank_runtime::consumer::Handler;
