@@ -235,23 +235,6 @@ impl std::fmt::Debug for Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::Rendered;
-
-    fn email(event_id: Uuid) -> Outgoing {
-        Outgoing {
-            event_id,
-            rendered: Rendered {
-                to_name: "Alice".into(),
-                to_address: "alice@example.com".into(),
-                subject: "s".into(),
-                body_text: "t".into(),
-                body_html: "h".into(),
-                message_id: "m".into(),
-            },
-            attempts: 0,
-            created_at: chrono::Utc::now(),
-        }
-    }
 
     fn ids(n: usize) -> Vec<Uuid> {
         (0..n).map(|_| Uuid::now_v7()).collect()
@@ -262,7 +245,10 @@ mod tests {
         let handoff = Handoff::new(3, Duration::from_secs(60));
         let first = ids(2);
         assert_eq!(handoff.reserve(&first), vec![true, true]);
-        handoff.inserted(&first, first.iter().copied().map(email).collect());
+        handoff.inserted(
+            &first,
+            first.iter().copied().map(Outgoing::sample).collect(),
+        );
         assert_eq!(handoff.committed(first.iter().copied()), 2);
         let second = ids(3);
         assert_eq!(handoff.reserve(&second), vec![true, false, false]);
@@ -278,7 +264,7 @@ mod tests {
         let batch = ids(3);
         assert_eq!(handoff.reserve(&batch), vec![true, true, false]);
         // The second email existed already: the insert skipped it.
-        handoff.inserted(&batch[..2], vec![email(batch[0])]);
+        handoff.inserted(&batch[..2], vec![Outgoing::sample(batch[0])]);
         assert_eq!(handoff.committed(batch.iter().copied()), 1);
         let handed = handoff.take(10);
         assert_eq!(handed.len(), 1);
@@ -291,7 +277,7 @@ mod tests {
         let handoff = Handoff::new(2, Duration::from_secs(60));
         let a = Uuid::now_v7();
         assert_eq!(handoff.reserve(&[a]), vec![true]);
-        handoff.inserted(&[a], vec![email(a)]);
+        handoff.inserted(&[a], vec![Outgoing::sample(a)]);
         assert!(handoff.close().is_empty());
         // Committed after the sender stopped: left to its lease, not to a sender that is gone.
         assert_eq!(handoff.committed([a]), 0);

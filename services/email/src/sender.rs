@@ -432,25 +432,10 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::Rendered;
     use uuid::Uuid;
 
     fn claimed(n: usize) -> Vec<Outgoing> {
-        (0..n)
-            .map(|_| Outgoing {
-                event_id: Uuid::now_v7(),
-                rendered: Rendered {
-                    to_name: "Alice".into(),
-                    to_address: "alice@example.com".into(),
-                    subject: "s".into(),
-                    body_text: "t".into(),
-                    body_html: "h".into(),
-                    message_id: "m".into(),
-                },
-                attempts: 0,
-                created_at: chrono::Utc::now(),
-            })
-            .collect()
+        (0..n).map(|_| Outgoing::sample(Uuid::now_v7())).collect()
     }
 
     fn ids(emails: &[&Outgoing]) -> Vec<Uuid> {

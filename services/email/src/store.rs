@@ -93,6 +93,27 @@ pub struct Outgoing {
     pub created_at: DateTime<Utc>,
 }
 
+#[cfg(test)]
+impl Outgoing {
+    /// A claimed email to Alice with placeholder content, for the sender's and the hand-off's
+    /// unit tests.
+    pub(crate) fn sample(event_id: Uuid) -> Self {
+        Self {
+            event_id,
+            rendered: Rendered {
+                to_name: "Alice".into(),
+                to_address: "alice@example.com".into(),
+                subject: "s".into(),
+                body_text: "t".into(),
+                body_html: "h".into(),
+                message_id: "m".into(),
+            },
+            attempts: 0,
+            created_at: chrono::Utc::now(),
+        }
+    }
+}
+
 /// Writes one rendered confirmation per event, in one statement (set-based: a batch of up to
 /// 50 events costs one round trip, not 50). The email of event `i` is inserted leased to this
 /// process for `lease` when `leased[i]` (as [`claim_due`] leaves a claimed row, so the lease
