@@ -209,22 +209,20 @@ impl Relay {
             // Only the confirmed prefix is marked: order is kept, and anything after a failure
             // is published again (consumers deduplicate).
             let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
+            // Marking this round and reading the next is one statement: a busy relay makes one
+            // round trip per round, an idle one two per wake-up (read, then mark). After a
+            // failure only the confirmed prefix is marked; the next round starts over.
+            if !ids.is_empty() {
+                let limit = if failure.is_some() { 0 } else { self.batch };
+                let next = store::mark_published_and_fetch(lock, &ids, limit)
+                    .await
+                    .map_err(|e| RelayError::Database(e.into()))?;
+                self.published(&rows[..confirmed]);
+                rows = next;
+            }
             if let Some(e) = failure {
-                if !ids.is_empty() {
-                    store::mark_published_and_fetch(lock, &ids, 0)
-                        .await
-                        .map_err(|e| RelayError::Database(e.into()))?;
-                    self.published(&rows[..confirmed]);
-                }
                 return Err(RelayError::Broker(e.into()));
             }
-            // Marking this round and reading the next is one statement: a busy relay makes one
-            // round trip per round, an idle one two per wake-up (read, then mark).
-            let next = store::mark_published_and_fetch(lock, &ids, self.batch)
-                .await
-                .map_err(|e| RelayError::Database(e.into()))?;
-            self.published(&rows[..confirmed]);
-            rows = next;
         }
     }
 
