@@ -1,15 +1,17 @@
 //! The consumer runtime: one supervised connection, one task per partition queue this replica
 //! owns ([`crate::membership`] spreads the partitions over the live replicas), batches.
 //!
-//! For each partition the loop takes the deliveries already waiting (up to `BATCH_SIZE`), and in
-//! ONE Postgres transaction:
+//! For each partition the loop takes the deliveries already waiting (up to `BATCH_SIZE`) and hands
+//! them to the replica's applier ([`crate::combiner`]), which puts the batches of every partition
+//! waiting at that moment in ONE Postgres transaction:
 //! 1. inserts all their event ids into `processed_events` in one statement that returns the ids
 //!    that were new (a conflict means "already applied": a duplicate);
 //! 2. lets the service's [`Handler`] apply only the new events, in delivery order;
 //! 3. commits,
 //!
-//! and only then acks the deliveries (one `multiple` ack). A crash anywhere before the ack means
-//! redelivery, and the dedup row makes the redelivery a no-op: exactly-once in effect.
+//! and only then acks the deliveries (one `multiple` ack per partition). A crash anywhere before
+//! the ack means redelivery, and the dedup row makes the redelivery a no-op: exactly-once in
+//! effect.
 //!
 //! Failure handling:
 //! - undecodable / unsupported message: published to the service's dead-letter exchange with the
@@ -25,6 +27,7 @@ use crate::Shutdown;
 use crate::amqp::{self, Names};
 use crate::applied::AppliedFeed;
 use crate::backoff::Backoff;
+use crate::combiner::Combiner;
 use crate::config::CommonConfig;
 use crate::membership;
 use crate::metrics::ConsumerMetrics;
@@ -57,11 +60,19 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+    /// The database was unreachable for a transaction this batch shared with other partitions'
+    /// (see [`crate::combiner`]): transient, like a connectivity error of its own.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl HandlerError {
-    fn is_transient(&self) -> bool {
-        matches!(self, HandlerError::Database(e) if crate::db::is_connectivity_error(e))
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            HandlerError::Database(e) => crate::db::is_connectivity_error(e),
+            HandlerError::Unavailable(_) => true,
+            HandlerError::Rejected(_) | HandlerError::Other(_) => false,
+        }
     }
 }
 
@@ -97,6 +108,7 @@ struct Shared<H> {
     handler: Arc<H>,
     metrics: ConsumerMetrics,
     applied: AppliedFeed,
+    combiner: Combiner,
 }
 
 /// A `DepositCompleted` is well under 2 KiB; anything this large is not one, and would only
@@ -154,6 +166,7 @@ impl<H: Handler> Consumer<H> {
     /// start again with backoff. Returns on shutdown after the partitions finished the batch
     /// they held.
     pub async fn run(self, shutdown: Shutdown) {
+        let (combiner, applier) = Combiner::start(self.pool.clone(), Arc::clone(&self.handler));
         let shared = Arc::new(Shared {
             names: Names::new(&self.config.namespace),
             config: self.config,
@@ -161,6 +174,7 @@ impl<H: Handler> Consumer<H> {
             handler: self.handler,
             metrics: self.metrics,
             applied: self.applied,
+            combiner,
         });
         let (owned_tx, mut owned) = watch::channel(BTreeSet::new());
         let membership = tokio::spawn(membership::run(
@@ -187,6 +201,9 @@ impl<H: Handler> Consumer<H> {
         self.broker_connected.set(0);
         // The membership task ends on the same signal and gives up its slot.
         let _ = membership.await;
+        // Every partition task has finished: the last handle on the applier goes, and it ends.
+        drop(shared);
+        let _ = applier.await;
     }
 }
 
@@ -454,7 +471,7 @@ async fn process_batch<H: Handler>(
         .collect();
     let mut backoff = Backoff::new();
     loop {
-        match apply(shared, &events).await {
+        match shared.combiner.apply(events.clone()).await {
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
                 shared.applied.send(&fresh);
@@ -519,7 +536,8 @@ async fn process_one<H: Handler>(
     let mut backoff = Backoff::new();
     let mut failures = 0;
     loop {
-        match apply(shared, &events).await {
+        // Alone, not through the combiner: this message is being isolated.
+        match deliver(&shared.pool, shared.handler.as_ref(), &events).await {
             Ok(fresh) => {
                 shared.handler.committed(&fresh);
                 shared.applied.send(&fresh);
@@ -553,14 +571,6 @@ async fn process_one<H: Handler>(
             }
         }
     }
-}
-
-/// The dedup transaction. Returns the events that were new (applied), in order.
-async fn apply<H: Handler>(
-    shared: &Shared<H>,
-    events: &[DepositCompleted],
-) -> Result<Vec<DepositCompleted>, HandlerError> {
-    deliver(&shared.pool, shared.handler.as_ref(), events).await
 }
 
 /// The dedup transaction, exactly as the consumer loop runs it (public so that services' tests

@@ -8,6 +8,7 @@
 //! - [`amqp`]: connection, topology and its names under a namespace.
 //! - [`publisher`]: publishes with confirms; a returned (unroutable) message is a failure.
 //! - [`consumer`]: the batched consumer loop with the `processed_events` dedup transaction.
+//! - [`combiner`]: one dedup transaction for the batches of all of a replica's partitions.
 //! - [`membership`]: which partitions this replica consumes (advisory-lock slots).
 //! - [`applied`]: the feed of applied events and `GET /applied` (SSE) on every consumer.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
@@ -24,6 +25,7 @@ pub mod amqp;
 pub mod applied;
 pub mod backoff;
 pub mod batch;
+pub mod combiner;
 pub mod config;
 pub mod consumer;
 pub mod db;
