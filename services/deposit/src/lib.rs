@@ -43,6 +43,9 @@ pub struct Config {
     pub max_deposit_amount: String,
     /// Outbox rows published per relay round.
     pub relay_batch: i64,
+    /// How long the relay holds the marks of a round that emptied the outbox, waiting to send
+    /// them with the next round's read (`RELAY_MARK_DELAY_MS`).
+    pub relay_mark_delay: Duration,
     /// Deposit writer tasks (`WRITERS`): transactions in flight at once.
     pub writers: usize,
     /// Most deposits one writer stores per transaction (`WRITE_BATCH`).
@@ -61,6 +64,7 @@ impl Config {
             seed_demo_accounts: env_parse("SEED_DEMO_ACCOUNTS", true)?,
             max_deposit_amount: env_or("MAX_DEPOSIT_AMOUNT", "1000000.00"),
             relay_batch: env_parse("RELAY_BATCH", 500)?,
+            relay_mark_delay: Duration::from_millis(env_parse("RELAY_MARK_DELAY_MS", 100)?),
             writers: env_parse("WRITERS", 2)?,
             write_batch: env_parse("WRITE_BATCH", 64)?,
             api_key: Secret::new(env_or("API_KEY", DEMO_API_KEY)),
@@ -165,6 +169,7 @@ pub async fn run(
         config: config.common.clone(),
         pool: pool.clone(),
         batch: config.relay_batch,
+        mark_delay: config.relay_mark_delay,
         metrics: deposit_metrics.clone(),
         broker_connected,
         outbox: Arc::clone(&outbox),

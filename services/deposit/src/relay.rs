@@ -10,6 +10,8 @@
 //! - A row is marked published only after the broker confirmed it; a returned (unroutable) or
 //!   nacked message stops the round and is retried with backoff. Rows published but not yet
 //!   marked when the relay dies are published again: consumers deduplicate by event id.
+//! - The marks of a round that emptied the outbox go with the next round's read, or after
+//!   [`Relay::mark_delay`] if no deposit comes, and before the relay stops or reconnects.
 
 use crate::wakeup::{self, OutboxSignal};
 use crate::{DepositMetrics, store};
@@ -32,6 +34,10 @@ pub struct Relay {
     pub config: CommonConfig,
     pub pool: PgPool,
     pub batch: i64,
+    /// How long the confirmed rows of a round that emptied the outbox wait to be marked with the
+    /// next round's read. At light load every deposit woke a read and a mark of its own (two
+    /// commits); a deposit that comes within this delay makes them one statement.
+    pub mark_delay: Duration,
     pub metrics: DepositMetrics,
     pub broker_connected: Gauge,
     pub outbox: Arc<OutboxSignal>,
@@ -139,6 +145,9 @@ impl Relay {
         Ok(())
     }
 
+    /// Publishes rounds until shutdown or failure, then marks what was confirmed and is not
+    /// marked yet (unless the lock connection failed: then nothing may be marked, and those rows
+    /// are published again by the next leader; consumers deduplicate).
     async fn publish_loop(
         &self,
         connection: &lapin::Connection,
@@ -146,6 +155,51 @@ impl Relay {
         lock: &mut PgConnection,
         listener: &mut PgListener,
         shutdown: &Shutdown,
+    ) -> Result<(), RelayError> {
+        let mut unmarked = Vec::new();
+        let outcome = self
+            .publish_rounds(connection, names, lock, listener, shutdown, &mut unmarked)
+            .await;
+        if matches!(outcome, Err(RelayError::Database(_))) {
+            return outcome;
+        }
+        self.mark_and_fetch(lock, &mut unmarked, 0).await?;
+        outcome
+    }
+
+    /// Marks `unmarked` (confirmed rows) published and reads the next round of up to `limit`
+    /// rows, in one statement; with nothing to mark, only reads.
+    async fn mark_and_fetch(
+        &self,
+        lock: &mut PgConnection,
+        unmarked: &mut Vec<store::OutboxRow>,
+        limit: i64,
+    ) -> Result<Vec<store::OutboxRow>, RelayError> {
+        let database = |e: sqlx::Error| RelayError::Database(e.into());
+        if unmarked.is_empty() {
+            return if limit > 0 {
+                store::unpublished(lock, limit).await.map_err(database)
+            } else {
+                Ok(Vec::new())
+            };
+        }
+        let ids: Vec<i64> = unmarked.iter().map(|r| r.id).collect();
+        let next = store::mark_published_and_fetch(lock, &ids, limit)
+            .await
+            .map_err(database)?;
+        self.published(unmarked);
+        unmarked.clear();
+        Ok(next)
+    }
+
+    async fn publish_rounds(
+        &self,
+        connection: &lapin::Connection,
+        names: &Names,
+        lock: &mut PgConnection,
+        listener: &mut PgListener,
+        shutdown: &Shutdown,
+        unmarked: &mut Vec<store::OutboxRow>,
     ) -> Result<(), RelayError> {
         let publisher = Publisher::new(connection)
             .await
@@ -171,20 +225,24 @@ impl Relay {
                         "broker connection lost"
                     )));
                 }
-                // What the empty read just saw; no query needed.
+                // What the last read saw (rows confirmed and not yet marked are published); no
+                // query needed.
                 self.metrics.outbox_backlog.set(0);
                 self.metrics.outbox_oldest_age_seconds.set(0);
+                let wait = if unmarked.is_empty() {
+                    POLL_INTERVAL
+                } else {
+                    self.mark_delay
+                };
                 tokio::select! {
                     _ = shutdown.triggered() => return Ok(()),
-                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = self.outbox.wait_local() => {}
                     notification = listener.recv() => {
                         notification.map_err(|e| RelayError::Database(e.into()))?;
                     }
                 }
-                rows = store::unpublished(lock, self.batch)
-                    .await
-                    .map_err(|e| RelayError::Database(e.into()))?;
+                rows = self.mark_and_fetch(lock, unmarked, self.batch).await?;
                 continue;
             }
             if backlog_read.elapsed() >= POLL_INTERVAL {
@@ -206,22 +264,20 @@ impl Relay {
                 })
                 .collect();
             let (confirmed, failure) = publisher.publish_all(&messages).await;
+            let full = rows.len() as i64 >= self.batch;
             // Only the confirmed prefix is marked: order is kept, and anything after a failure
-            // is published again (consumers deduplicate).
-            let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
-            // Marking this round and reading the next is one statement: a busy relay makes one
-            // round trip per round, an idle one two per wake-up (read, then mark). After a
-            // failure only the confirmed prefix is marked; the next round starts over.
-            if !ids.is_empty() {
-                let limit = if failure.is_some() { 0 } else { self.batch };
-                let next = store::mark_published_and_fetch(lock, &ids, limit)
-                    .await
-                    .map_err(|e| RelayError::Database(e.into()))?;
-                self.published(&rows[..confirmed]);
-                rows = next;
-            }
+            // is published again (consumers deduplicate); the caller marks it on the way out.
+            rows.truncate(confirmed);
+            unmarked.append(&mut rows);
             if let Some(e) = failure {
                 return Err(RelayError::Broker(e.into()));
+            }
+            // Marking a round and reading the next is one statement. A full round means more
+            // is waiting: at once. Otherwise the outbox was emptied: the marks wait (above) for
+            // the next deposit's wake-up, or the mark delay, so at light load a deposit costs
+            // one relay statement instead of a read and a mark.
+            if full {
+                rows = self.mark_and_fetch(lock, unmarked, self.batch).await?;
             }
         }
     }

@@ -38,6 +38,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "SEED_DEMO_ACCOUNTS",
     "MAX_DEPOSIT_AMOUNT",
     "RELAY_BATCH",
+    "RELAY_MARK_DELAY_MS",
     "WRITERS",
     "WRITE_BATCH",
     "API_KEY",

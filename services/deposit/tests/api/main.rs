@@ -23,6 +23,7 @@ pub fn config(db: &TestDatabase) -> Config {
         seed_demo_accounts: true,
         max_deposit_amount: "1000000.00".into(),
         relay_batch: 100,
+        relay_mark_delay: std::time::Duration::from_millis(100),
         writers: 2,
         write_batch: 64,
         api_key: Secret::new(API_KEY),

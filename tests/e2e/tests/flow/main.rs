@@ -8,5 +8,6 @@ mod database_outage;
 mod duplicates;
 mod happy_path;
 mod poison;
+mod relay_marks;
 
 pub use eventbank_e2e::flows::{SETTLE, deposit, open_account, settle};
