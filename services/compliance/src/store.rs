@@ -44,6 +44,12 @@ pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sq
 }
 
 /// Which of these events already have an audit entry.
+///
+/// Planned at every execution, not prepared once per connection: a service starts on an empty
+/// audit log, and Postgres caches a prepared statement's generic plan after five executions.
+/// Planned on an empty table, that plan is a sequential scan, and it stays cached until an
+/// ANALYZE of the table invalidates it, which autovacuum may not run for minutes: meanwhile every
+/// batch read the whole log (BENCHMARKS.md, round three). One planning per batch is cheap.
 pub async fn recorded_event_ids(
     conn: &mut PgConnection,
     event_ids: &[Uuid],
@@ -51,6 +57,7 @@ pub async fn recorded_event_ids(
     let rows: Vec<Uuid> =
         sqlx::query_scalar("SELECT event_id FROM audit_log WHERE event_id = ANY($1)")
             .bind(event_ids)
+            .persistent(false)
             .fetch_all(conn)
             .await?;
     Ok(rows.into_iter().collect())

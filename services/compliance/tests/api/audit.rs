@@ -366,3 +366,72 @@ async fn the_service_role_can_insert_and_select_the_audit_log_but_never_update_o
     assert_eq!(count, 2);
     owned.drop_all().await;
 }
+
+/// Rows of `audit_log` read by sequential scans so far. `pool`'s one connection flushes its
+/// statistics first: a backend reports them before it answers, when told to.
+async fn audit_log_rows_scanned(app: &crate::helpers::TestApp, pool: &sqlx::PgPool) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'audit_log'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+/// A service starts on an empty audit log, and a busy one reuses each of its connections. The
+/// lookup of the events already recorded must not keep a plan made for the empty table: once
+/// the log has grown, a batch reads the index, not the whole log (Postgres caches a prepared
+/// statement's generic plan after five executions, until an ANALYZE invalidates it).
+#[tokio::test]
+async fn a_batch_does_not_scan_the_whole_audit_log_once_it_has_grown() {
+    let app = setup().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.db.url)
+        .await
+        .unwrap();
+    let start = at("2024-01-01T00:00:00Z");
+    // Batches of 60 events, each of its own account, as a busy service's batches are.
+    let apply_on_pool = |batch: i64| {
+        let pool = pool.clone();
+        let handler = &app.handler;
+        async move {
+            let events: Vec<_> = (0..60)
+                .map(|i| usd(&format!("ACC-{batch}-{i}"), 100 + i, start + hours(batch)))
+                .collect();
+            let mut tx = pool.begin().await.unwrap();
+            handler.handle(&mut tx, &events).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    // Eight batches while the log is small: a prepared lookup of 60 ids costs more planned
+    // with its values than a generic sequential scan of a small table, so Postgres would keep
+    // the scan.
+    for batch in 0..8 {
+        apply_on_pool(batch).await;
+    }
+    // The log grows by 20,000 entries (outside the chain: only their number matters here).
+    sqlx::query(
+        "INSERT INTO audit_log (position, event_id, account_id, entry, prev_hash, hash, recorded_at)
+         SELECT 1000000000 + g, gen_random_uuid(), 'ACC-BULK', 'bulk',
+                decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'), now()
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let before = audit_log_rows_scanned(&app, &pool).await;
+    for batch in 8..11 {
+        apply_on_pool(batch).await;
+    }
+    let scanned = audit_log_rows_scanned(&app, &pool).await - before;
+    assert!(
+        scanned < 20_000,
+        "three batches read {scanned} audit log rows by sequential scan: a plan made for the \
+         empty log is still in use"
+    );
+    pool.close().await;
+    app.finish().await;
+}
