@@ -137,22 +137,23 @@ async fn until_calls(recorder: &Recorder, n: usize) {
     }
 }
 
-async fn applied(db: &TestDatabase) -> HashSet<Uuid> {
-    sqlx::query_scalar("SELECT event_id FROM applied")
+/// The event ids in `table`: `applied` (what the handler wrote) or `processed_events` (what
+/// the dedup transaction recorded).
+async fn ids_in(db: &TestDatabase, table: &'static str) -> HashSet<Uuid> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT event_id FROM {table}")))
         .fetch_all(&db.pool)
         .await
-        .expect("read applied")
+        .expect("read the table")
         .into_iter()
         .collect()
 }
 
+async fn applied(db: &TestDatabase) -> HashSet<Uuid> {
+    ids_in(db, "applied").await
+}
+
 async fn processed(db: &TestDatabase) -> HashSet<Uuid> {
-    sqlx::query_scalar("SELECT event_id FROM processed_events")
-        .fetch_all(&db.pool)
-        .await
-        .expect("read processed_events")
-        .into_iter()
-        .collect()
+    ids_in(db, "processed_events").await
 }
 
 /// A batch's answer, within 10 s (a handler waiting for a permit the test never gives would
@@ -184,13 +185,28 @@ async fn hold_first_round(
     (held, tasks, first)
 }
 
-#[tokio::test]
-async fn batches_waiting_together_share_one_transaction_and_each_gets_its_own_events() {
+/// A fresh database, the recording handler and an applier on them.
+async fn start() -> (TestDatabase, Arc<Recorder>, Combiner, JoinHandle<()>) {
     let db = TestDatabase::create("combiner", &MIGRATOR)
         .await
         .expect("test database");
     let recorder = Recorder::new();
     let (combiner, applier) = Combiner::start(db.pool.clone(), Arc::clone(&recorder));
+    (db, recorder, combiner, applier)
+}
+
+/// The applier ends when its last handle goes; then the database is dropped.
+async fn finish(db: TestDatabase, combiner: Combiner, applier: JoinHandle<()>) {
+    drop(combiner);
+    applier
+        .await
+        .expect("the applier ends when its last handle goes");
+    db.drop_db().await.expect("drop test database");
+}
+
+#[tokio::test]
+async fn batches_waiting_together_share_one_transaction_and_each_gets_its_own_events() {
+    let (db, recorder, combiner, applier) = start().await;
 
     let a = [event(1), event(2)];
     let b = [event(3)];
@@ -226,20 +242,12 @@ async fn batches_waiting_together_share_one_transaction_and_each_gets_its_own_ev
     );
     assert_eq!(recorder.calls().len(), 2);
 
-    drop(combiner);
-    applier
-        .await
-        .expect("the applier ends when its last handle goes");
-    db.drop_db().await.expect("drop test database");
+    finish(db, combiner, applier).await;
 }
 
 #[tokio::test]
 async fn a_failing_combined_transaction_fails_only_the_partition_that_caused_it() {
-    let db = TestDatabase::create("combiner", &MIGRATOR)
-        .await
-        .expect("test database");
-    let recorder = Recorder::new();
-    let (combiner, applier) = Combiner::start(db.pool.clone(), Arc::clone(&recorder));
+    let (db, recorder, combiner, applier) = start().await;
 
     let good = [event(5)];
     let poison = [event(6), event(FAILS)];
@@ -281,18 +289,12 @@ async fn a_failing_combined_transaction_fails_only_the_partition_that_caused_it(
     let done = processed(&db).await;
     assert!(ids(&poison).iter().all(|id| !done.contains(id)));
 
-    drop(combiner);
-    applier.await.expect("applier ends");
-    db.drop_db().await.expect("drop test database");
+    finish(db, combiner, applier).await;
 }
 
 #[tokio::test]
 async fn a_transient_failure_is_transient_for_every_batch_of_the_round_and_nothing_is_stored() {
-    let db = TestDatabase::create("combiner", &MIGRATOR)
-        .await
-        .expect("test database");
-    let recorder = Recorder::new();
-    let (combiner, applier) = Combiner::start(db.pool.clone(), Arc::clone(&recorder));
+    let (db, recorder, combiner, applier) = start().await;
 
     let gone = [event(DATABASE_GONE)];
     let other = [event(8)];
@@ -320,18 +322,12 @@ async fn a_transient_failure_is_transient_for_every_batch_of_the_round_and_nothi
         "only the first round's event is recorded"
     );
 
-    drop(combiner);
-    applier.await.expect("applier ends");
-    db.drop_db().await.expect("drop test database");
+    finish(db, combiner, applier).await;
 }
 
 #[tokio::test]
 async fn a_handler_panic_is_an_error_for_its_batch_and_the_applier_keeps_going() {
-    let db = TestDatabase::create("combiner", &MIGRATOR)
-        .await
-        .expect("test database");
-    let recorder = Recorder::new();
-    let (combiner, applier) = Combiner::start(db.pool.clone(), Arc::clone(&recorder));
+    let (db, recorder, combiner, applier) = start().await;
 
     recorder.gate.add_permits(2);
     match outcome(submit(&combiner, &[event(PANICS)])).await {
@@ -347,7 +343,5 @@ async fn a_handler_panic_is_an_error_for_its_batch_and_the_applier_keeps_going()
     assert_eq!(ids(&answer), ids(&after));
     assert_eq!(applied(&db).await, ids(&after).into_iter().collect());
 
-    drop(combiner);
-    applier.await.expect("applier ends");
-    db.drop_db().await.expect("drop test database");
+    finish(db, combiner, applier).await;
 }
