@@ -456,6 +456,21 @@ async fn outage(
         .context("account_id")?
         .to_owned();
     let payload: Value = serde_json::from_slice(&outbox_payload(world, last).await?)?;
+    // A quiet relay marks its last rows published up to RELAY_MARK_DELAY_MS after sending them.
+    // A kill before then would leave them to be sent again after the restart (deduplicated
+    // downstream), but the invariant check during the outage would count them as unpublished.
+    eventually(WAIT, || async {
+        let unmarked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(deposit_db)
+                .await?;
+        ensure!(
+            unmarked == 0,
+            "{unmarked} outbox rows not yet marked published"
+        );
+        Ok(())
+    })
+    .await?;
     s.deposit.kill().await?;
     let failed_before = note.calls_failed.load(Ordering::SeqCst);
     let mut outage_ids = Vec::new();
