@@ -1,7 +1,7 @@
 //! Accepting a valid deposit: the [`crate::writer`] stores it (with the deposits that arrived
 //! with it, in one transaction: sequence, row, outbox row and the Idempotency-Key's answer) and
-//! answers once that is committed; this side wakes the relay, counts and logs it in the
-//! request's span, and answers the client.
+//! answers once that is committed (and the relay has its outbox row); this side counts and logs
+//! it in the request's span, and answers the client.
 
 use crate::api::{AppState, created};
 use crate::error::ApiError;
@@ -10,7 +10,7 @@ use crate::validate::ValidDeposit;
 use crate::writer::{Accepted, Request};
 use axum::response::Response;
 
-/// Stores `deposit` (or answers again what its Idempotency-Key `key` stored) and wakes the relay.
+/// Stores `deposit` (or answers again what its Idempotency-Key `key` stored).
 pub async fn accept(
     state: &AppState,
     key: Option<String>,
@@ -27,7 +27,6 @@ pub async fn accept(
         Accepted::Replayed { status, body } => return Ok(idempotency::replayed(status, body)),
         Accepted::Created { row, body } => (row, body),
     };
-    state.outbox.committed();
     state.metrics.accepted.inc();
     tracing::info!(
         deposit_id = %row.deposit_id, event_id = %row.event_id, account_id = %row.account_id,

@@ -30,8 +30,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub metrics: DepositMetrics,
-    /// Wakes the relay after a deposit commits (see [`crate::wakeup`]).
-    pub outbox: Arc<crate::wakeup::OutboxSignal>,
     /// Stores deposits, several per transaction (see [`crate::writer`]).
     pub writer: crate::writer::Writer,
 }

@@ -43,8 +43,8 @@ pub struct Config {
     pub max_deposit_amount: String,
     /// Outbox rows published per relay round.
     pub relay_batch: i64,
-    /// How long the relay holds the marks of a round that emptied the outbox, waiting to send
-    /// them with the next round's read (`RELAY_MARK_DELAY_MS`).
+    /// How long published rows wait, at most, to be marked in one statement with the rows
+    /// published after them (`RELAY_MARK_DELAY_MS`).
     pub relay_mark_delay: Duration,
     /// Deposit writer tasks (`WRITERS`): transactions in flight at once.
     pub writers: usize,
@@ -97,6 +97,8 @@ pub struct DepositMetrics {
     pub outbox_backlog: Gauge,
     pub outbox_oldest_age_seconds: Gauge,
     pub relay_leader: Gauge,
+    pub relay_reads: Counter,
+    pub relay_handed: Counter,
 }
 
 impl DepositMetrics {
@@ -107,6 +109,8 @@ impl DepositMetrics {
             outbox_backlog: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
             relay_leader: Gauge::default(),
+            relay_reads: Counter::default(),
+            relay_handed: Counter::default(),
         };
         registry.register(
             "deposits_accepted",
@@ -132,6 +136,17 @@ impl DepositMetrics {
             "relay_leader",
             "1 while this replica holds the relay lock",
             m.relay_leader.clone(),
+        );
+        registry.register(
+            "relay_outbox_reads",
+            "Reads of the outbox by the relay (rows this replica commits while the outbox is \
+             empty are handed to it in memory instead)",
+            m.relay_reads.clone(),
+        );
+        registry.register(
+            "relay_handed_rows",
+            "Outbox rows the relay published as the writers handed them over, without a read",
+            m.relay_handed.clone(),
         );
         m
     }
@@ -186,8 +201,12 @@ pub async fn run(
         pool: pool.clone(),
         config: Arc::new(config.clone()),
         metrics: deposit_metrics,
-        outbox,
-        writer: writer::Writer::start(pool.clone(), config.writers, config.write_batch),
+        writer: writer::Writer::start(
+            pool.clone(),
+            Arc::clone(&outbox),
+            config.writers,
+            config.write_batch,
+        ),
     };
     http::serve_service(listener, api::router(state), ops, &config.common, shutdown).await
 }

@@ -7,11 +7,19 @@
 //!   never mark anything published.
 //! - Woken in-process when a deposit of this replica commits, by `LISTEN outbox` when one of
 //!   another replica does (see [`crate::wakeup`]), with a 1 s poll as a safety net.
+//! - Once the outbox is empty, this replica's writers hand the relay their committed rows in
+//!   memory ([`crate::wakeup`]), and it publishes them without reading the outbox when each
+//!   one is the next of its account: its sequence follows the last one this relay published
+//!   for the account (or it is the account's first). One account's rows are committed in
+//!   sequence order (the writers lock the account), so nothing of that account can be waiting
+//!   in between. Any other case (an account it has not published for lately, a row of another
+//!   replica before it, a full hand-off) reads the outbox, which is always safe.
 //! - A row is marked published only after the broker confirmed it; a returned (unroutable) or
 //!   nacked message stops the round and is retried with backoff. Rows published but not yet
 //!   marked when the relay dies are published again: consumers deduplicate by event id.
-//! - The marks of a round that emptied the outbox go with the next round's read, or after
-//!   [`Relay::mark_delay`] if no deposit comes, and before the relay stops or reconnects.
+//! - Marks are sent with the next read of the outbox, or once the oldest has waited
+//!   [`Relay::mark_delay`], or when a batch of them is waiting, and before the relay stops or
+//!   reconnects.
 
 use crate::wakeup::{self, OutboxSignal};
 use crate::{DepositMetrics, store};
@@ -22,6 +30,7 @@ use eventbank_runtime::{CommonConfig, Shutdown};
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,9 +43,9 @@ pub struct Relay {
     pub config: CommonConfig,
     pub pool: PgPool,
     pub batch: i64,
-    /// How long the confirmed rows of a round that emptied the outbox wait to be marked with the
-    /// next round's read. At light load every deposit woke a read and a mark of its own (two
-    /// commits); a deposit that comes within this delay makes them one statement.
+    /// How long confirmed rows wait, at most, to be marked published in one statement with
+    /// the rows confirmed after them. At light load a mark per deposit would be a commit per
+    /// deposit; a relay that dies before marking publishes those rows again.
     pub mark_delay: Duration,
     pub metrics: DepositMetrics,
     pub broker_connected: Gauge,
@@ -209,13 +218,18 @@ impl Relay {
             .map_err(RelayError::Broker)?;
         self.broker_connected.set(1);
         let exchange = names.events_exchange();
+        let mut order = AccountOrder::default();
         let mut backlog_read = Instant::now();
-        let mut rows = store::unpublished(lock, self.batch)
-            .await
-            .map_err(|e| RelayError::Database(e.into()))?;
+        let mut last_read = Instant::now();
+        // When the oldest unmarked row was confirmed.
+        let mut oldest_unmarked: Option<Instant> = None;
+        let mut rows = self.read(lock, unmarked).await?;
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
+            }
+            if unmarked.is_empty() {
+                oldest_unmarked = None;
             }
             if rows.is_empty() {
                 // Idle: notice a dead broker connection now, not at the next deposit, so
@@ -225,24 +239,39 @@ impl Relay {
                         "broker connection lost"
                     )));
                 }
-                // What the last read saw (rows confirmed and not yet marked are published); no
-                // query needed.
+                // What the last read saw, and the rows handed over since (rows confirmed and
+                // not yet marked are published); no query needed.
                 self.metrics.outbox_backlog.set(0);
                 self.metrics.outbox_oldest_age_seconds.set(0);
-                let wait = if unmarked.is_empty() {
-                    POLL_INTERVAL
-                } else {
-                    self.mark_delay
-                };
-                tokio::select! {
+                let poll_at = last_read + POLL_INTERVAL;
+                let mark_at =
+                    oldest_unmarked.map_or(poll_at, |t| (t + self.mark_delay).min(poll_at));
+                let wake = tokio::select! {
                     _ = shutdown.triggered() => return Ok(()),
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.outbox.wait_local() => {}
+                    _ = tokio::time::sleep_until(mark_at.into()) => Wake::Timer,
+                    _ = self.outbox.wait_local() => Wake::Local,
                     notification = listener.recv() => {
                         notification.map_err(|e| RelayError::Database(e.into()))?;
+                        Wake::Remote
                     }
-                }
-                rows = self.mark_and_fetch(lock, unmarked, self.batch).await?;
+                };
+                let handed = match wake {
+                    Wake::Local => self.outbox.take().and_then(|h| order.next_round(h)),
+                    Wake::Timer | Wake::Remote => None,
+                };
+                rows = match handed {
+                    Some(handed) => {
+                        self.metrics.relay_handed.inc_by(handed.len() as u64);
+                        handed
+                    }
+                    None if wake == Wake::Timer && Instant::now() < poll_at => {
+                        self.mark_and_fetch(lock, unmarked, 0).await?
+                    }
+                    None => {
+                        last_read = Instant::now();
+                        self.read(lock, unmarked).await?
+                    }
+                };
                 continue;
             }
             if backlog_read.elapsed() >= POLL_INTERVAL {
@@ -268,18 +297,34 @@ impl Relay {
             // Only the confirmed prefix is marked: order is kept, and anything after a failure
             // is published again (consumers deduplicate); the caller marks it on the way out.
             rows.truncate(confirmed);
+            order.published(&rows);
             unmarked.append(&mut rows);
+            oldest_unmarked.get_or_insert_with(Instant::now);
             if let Some(e) = failure {
                 return Err(RelayError::Broker(e.into()));
             }
-            // Marking a round and reading the next is one statement. A full round means more
-            // is waiting: at once. Otherwise the outbox was emptied: the marks wait (above) for
-            // the next deposit's wake-up, or the mark delay, so at light load a deposit costs
-            // one relay statement instead of a read and a mark.
+            // A full round means more is waiting: mark it and read the next one at once (one
+            // statement). Otherwise the outbox was emptied: what follows is handed over, and
+            // the marks wait (above) unless a batch of them is waiting.
             if full {
-                rows = self.mark_and_fetch(lock, unmarked, self.batch).await?;
+                last_read = Instant::now();
+                rows = self.read(lock, unmarked).await?;
+            } else if unmarked.len() as i64 >= self.batch {
+                rows = self.mark_and_fetch(lock, unmarked, 0).await?;
             }
         }
+    }
+
+    /// Marks `unmarked` and reads the next round from the outbox, arming the hand-off first
+    /// (see [`crate::wakeup`]).
+    async fn read(
+        &self,
+        lock: &mut PgConnection,
+        unmarked: &mut Vec<store::OutboxRow>,
+    ) -> Result<Vec<store::OutboxRow>, RelayError> {
+        self.outbox.arm();
+        self.metrics.relay_reads.inc();
+        self.mark_and_fetch(lock, unmarked, self.batch).await
     }
 
     fn published(&self, rows: &[store::OutboxRow]) {
@@ -304,9 +349,125 @@ impl Relay {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The mark delay or the poll interval ran out.
+    Timer,
+    /// This replica committed deposits.
+    Local,
+    /// Another replica committed deposits (`NOTIFY outbox`).
+    Remote,
+}
+
+/// Accounts whose last published sequence this relay remembers, at most; beyond it, it forgets
+/// them all (and reads the outbox for their next rows).
+const REMEMBERED_ACCOUNTS: usize = 100_000;
+
+/// The last sequence number this relay published for each account (lately).
+#[derive(Default)]
+struct AccountOrder {
+    last: HashMap<String, i64>,
+}
+
+impl AccountOrder {
+    /// `rows` were confirmed by the broker.
+    fn published(&mut self, rows: &[store::OutboxRow]) {
+        if self.last.len() > REMEMBERED_ACCOUNTS {
+            self.last.clear();
+        }
+        for row in rows {
+            let last = self.last.entry(row.account_id.clone()).or_insert(0);
+            *last = (*last).max(row.sequence);
+        }
+    }
+
+    /// The handed-over rows to publish now, in id order: each the next of its account, those
+    /// already published left out. `None` when one row's predecessor is not known to be
+    /// published: the outbox must be read.
+    fn next_round(&self, mut handed: Vec<store::OutboxRow>) -> Option<Vec<store::OutboxRow>> {
+        handed.sort_by_key(|r| r.id);
+        let mut next: HashMap<String, i64> = HashMap::new();
+        let mut fresh = Vec::with_capacity(handed.len());
+        for row in &handed {
+            let known = next.get(&row.account_id).or(self.last.get(&row.account_id));
+            let last = match known {
+                Some(&last) => last,
+                None if row.sequence == 1 => 0,
+                None => return None,
+            };
+            if row.sequence > last + 1 {
+                return None;
+            }
+            // At or below the last one: published already (the read that armed the hand-off
+            // saw it too).
+            fresh.push(row.sequence == last + 1);
+            if row.sequence == last + 1 {
+                next.insert(row.account_id.clone(), row.sequence);
+            }
+        }
+        let mut fresh = fresh.into_iter();
+        handed.retain(|_| fresh.next().unwrap_or(false));
+        Some(handed)
+    }
+}
+
 enum RelayError {
     /// The lock connection failed: leadership is uncertain, start over.
     Database(anyhow::Error),
     /// The broker failed: reconnect, keep the lock.
     Broker(anyhow::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, account: &str, sequence: i64) -> store::OutboxRow {
+        store::OutboxRow {
+            id,
+            event_id: uuid::Uuid::now_v7(),
+            account_id: account.into(),
+            sequence,
+            traceparent: None,
+            payload: Vec::new(),
+        }
+    }
+
+    fn round(order: &AccountOrder, handed: Vec<store::OutboxRow>) -> Option<Vec<i64>> {
+        order
+            .next_round(handed)
+            .map(|rows| rows.iter().map(|r| r.id).collect())
+    }
+
+    #[test]
+    fn rows_that_follow_the_last_published_go_out_in_id_order() {
+        let mut order = AccountOrder::default();
+        order.published(&[row(1, "A", 4), row(2, "B", 9)]);
+        let handed = vec![
+            row(5, "A", 6),
+            row(3, "A", 5),
+            row(4, "B", 10),
+            row(6, "C", 1),
+        ];
+        assert_eq!(round(&order, handed), Some(vec![3, 4, 5, 6]));
+    }
+
+    #[test]
+    fn rows_the_arming_read_published_are_left_out() {
+        let mut order = AccountOrder::default();
+        order.published(&[row(1, "A", 4), row(2, "A", 5)]);
+        let handed = vec![row(2, "A", 5), row(3, "A", 6)];
+        assert_eq!(round(&order, handed), Some(vec![3]));
+    }
+
+    #[test]
+    fn a_gap_or_an_account_not_published_lately_means_reading_the_outbox() {
+        let mut order = AccountOrder::default();
+        order.published(&[row(1, "A", 4)]);
+        // A's sequence 5 is not handed over: another replica committed it.
+        assert_eq!(round(&order, vec![row(7, "A", 6)]), None);
+        // B was last published by another leader, or forgotten.
+        assert_eq!(round(&order, vec![row(8, "B", 3)]), None);
+        assert_eq!(round(&order, vec![row(9, "A", 5), row(10, "B", 3)]), None);
+    }
 }

@@ -168,10 +168,13 @@ pub struct NewDeposit {
 
 /// Stores a batch of deposits in one statement: each account's `last_sequence` set to its
 /// latest deposit's, the deposit rows, and their outbox rows in the batch's order (outbox ids
-/// are the publishing order).
-pub async fn insert_deposits(conn: &mut PgConnection, batch: &[NewDeposit]) -> sqlx::Result<()> {
+/// are the publishing order). Returns each outbox row's id with its event id.
+pub async fn insert_deposits(
+    conn: &mut PgConnection,
+    batch: &[NewDeposit],
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
     let rows = || batch.iter().map(|d| &d.row);
-    sqlx::query(
+    sqlx::query_as(
         "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
                                   $6::text[], $7::timestamptz[], $8::text[], $9::bytea[])
@@ -186,7 +189,8 @@ pub async fn insert_deposits(conn: &mut PgConnection, batch: &[NewDeposit]) -> s
              SELECT deposit_id, event_id, account_id, sequence, amount_minor, currency, created_at FROM batch
          )
          INSERT INTO outbox (event_id, account_id, sequence, traceparent, payload)
-         SELECT event_id, account_id, sequence, traceparent, payload FROM batch ORDER BY ord",
+         SELECT event_id, account_id, sequence, traceparent, payload FROM batch ORDER BY ord
+         RETURNING event_id, id",
     )
     .bind(rows().map(|r| r.deposit_id).collect::<Vec<_>>())
     .bind(rows().map(|r| r.event_id).collect::<Vec<_>>())
@@ -197,9 +201,8 @@ pub async fn insert_deposits(conn: &mut PgConnection, batch: &[NewDeposit]) -> s
     .bind(rows().map(|r| r.created_at).collect::<Vec<_>>())
     .bind(batch.iter().map(|d| d.traceparent.as_deref()).collect::<Vec<_>>())
     .bind(batch.iter().map(|d| d.payload.as_slice()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_all(conn)
+    .await
 }
 
 /// A stored Idempotency-Key.
@@ -269,18 +272,20 @@ pub async fn save_idempotent_responses(
 }
 
 /// An outbox row waiting to be published.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
     pub account_id: String,
+    /// The account's sequence number of the event: one account's rows are published in it.
+    pub sequence: i64,
     pub traceparent: Option<String>,
     pub payload: Vec<u8>,
 }
 
 pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
-        "SELECT id, event_id, account_id, traceparent, payload FROM outbox
+        "SELECT id, event_id, account_id, sequence, traceparent, payload FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
@@ -297,7 +302,7 @@ pub async fn mark_published_and_fetch(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
         "WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY($1))
-         SELECT id, event_id, account_id, traceparent, payload FROM outbox
+         SELECT id, event_id, account_id, sequence, traceparent, payload FROM outbox
          WHERE published_at IS NULL AND id <> ALL($1) ORDER BY id LIMIT $2",
     )
     .bind(published)

@@ -10,7 +10,8 @@
 //! 3. decide each deposit in Rust (unknown or closed account, currency, next sequence);
 //! 4. store the deposits, their outbox rows and the new sequences (one statement), the claimed
 //!    keys' responses (one), give back the keys of refused requests (one);
-//! 5. commit, and only then answer every request of the batch.
+//! 5. commit, hand the outbox rows to the relay ([`crate::wakeup`]), and only then answer
+//!    every request of the batch.
 //!
 //! A refused deposit (an answer the client must get, like an unknown account) never touches the
 //! transaction, so it cannot fail the others. If a statement fails anyway, the batch rolls back
@@ -20,8 +21,9 @@
 
 use crate::error::ApiError;
 use crate::idempotency;
-use crate::store::{self, AccountRow, AccountStatus, DepositRow, NewDeposit};
+use crate::store::{self, AccountRow, AccountStatus, DepositRow, NewDeposit, OutboxRow};
 use crate::validate::ValidDeposit;
+use crate::wakeup::OutboxSignal;
 use axum::http::StatusCode;
 use chrono::{DateTime, SubsecRound, Utc};
 use eventbank_events::{AccountSnapshot, Currency, DepositCompleted, Money};
@@ -62,15 +64,21 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `writers` writer tasks storing up to `batch` deposits per transaction.
-    pub fn start(pool: PgPool, writers: usize, batch: usize) -> Self {
+    /// Starts `writers` writer tasks storing up to `batch` deposits per transaction and handing
+    /// the committed outbox rows to `outbox`.
+    pub fn start(pool: PgPool, outbox: Arc<OutboxSignal>, writers: usize, batch: usize) -> Self {
         let batch = batch.max(1);
         // Bounded: when the database is slower than the arrivals, requests wait here (and the
         // clients with them) instead of piling up in memory.
         let (jobs, receiver) = mpsc::channel(batch * writers.max(1) * 2);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
-            tokio::spawn(run(pool.clone(), Arc::clone(&receiver), batch));
+            tokio::spawn(run(
+                pool.clone(),
+                Arc::clone(&outbox),
+                Arc::clone(&receiver),
+                batch,
+            ));
         }
         Self { jobs }
     }
@@ -89,7 +97,12 @@ impl Writer {
 }
 
 /// One writer: take a batch, store it, answer it; until the channel closes and nothing is held.
-async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max: usize) {
+async fn run(
+    pool: PgPool,
+    outbox: Arc<OutboxSignal>,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max: usize,
+) {
     let mut held: VecDeque<Job> = VecDeque::new();
     loop {
         let mut batch: Vec<Job> = Vec::with_capacity(max);
@@ -112,7 +125,7 @@ async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max: usize
         }
         let (batch, later) = one_per_key(batch);
         held.extend(later);
-        apply(&pool, batch).await;
+        apply(&pool, &outbox, batch).await;
     }
 }
 
@@ -135,9 +148,9 @@ fn one_per_key(batch: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
 }
 
 /// Stores `batch` and answers each job once its deposit is committed (or refused).
-async fn apply(pool: &PgPool, batch: Vec<Job>) {
+async fn apply(pool: &PgPool, outbox: &OutboxSignal, batch: Vec<Job>) {
     let requests: Vec<&Request> = batch.iter().map(|j| &j.request).collect();
-    let outcomes = store_batch(pool, &requests).await;
+    let outcomes = store_batch(pool, outbox, &requests).await;
     for (job, outcome) in batch.into_iter().zip(outcomes) {
         // A client that went away no longer waits for its answer; its deposit stands.
         let _ = job.reply.send(outcome);
@@ -145,9 +158,13 @@ async fn apply(pool: &PgPool, batch: Vec<Job>) {
 }
 
 /// Stores `requests` in one transaction, or, if a statement fails, each in its own: an outcome
-/// per request, in order.
-pub async fn store_batch(pool: &PgPool, requests: &[&Request]) -> Vec<Outcome> {
-    let error = match write(pool, requests).await {
+/// per request, in order. What is committed is handed to `outbox`.
+pub async fn store_batch(
+    pool: &PgPool,
+    outbox: &OutboxSignal,
+    requests: &[&Request],
+) -> Vec<Outcome> {
+    let error = match write(pool, outbox, requests).await {
         Ok(outcomes) => return outcomes,
         Err(e) if requests.len() == 1 => return vec![Err(e)],
         Err(e) => e,
@@ -155,7 +172,7 @@ pub async fn store_batch(pool: &PgPool, requests: &[&Request]) -> Vec<Outcome> {
     tracing::warn!(error = %error, deposits = requests.len(), "a batch of deposits failed; storing them one by one");
     let mut outcomes = Vec::with_capacity(requests.len());
     for request in requests {
-        let outcome = match write(pool, &[request]).await {
+        let outcome = match write(pool, outbox, &[request]).await {
             Ok(mut alone) => alone
                 .pop()
                 .unwrap_or_else(|| Err(anyhow::anyhow!("no outcome").into())),
@@ -167,8 +184,12 @@ pub async fn store_batch(pool: &PgPool, requests: &[&Request]) -> Vec<Outcome> {
 }
 
 /// One transaction for `requests`: an outcome per request, in order, or the error that rolled
-/// the whole batch back.
-async fn write(pool: &PgPool, requests: &[&Request]) -> Result<Vec<Outcome>, ApiError> {
+/// the whole batch back. Once committed, its outbox rows are handed to `outbox`.
+async fn write(
+    pool: &PgPool,
+    outbox: &OutboxSignal,
+    requests: &[&Request],
+) -> Result<Vec<Outcome>, ApiError> {
     let mut tx = pool.begin().await?;
     let mut outcomes: Vec<Option<Outcome>> = requests.iter().map(|_| None).collect();
     let fingerprints: Vec<Option<String>> = requests
@@ -201,9 +222,11 @@ async fn write(pool: &PgPool, requests: &[&Request]) -> Result<Vec<Outcome>, Api
             }
         }
     }
-    if !stored.is_empty() {
-        store::insert_deposits(&mut tx, &stored).await?;
-    }
+    let ids = if stored.is_empty() {
+        Vec::new()
+    } else {
+        store::insert_deposits(&mut tx, &stored).await?
+    };
     if !answers.is_empty() {
         let (keys, bodies): (Vec<&str>, Vec<Value>) = answers.into_iter().unzip();
         store::save_idempotent_responses(&mut tx, &keys, &bodies).await?;
@@ -212,10 +235,36 @@ async fn write(pool: &PgPool, requests: &[&Request]) -> Result<Vec<Outcome>, Api
         store::release_idempotency_keys(&mut tx, &released).await?;
     }
     tx.commit().await?;
+    if !stored.is_empty() {
+        match outbox_rows(stored, &ids) {
+            Some(rows) => outbox.committed(rows),
+            // Not expected (the insert returns every row's id); the relay reads them instead.
+            None => outbox.committed_unseen(),
+        }
+    }
     Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(anyhow::anyhow!("deposit left undecided").into())))
         .collect())
+}
+
+/// The committed outbox rows of `stored`, given each one's id by event id; `None` if an id is
+/// missing.
+fn outbox_rows(stored: Vec<NewDeposit>, ids: &[(Uuid, i64)]) -> Option<Vec<OutboxRow>> {
+    let ids: HashMap<Uuid, i64> = ids.iter().copied().collect();
+    stored
+        .into_iter()
+        .map(|d| {
+            Some(OutboxRow {
+                id: *ids.get(&d.row.event_id)?,
+                event_id: d.row.event_id,
+                account_id: d.row.account_id.as_str().to_owned(),
+                sequence: d.row.sequence,
+                traceparent: d.traceparent,
+                payload: d.payload,
+            })
+        })
+        .collect()
 }
 
 /// Claims the keyed requests' Idempotency-Keys; a request whose key was used before is decided

@@ -4,6 +4,7 @@
 use crate::TestApp;
 use deposit::error::ApiError;
 use deposit::validate::ValidDeposit;
+use deposit::wakeup::OutboxSignal;
 use deposit::writer::{self, Accepted, Outcome, Request};
 use eventbank_events::{AccountId, Currency, Money};
 use eventbank_runtime::testing::TestDatabase;
@@ -74,6 +75,7 @@ async fn a_batch_is_one_transaction_and_refusals_stay_out_of_it() {
     // An earlier request stored key "used" with another body.
     let earlier = writer::store_batch(
         &db.pool,
+        &OutboxSignal::new(),
         &[&request("ACC-0001", "9.00", "USD", Some("used"))],
     )
     .await;
@@ -89,7 +91,7 @@ async fn a_batch_is_one_transaction_and_refusals_stay_out_of_it() {
         request("ACC-0001", "7.00", "USD", None),
     ];
     let refs: Vec<&Request> = batch.iter().collect();
-    let outcomes = writer::store_batch(&db.pool, &refs).await;
+    let outcomes = writer::store_batch(&db.pool, &OutboxSignal::new(), &refs).await;
 
     assert!(matches!(outcomes[1], Err(ApiError::UnknownAccount(_))));
     assert!(matches!(
@@ -136,6 +138,7 @@ async fn a_batch_is_one_transaction_and_refusals_stay_out_of_it() {
     assert_eq!(keys, [("fresh".to_owned(), 201), ("used".to_owned(), 201)]);
     let again = writer::store_batch(
         &db.pool,
+        &OutboxSignal::new(),
         &[&request("ACC-0004", "2.00", "USD", Some("fresh"))],
     )
     .await;
@@ -165,13 +168,31 @@ async fn a_failing_deposit_costs_its_batch_only_a_retry() {
         request("ACC-0004", "3.00", "USD", None),
     ];
     let refs: Vec<&Request> = batch.iter().collect();
-    let outcomes = writer::store_batch(&db.pool, &refs).await;
+    let relay = OutboxSignal::new();
+    relay.set_leader(true);
+    relay.arm();
+    let outcomes = writer::store_batch(&db.pool, &relay, &refs).await;
     assert!(matches!(outcomes[1], Err(ApiError::Internal(_))));
     for i in [0, 2, 3] {
         assert!(created(&outcomes[i]).is_some(), "deposit {i} is stored");
     }
     // Gap-free: the failed deposit's sequence went to the next one.
     assert_eq!(outbox_sequences(&db.pool).await["ACC-0001"], [1, 2]);
+    // The relay is handed exactly the committed outbox rows, with their ids; nothing of the
+    // rolled-back batch.
+    let mut handed: Vec<(i64, uuid::Uuid, String, i64)> = relay
+        .take()
+        .expect("every committed row was handed over")
+        .into_iter()
+        .map(|r| (r.id, r.event_id, r.account_id, r.sequence))
+        .collect();
+    handed.sort();
+    let outbox: Vec<(i64, uuid::Uuid, String, i64)> =
+        sqlx::query_as("SELECT id, event_id, account_id, sequence FROM outbox ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(handed, outbox);
     let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
         .fetch_all(&db.pool)
         .await

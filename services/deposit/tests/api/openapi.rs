@@ -31,8 +31,12 @@ async fn setup() -> (TestDatabase, axum::Router, utoipa::openapi::OpenApi) {
         pool: db.pool.clone(),
         config: Arc::new(crate::config(&db)),
         metrics: DepositMetrics::register(&mut registry),
-        outbox: Arc::new(deposit::wakeup::OutboxSignal::new()),
-        writer: deposit::writer::Writer::start(db.pool.clone(), 1, 8),
+        writer: deposit::writer::Writer::start(
+            db.pool.clone(),
+            Arc::new(deposit::wakeup::OutboxSignal::new()),
+            1,
+            8,
+        ),
     };
     let (router, spec) = service_router(api::router(state), ops_state(db.pool.clone()));
     (db, router, spec)
