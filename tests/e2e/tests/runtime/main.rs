@@ -128,3 +128,124 @@ async fn a_second_relay_stands_by_and_takes_over_when_the_leader_dies() {
     assert!(report.ok(), "{report}");
     world.cleanup().await.unwrap();
 }
+
+/// Two replicas take deposits for the same accounts at once while one relay leads: it is
+/// handed its own replica's rows in memory and must read the other's from the outbox, yet
+/// every account's events reach the broker in sequence order, each once. A relay that published
+/// a handed row without checking its account's previous sequence sends some of them early.
+#[tokio::test]
+async fn with_two_writers_each_accounts_events_are_published_in_sequence_order() {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use std::collections::BTreeMap;
+    const PER_REPLICA: usize = 120;
+    // The demo accounts, with their currencies.
+    const ACCOUNTS: [(&str, &str); 3] = [
+        ("ACC-0001", "USD"),
+        ("ACC-0004", "USD"),
+        ("ACC-0002", "EUR"),
+    ];
+
+    let world = TestWorld::new().await.unwrap();
+    let connection = Connection::connect(world.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let exchange = world.bank_events_exchange();
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let probe = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            probe.name().as_str().into(),
+            exchange.as_str().into(),
+            "deposit.completed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut received = channel
+        .basic_consume(
+            probe.name().as_str().into(),
+            "order-probe".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let first = world.start(Svc::Deposit, &[]).await.unwrap();
+    let second = world.start(Svc::Deposit, &[]).await.unwrap();
+    let writer = |handle: ServiceHandle| async move {
+        // Eight requests at a time per replica, spread over the accounts: both replicas'
+        // group commits interleave on every account.
+        let bodies: Vec<_> = (0..PER_REPLICA)
+            .map(|i| {
+                let (account, currency) = ACCOUNTS[i % ACCOUNTS.len()];
+                json!({"account_id": account, "amount": "1.00", "currency": currency})
+            })
+            .collect();
+        for chunk in bodies.chunks(8) {
+            let posts = chunk.iter().map(|body| {
+                let url = handle.url("/deposits");
+                async move { post_json(&url, body, &[]).await?.require(201) }
+            });
+            for outcome in futures_util::future::join_all(posts).await {
+                outcome.unwrap();
+            }
+        }
+    };
+    tokio::join!(writer(first.clone()), writer(second.clone()));
+
+    let mut by_account: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let total = 2 * PER_REPLICA;
+    let collect = async {
+        let mut seen = 0;
+        while seen < total {
+            let delivery = received.next().await.unwrap().unwrap();
+            let event = eventbank_events::decode(&delivery.data).unwrap();
+            by_account
+                .entry(event.account_id.as_str().to_owned())
+                .or_default()
+                .push(event.sequence);
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            seen += 1;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("every deposit is published within 60 s");
+    for (account, sequences) in &by_account {
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(
+            sequences, &expected,
+            "{account}'s events in the order published"
+        );
+    }
+    assert_eq!(by_account.values().map(Vec::len).sum::<usize>(), total);
+    connection.close(200, "done".into()).await.unwrap();
+    world.cleanup().await.unwrap();
+}
