@@ -196,7 +196,7 @@ impl Relay {
         let next = store::mark_published_and_fetch(lock, &ids, limit)
             .await
             .map_err(database)?;
-        self.published(unmarked);
+        self.metrics.published.inc_by(unmarked.len() as u64);
         unmarked.clear();
         Ok(next)
     }
@@ -297,6 +297,7 @@ impl Relay {
             // Only the confirmed prefix is marked: order is kept, and anything after a failure
             // is published again (consumers deduplicate); the caller marks it on the way out.
             rows.truncate(confirmed);
+            confirmed_log(&rows);
             order.published(&rows);
             unmarked.append(&mut rows);
             oldest_unmarked.get_or_insert_with(Instant::now);
@@ -327,25 +328,25 @@ impl Relay {
         self.mark_and_fetch(lock, unmarked, self.batch).await
     }
 
-    fn published(&self, rows: &[store::OutboxRow]) {
-        self.metrics.published.inc_by(rows.len() as u64);
-        for row in rows {
-            tracing::debug!(event_id = %row.event_id, account_id = %row.account_id, "published");
-        }
-        if let Some(first) = rows.first() {
-            tracing::info!(
-                count = rows.len(),
-                first_id = first.id,
-                "outbox rows published"
-            );
-        }
-    }
-
     async fn refresh_backlog(&self, lock: &mut PgConnection) -> anyhow::Result<()> {
         let (count, age) = store::outbox_backlog(lock).await?;
         self.metrics.outbox_backlog.set(count);
         self.metrics.outbox_oldest_age_seconds.set(age);
         Ok(())
+    }
+}
+
+/// Logs rows the broker confirmed.
+fn confirmed_log(rows: &[store::OutboxRow]) {
+    for row in rows {
+        tracing::debug!(event_id = %row.event_id, account_id = %row.account_id, "published");
+    }
+    if let Some(first) = rows.first() {
+        tracing::info!(
+            count = rows.len(),
+            first_id = first.id,
+            "outbox rows published"
+        );
     }
 }
 

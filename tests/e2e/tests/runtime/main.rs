@@ -124,8 +124,8 @@ async fn a_second_relay_stands_by_and_takes_over_when_the_leader_dies() {
     })
     .await
     .unwrap();
-    let report = eventbank_e2e::invariants::check(&world).await.unwrap();
-    assert!(report.ok(), "{report}");
+    // Polled: the last rows published are marked up to RELAY_MARK_DELAY_MS later.
+    eventbank_e2e::flows::settle(&world, 10).await.unwrap();
     world.cleanup().await.unwrap();
 }
 
