@@ -5,10 +5,10 @@ mod cli;
 mod dlq;
 
 use eventbank_e2e::{ServiceHandle, Svc, TestWorld, eventually, get_text, post_json};
+use eventbank_runtime::amqp::{Names, declare_events_exchange};
 use eventbank_runtime::publisher::{PublishError, Publisher};
-use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 use std::time::Duration;
 
@@ -21,17 +21,7 @@ async fn an_unroutable_message_is_a_publish_failure_not_a_success() {
     let publisher = Publisher::new(&connection).await.unwrap();
     // The events exchange exists but nothing is bound to it: no consumer has declared its queues.
     let exchange = world.bank_events_exchange();
-    publisher
-        .channel()
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    declare_events_exchange(publisher.channel(), &Names::new(world.id()))
         .await
         .unwrap();
     let message = eventbank_runtime::publisher::deposit_message(
@@ -154,16 +144,7 @@ async fn with_two_writers_each_accounts_events_are_published_in_sequence_order()
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let exchange = world.bank_events_exchange();
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    declare_events_exchange(&channel, &Names::new(world.id()))
         .await
         .unwrap();
     let probe = channel
