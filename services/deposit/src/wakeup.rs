@@ -5,7 +5,7 @@
 //! deposits that notify commit one fsync at a time (BENCHMARKS.md, Optimisations: about half
 //! the throughput of the deposit transaction). So no deposit transaction notifies; instead:
 //!
-//! - the API calls [`OutboxSignal::committed`] after each commit, which wakes this process's
+//! - the writers call [`OutboxSignal::committed`] after each commit, which wakes this process's
 //!   relay directly (a `tokio::sync::Notify` permit, never lost: a wake-up that arrives while
 //!   the relay is busy is kept for its next wait);
 //! - when this process's relay is NOT the leader, a notifier task sends one `NOTIFY outbox`
