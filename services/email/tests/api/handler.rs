@@ -152,3 +152,30 @@ async fn count_rows_with_status(pool: &sqlx::PgPool, status: &str) -> i64 {
         .await
         .expect("count")
 }
+
+/// Each email's Message-ID is its event id's (migration 0003): with the event id the primary
+/// key, that keeps Message-IDs unique without an index of their own. A row whose Message-ID is
+/// not derived from its event id is refused.
+#[tokio::test]
+async fn a_message_id_not_derived_from_the_event_id_is_refused() {
+    let db = database().await;
+    let (first, second) = (alice(100), alice(200));
+    handle(&db.pool, &[first.clone(), second.clone()]).await;
+    let stored: String = sqlx::query_scalar("SELECT message_id FROM emails WHERE event_id = $1")
+        .bind(first.event_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, crate::helpers::message_id(&first));
+    let refused = sqlx::query("UPDATE emails SET message_id = $1 WHERE event_id = $2")
+        .bind(&stored)
+        .bind(second.event_id)
+        .execute(&db.pool)
+        .await
+        .expect_err("another email's Message-ID");
+    assert!(
+        refused.to_string().contains("emails_message_id_derived"),
+        "{refused}"
+    );
+    db.drop_db().await.expect("drop");
+}
