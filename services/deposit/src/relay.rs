@@ -388,8 +388,8 @@ impl AccountOrder {
     fn next_round(&self, mut handed: Vec<store::OutboxRow>) -> Option<Vec<store::OutboxRow>> {
         handed.sort_by_key(|r| r.id);
         let mut next: HashMap<String, i64> = HashMap::new();
-        let mut fresh = Vec::with_capacity(handed.len());
-        for row in &handed {
+        let mut round = Vec::with_capacity(handed.len());
+        for row in handed {
             let known = next.get(&row.account_id).or(self.last.get(&row.account_id));
             let last = match known {
                 Some(&last) => last,
@@ -401,14 +401,12 @@ impl AccountOrder {
             }
             // At or below the last one: published already (the read that armed the hand-off
             // saw it too).
-            fresh.push(row.sequence == last + 1);
             if row.sequence == last + 1 {
                 next.insert(row.account_id.clone(), row.sequence);
+                round.push(row);
             }
         }
-        let mut fresh = fresh.into_iter();
-        handed.retain(|_| fresh.next().unwrap_or(false));
-        Some(handed)
+        Some(round)
     }
 }
 

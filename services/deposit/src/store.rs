@@ -272,7 +272,7 @@ pub async fn save_idempotent_responses(
 }
 
 /// An outbox row waiting to be published.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
