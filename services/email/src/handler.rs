@@ -7,7 +7,7 @@ use crate::metrics::EmailMetrics;
 use crate::render::{Rendered, render};
 use crate::store::{self, Outgoing};
 use eventbank_events::DepositCompleted;
-use eventbank_runtime::consumer::{Handler, HandlerError};
+use eventbank_runtime::consumer::{Handler, HandlerError, Landing};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -69,6 +69,20 @@ impl Handler for EmailHandler {
             self.handoff.inserted(&reserved, emails);
         }
         Ok(())
+    }
+
+    /// Records the deliveries the sender offered for a ride (see [`crate::handoff`]).
+    async fn ride_along(
+        &self,
+        tx: &mut PgConnection,
+    ) -> Result<Option<Box<dyn Landing>>, HandlerError> {
+        let Some(ride) = self.handoff.sent().board() else {
+            return Ok(None);
+        };
+        store::mark_sent(tx, ride.items()).await.map_err(|e| {
+            HandlerError::Unavailable(format!("recording deliveries in this transaction: {e}"))
+        })?;
+        Ok(Some(Box::new(ride)))
     }
 
     /// Logged here rather than in `handle`: only now are the emails really queued, and only

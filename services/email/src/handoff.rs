@@ -14,8 +14,14 @@
 //! A reservation lives from `reserve` (before the insert) until `committed` moves it to the
 //! sender. A transaction that rolls back never reaches `committed`; its reservations are
 //! dropped once they are too old to be sent (`start_by`), or replaced when the batch is retried.
+//!
+//! The way back: the sender offers the delivery records of a few emails ([`Handoff::sent`])
+//! to the consumer's next transaction, which writes them with its events
+//! ([`eventbank_runtime::piggyback`]), so at light load an email costs the consumer's commit
+//! and no commit of its own for the delivery record.
 
 use crate::store::Outgoing;
+use eventbank_runtime::piggyback::Piggyback;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,6 +43,8 @@ struct Inner {
     ready: Notify,
     /// Emails were queued in the table without a lease: the sender should claim.
     queued: Notify,
+    /// Delivered emails whose `sent` record rides the consumer's next transaction.
+    sent: Piggyback<Uuid>,
 }
 
 #[derive(Default)]
@@ -76,8 +84,14 @@ impl Handoff {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
                 queued: Notify::new(),
+                sent: Piggyback::default(),
             }),
         }
+    }
+
+    /// Delivery records on their way back to the consumer's transactions.
+    pub fn sent(&self) -> &Piggyback<Uuid> {
+        &self.inner.sent
     }
 
     /// How long a handed-off email is leased for.

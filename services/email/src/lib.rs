@@ -54,7 +54,8 @@ pub struct Config {
     /// `EMAIL_RETRY_BASE_MS` (default 1,000) the delay after the first failed attempt, which
     /// doubles per attempt up to `EMAIL_RETRY_CAP_SECS` (default 300); `EMAIL_LEASE_SECS`
     /// (default 300) how long a crashed sender's claimed or handed-off emails wait before another
-    /// sends them.
+    /// sends them; `EMAIL_MARK_DELAY_MS` (default 100) how long a few deliveries wait to be
+    /// recorded by the consumer's next transaction.
     pub sender: SenderSettings,
 }
 
@@ -85,6 +86,10 @@ impl Config {
             lease: Duration::from_secs(env_parse(
                 "EMAIL_LEASE_SECS",
                 SenderSettings::default().lease.as_secs(),
+            )?),
+            mark_delay: Duration::from_millis(env_parse(
+                "EMAIL_MARK_DELAY_MS",
+                SenderSettings::default().mark_delay.as_millis() as u64,
             )?),
             ..SenderSettings::default()
         };

@@ -62,6 +62,11 @@ pub struct SenderSettings {
     /// Emails the consumer may hand to this sender in memory (reserved or waiting); beyond it
     /// they are queued for the claim. 0 turns the hand-off off.
     pub handoff_capacity: usize,
+    /// How long, at most, a few deliveries wait for the consumer's next transaction to record
+    /// them (`EMAIL_MARK_DELAY_MS`) before the sender records them in a statement of its own.
+    /// At light load that transaction comes within milliseconds, and an email costs one commit,
+    /// not two. 0 turns it off.
+    pub mark_delay: Duration,
 }
 
 impl Default for SenderSettings {
@@ -77,6 +82,7 @@ impl Default for SenderSettings {
             smtp_timeout: Duration::from_secs(10),
             // Two batches: one waiting while the previous one is sent.
             handoff_capacity: 288,
+            mark_delay: Duration::from_millis(100),
         }
     }
 }
@@ -151,6 +157,9 @@ impl<'a> Round<'a> {
         }
     }
 }
+
+/// The most deliveries one recording offers to ride the consumer's next transaction.
+const RIDE_MAX: usize = 8;
 
 /// How often the sender refreshes the queue-depth gauge at most.
 const DEPTH_REFRESH: Duration = Duration::from_secs(1);
@@ -295,7 +304,7 @@ impl Sender {
             if recording.is_none() && !round.delivered.is_empty() {
                 round.recording_len = round.delivered.len();
                 recording = Some(Box::pin(
-                    self.record_sent(std::mem::take(&mut round.delivered)),
+                    self.record_sent(std::mem::take(&mut round.delivered), shutdown),
                 ));
             }
             if in_flight.is_empty() && recording.is_none() {
@@ -342,16 +351,36 @@ impl Sender {
         Ok(())
     }
 
-    /// Records deliveries in one statement. On failure the messages are out but not recorded:
-    /// the lease brings them back and they are sent again (same Message-IDs).
-    async fn record_sent(&self, delivered: Vec<&Outgoing>) -> anyhow::Result<()> {
+    /// Records deliveries: a few ride the consumer's next transaction if one comes within
+    /// `mark_delay` (or before shutdown); the rest go in one statement. On failure the messages are out but not
+    /// recorded: the lease brings them back and they are sent again (same Message-IDs).
+    async fn record_sent(
+        &self,
+        delivered: Vec<&Outgoing>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
         if delivered.is_empty() {
             return Ok(());
         }
-        let ids: Vec<_> = delivered.iter().map(|e| e.event_id).collect();
-        let recorded = match self.pool.acquire().await {
-            Ok(mut conn) => store::mark_sent(&mut conn, &ids).await,
-            Err(e) => Err(e),
+        let mut ids: Vec<_> = delivered.iter().map(|e| e.event_id).collect();
+        // Only a few: a larger group means a busy sender, which must not wait (no send starts
+        // while twice its concurrency are unrecorded) and records in bulk cheaply anyway.
+        if !self.settings.mark_delay.is_zero() && ids.len() <= RIDE_MAX {
+            let until = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.mark_delay) => {}
+                    _ = shutdown.triggered() => {}
+                }
+            };
+            ids = self.handoff.sent().ride(ids, until).await;
+        }
+        let recorded = if ids.is_empty() {
+            Ok(())
+        } else {
+            match self.pool.acquire().await {
+                Ok(mut conn) => store::mark_sent(&mut conn, &ids).await,
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = recorded {
             tracing::error!(error = %e, count = ids.len(), "emails delivered but not marked sent; they will be resent");

@@ -88,6 +88,29 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called after the transaction committed, before the ack (wake a sender, log).
     fn committed(&self, _events: &[DepositCompleted]) {}
+
+    /// Writes of the service's own that ride this transaction instead of committing on their
+    /// own ([`crate::piggyback`]): called last in every dedup transaction, after `handle`. The
+    /// ride is reported landed once the transaction has committed, and goes back to its owner
+    /// if it does not. Return a transient error ([`HandlerError::Unavailable`]) on failure, so
+    /// the batch is retried (without the ride) rather than isolated.
+    fn ride_along(
+        &self,
+        _tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<Option<Box<dyn Landing>>, HandlerError>> + Send {
+        async { Ok(None) }
+    }
+}
+
+/// A ride a transaction carried ([`Handler::ride_along`]), to report once it has committed.
+pub trait Landing: Send {
+    fn landed(self: Box<Self>);
+}
+
+impl<T: Eq + std::hash::Hash + Send> Landing for crate::piggyback::Ride<T> {
+    fn landed(self: Box<Self>) {
+        (*self).landed();
+    }
 }
 
 /// Everything the consumer runtime needs.
@@ -575,8 +598,9 @@ async fn process_one<H: Handler>(
 
 /// The dedup transaction, exactly as the consumer loop runs it (public so that services' tests
 /// exercise the real path without a broker): insert the ids into `processed_events`, hand only
-/// the new events to the handler, commit. Returns the events that were new, in order. Does not
-/// call [`Handler::committed`]; the loop does, before it acks.
+/// the new events to the handler, add its ride ([`Handler::ride_along`]), commit. Returns the
+/// events that were new, in order. Does not call [`Handler::committed`]; the loop does, before
+/// it acks.
 pub async fn deliver<H: Handler>(
     pool: &PgPool,
     handler: &H,
@@ -601,7 +625,11 @@ pub async fn deliver<H: Handler>(
     if !fresh.is_empty() {
         handler.handle(&mut tx, &fresh).await?;
     }
+    let ride = handler.ride_along(&mut tx).await?;
     tx.commit().await?;
+    if let Some(ride) = ride {
+        ride.landed();
+    }
     for duplicate in duplicates(events, &fresh) {
         tracing::info!(
             event_id = %duplicate.event_id, account_id = %duplicate.account_id,

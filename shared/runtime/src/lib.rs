@@ -14,6 +14,7 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, RFC 9457 problem responses, the OpenAPI
 //!   document and Swagger UI (`/openapi.json`, `/docs`), serving.
 //! - [`metrics`]: the Prometheus registry shared by the runtime and the service.
+//! - [`piggyback`]: small follow-up writes that ride the next transaction's commit.
 //! - [`service`]: `start` (what every `main` does before `run`) and the consumer-service skeleton.
 //! - [`trace`]: the W3C trace context carried from the deposit request through every event.
 //! - [`batch`], [`account_ids`]: small helpers the consumers' handlers share.
@@ -32,6 +33,7 @@ pub mod db;
 pub mod http;
 pub mod membership;
 pub mod metrics;
+pub mod piggyback;
 pub mod publisher;
 pub mod service;
 pub mod shutdown;

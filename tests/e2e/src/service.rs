@@ -46,6 +46,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "SMTP_PORT",
     "EMAIL_FROM",
     "EMAIL_MAX_ATTEMPTS",
+    "EMAIL_MARK_DELAY_MS",
     "DB_MAX_CONNECTIONS",
     "DRAIN_TIMEOUT_SECS",
     "MAX_WAIT_MS",

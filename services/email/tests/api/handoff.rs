@@ -3,10 +3,10 @@
 
 use crate::helpers::{
     SmtpSink, alice, database, deliver_with, fast_settings, handle, message_id, row, smtp_mailer,
-    sorted_message_ids, start_sender, start_sender_with, wait_all_sent,
+    sorted_message_ids, start_sender, start_sender_with, wait_all_sent, wait_for,
 };
 use email::store::{self, EmailStatus};
-use email::{EmailHandler, EmailMetrics, Handoff};
+use email::{EmailHandler, EmailMetrics, Handoff, SenderSettings};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -92,6 +92,96 @@ async fn a_delivered_email_costs_two_write_transactions_and_a_batch_costs_less_p
     want.sort();
     assert_eq!(sorted_message_ids(&sink), want, "each email exactly once");
     assert!(handoff.is_empty());
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn at_light_load_a_delivery_record_rides_the_consumers_next_transaction() {
+    let db = database().await;
+    log_write_transactions(&db.pool).await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    // Long enough that every record waits for the next deposit's transaction.
+    let settings = SenderSettings {
+        mark_delay: Duration::from_secs(30),
+        ..fast_settings()
+    };
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let sender = start_sender_with(&db.pool, smtp_mailer(sink.port()), settings, handoff.clone());
+
+    // One deposit at a time, each after the previous email was delivered and its record
+    // offered: the next deposit's transaction carries it.
+    let events: Vec<_> = (1..=10).map(|i| alice(100 * i)).collect();
+    for e in &events {
+        assert_eq!(deliver_with(&db.pool, &handler, std::slice::from_ref(e)).await, 1);
+        wait_for("the delivery record offered", Duration::from_secs(20), || async {
+            (handoff.sent().waiting() == 1).then_some(())
+        })
+        .await;
+    }
+    // Nothing comes after the tenth: its record would be written alone when its wait ends,
+    // and stopping the sender ends the wait.
+    sender.stop().await;
+
+    // Ten consumer transactions, each recording the previous email, and the last record.
+    assert_eq!(write_transactions(&db.pool).await, 11);
+    for e in &events {
+        let stored = row(&db.pool, e.event_id).await.expect("row");
+        assert_eq!(stored.summary.status, EmailStatus::Sent);
+        assert_eq!(stored.summary.attempts, 1);
+    }
+    let mut want: Vec<String> = events.iter().map(message_id).collect();
+    want.sort();
+    assert_eq!(sorted_message_ids(&sink), want, "each email exactly once");
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
+
+#[tokio::test]
+async fn a_delivery_record_whose_transaction_rolls_back_is_written_by_the_sender_at_once() {
+    let db = database().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    let settings = SenderSettings {
+        mark_delay: Duration::from_secs(300),
+        ..fast_settings()
+    };
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let sender = start_sender_with(&db.pool, smtp_mailer(sink.port()), settings, handoff.clone());
+
+    let first = alice(100);
+    assert_eq!(deliver_with(&db.pool, &handler, std::slice::from_ref(&first)).await, 1);
+    wait_for("the record offered", Duration::from_secs(20), || async {
+        (handoff.sent().waiting() == 1).then_some(())
+    })
+    .await;
+    // The next transaction carries the record and then fails at its commit.
+    let doomed = alice(200);
+    // A uuid the test made: nothing to inject.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION 'refused at commit';
+         END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON processed_events
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             WHEN (NEW.event_id = '{}') EXECUTE FUNCTION refuse();",
+        doomed.event_id
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("trigger");
+    let failed =
+        eventbank_runtime::consumer::deliver(&db.pool, &handler, std::slice::from_ref(&doomed))
+            .await;
+    assert!(failed.is_err(), "the commit was refused");
+
+    // Handed back, the record is the sender's to write, long before its 300 s wait ends.
+    wait_all_sent(&db.pool, std::slice::from_ref(&first), Duration::from_secs(20)).await;
+    assert_eq!(handoff.sent().waiting(), 0, "not offered again");
+    sender.stop().await;
+    assert_eq!(sorted_message_ids(&sink), [message_id(&first)], "sent once");
     drop(sink);
     db.drop_db().await.expect("drop");
 }
