@@ -229,3 +229,46 @@ async fn concurrent_requests_share_commits() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_relays_marks_ride_the_next_batch_and_rows_being_marked_are_left_out_of_its_read() {
+    let db = database().await;
+    let relay = OutboxSignal::new();
+    relay.set_leader(true);
+    relay.arm();
+    let first = request("ACC-0001", "1.00", "USD", None);
+    writer::store_batch(&db.pool, &relay, &[&first]).await;
+    let published: Vec<i64> = relay.take().unwrap().iter().map(|r| r.id).collect();
+    let mut offered: HashSet<i64> = published.iter().copied().collect();
+
+    // The relay published the first row and offers its mark: the next batch writes it.
+    relay.published().offer(published.iter().copied());
+    let second = request("ACC-0004", "2.00", "USD", None);
+    writer::store_batch(&db.pool, &relay, &[&second]).await;
+    let rows: Vec<(i64, String, bool)> = sqlx::query_as(
+        "SELECT id, xmin::text, published_at IS NOT NULL FROM outbox ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let [(first_id, marked_by, true), (second_id, inserted_by, false)] = rows.as_slice() else {
+        panic!("the first row marked, the second not: {rows:?}");
+    };
+    assert_eq!(marked_by, inserted_by, "marked in the second batch's transaction");
+    assert_eq!(published, [*first_id]);
+    let settled = relay.published().settle(&mut offered, true);
+    assert_eq!((settled.landed, settled.own), (published, Vec::new()));
+
+    // While a writer is marking the second row, the relay's read leaves it out.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let read = deposit::store::mark_published_and_fetch(&mut conn, &[], &[*second_id], 10)
+        .await
+        .unwrap();
+    assert!(read.is_empty(), "{read:?}");
+    let read = deposit::store::mark_published_and_fetch(&mut conn, &[], &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(read.iter().map(|r| r.id).collect::<Vec<_>>(), [*second_id]);
+    drop(conn);
+    db.drop_db().await.unwrap();
+}
