@@ -30,7 +30,7 @@ use eventbank_runtime::{CommonConfig, Shutdown};
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +165,7 @@ impl Relay {
         listener: &mut PgListener,
         shutdown: &Shutdown,
     ) -> Result<(), RelayError> {
-        let mut unmarked = Unmarked::default();
+        let mut unmarked = Vec::new();
         let outcome = self
             .publish_rounds(connection, names, lock, listener, shutdown, &mut unmarked)
             .await;
@@ -177,39 +177,27 @@ impl Relay {
     }
 
     /// Marks `unmarked` (confirmed rows) published and reads the next round of up to `limit`
-    /// rows, in one statement; with nothing to mark, only reads. Marks offered to the writers
-    /// are settled first: those a writer's transaction wrote are done, those no writer took
-    /// are marked here, and those a writer's transaction is writing right now are left to it
-    /// (and out of the read).
+    /// rows, in one statement; with nothing to mark, only reads.
     async fn mark_and_fetch(
         &self,
         lock: &mut PgConnection,
-        unmarked: &mut Unmarked,
+        unmarked: &mut Vec<store::OutboxRow>,
         limit: i64,
     ) -> Result<Vec<store::OutboxRow>, RelayError> {
         let database = |e: sqlx::Error| RelayError::Database(e.into());
-        let settled = self
-            .outbox
-            .published()
-            .settle(&mut unmarked.offered, true);
-        self.metrics.published.inc_by(settled.landed.len() as u64);
-        unmarked.ids.extend(settled.own);
-        let riding: Vec<i64> = unmarked.offered.iter().copied().collect();
-        if unmarked.ids.is_empty() && riding.is_empty() {
+        if unmarked.is_empty() {
             return if limit > 0 {
                 store::unpublished(lock, limit).await.map_err(database)
             } else {
                 Ok(Vec::new())
             };
         }
-        if unmarked.ids.is_empty() && limit == 0 {
-            return Ok(Vec::new());
-        }
-        let next = store::mark_published_and_fetch(lock, &unmarked.ids, &riding, limit)
+        let ids: Vec<i64> = unmarked.iter().map(|r| r.id).collect();
+        let next = store::mark_published_and_fetch(lock, &ids, limit)
             .await
             .map_err(database)?;
-        self.metrics.published.inc_by(unmarked.ids.len() as u64);
-        unmarked.ids.clear();
+        self.metrics.published.inc_by(unmarked.len() as u64);
+        unmarked.clear();
         Ok(next)
     }
 
@@ -220,7 +208,7 @@ impl Relay {
         lock: &mut PgConnection,
         listener: &mut PgListener,
         shutdown: &Shutdown,
-        unmarked: &mut Unmarked,
+        unmarked: &mut Vec<store::OutboxRow>,
     ) -> Result<(), RelayError> {
         let publisher = Publisher::new(connection)
             .await
@@ -277,10 +265,7 @@ impl Relay {
                         handed
                     }
                     None if wake == Wake::Timer && Instant::now() < poll_at => {
-                        let rows = self.mark_and_fetch(lock, unmarked, 0).await?;
-                        // Marks a writer's transaction is writing right now: look again later.
-                        oldest_unmarked = Some(Instant::now());
-                        rows
+                        self.mark_and_fetch(lock, unmarked, 0).await?
                     }
                     None => {
                         last_read = Instant::now();
@@ -314,23 +299,19 @@ impl Relay {
             rows.truncate(confirmed);
             confirmed_log(&rows);
             order.published(&rows);
-            unmarked.ids.extend(rows.drain(..).map(|r| r.id));
+            unmarked.append(&mut rows);
             oldest_unmarked.get_or_insert_with(Instant::now);
             if let Some(e) = failure {
                 return Err(RelayError::Broker(e.into()));
             }
             // A full round means more is waiting: mark it and read the next one at once (one
             // statement). Otherwise the outbox was emptied: what follows is handed over, and
-            // the marks ride the writers' next transaction, or wait (above) unless a batch of
-            // them is waiting.
+            // the marks wait (above) unless a batch of them is waiting.
             if full {
                 last_read = Instant::now();
                 rows = self.read(lock, unmarked).await?;
             } else if unmarked.len() as i64 >= self.batch {
                 rows = self.mark_and_fetch(lock, unmarked, 0).await?;
-            } else {
-                self.outbox.published().offer(unmarked.ids.iter().copied());
-                unmarked.offered.extend(unmarked.ids.drain(..));
             }
         }
     }
@@ -340,7 +321,7 @@ impl Relay {
     async fn read(
         &self,
         lock: &mut PgConnection,
-        unmarked: &mut Unmarked,
+        unmarked: &mut Vec<store::OutboxRow>,
     ) -> Result<Vec<store::OutboxRow>, RelayError> {
         self.outbox.arm();
         self.metrics.relay_reads.inc();
@@ -352,25 +333,6 @@ impl Relay {
         self.metrics.outbox_backlog.set(count);
         self.metrics.outbox_oldest_age_seconds.set(age);
         Ok(())
-    }
-}
-
-/// Rows the broker confirmed that are not known to be marked published yet.
-#[derive(Default)]
-struct Unmarked {
-    /// For the relay to mark.
-    ids: Vec<i64>,
-    /// Offered to the writers' next transaction (see `crate::wakeup`), not settled yet.
-    offered: HashSet<i64>,
-}
-
-impl Unmarked {
-    fn len(&self) -> usize {
-        self.ids.len() + self.offered.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

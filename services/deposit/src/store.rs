@@ -298,28 +298,17 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Ve
 pub async fn mark_published_and_fetch(
     conn: &mut PgConnection,
     published: &[i64],
-    being_marked: &[i64],
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
         "WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY($1))
          SELECT id, event_id, account_id, sequence, traceparent, payload FROM outbox
-         WHERE published_at IS NULL AND id <> ALL($1) AND id <> ALL($2) ORDER BY id LIMIT $3",
+         WHERE published_at IS NULL AND id <> ALL($1) ORDER BY id LIMIT $2",
     )
     .bind(published)
-    .bind(being_marked)
     .bind(limit)
     .fetch_all(conn)
     .await
-}
-
-/// Marks published rows, in a writer's transaction (the relay's marks riding it).
-pub async fn mark_published(conn: &mut PgConnection, published: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
-        .bind(published)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// (rows waiting, age in whole seconds of the oldest).

@@ -27,15 +27,8 @@
 //!   reads the outbox instead;
 //! - rows committed by other replicas are never handed over: the relay reads them when their
 //!   NOTIFY or its poll wakes it.
-//!
-//! The way back: once the relay has published rows handed over, it offers their marks
-//! ([`OutboxSignal::published`]) to the writers' next transaction, which sets `published_at`
-//! with its deposits ([`eventbank_runtime::piggyback`]); what no writer took within
-//! `RELAY_MARK_DELAY_MS` the relay marks itself. At light load a deposit then costs its own
-//! commit and nothing more.
 
 use crate::store::OutboxRow;
-use eventbank_runtime::piggyback::Piggyback;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -58,8 +51,6 @@ pub struct OutboxSignal {
     /// Whether this process's relay holds the leader lock.
     leader: AtomicBool,
     handed: Mutex<Handed>,
-    /// Marks of published rows, for the writers' next transaction.
-    published: Piggyback<i64>,
 }
 
 #[derive(Default)]
@@ -73,11 +64,6 @@ struct Handed {
 impl OutboxSignal {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Marks of rows the relay published, on their way to the writers' transactions.
-    pub fn published(&self) -> &Piggyback<i64> {
-        &self.published
     }
 
     /// Deposits committed with these outbox rows.

@@ -234,15 +234,7 @@ async fn write(
     if !released.is_empty() {
         store::release_idempotency_keys(&mut tx, &released).await?;
     }
-    // The relay's marks of rows it published ride this commit (see `crate::wakeup`).
-    let marks = outbox.published().board();
-    if let Some(marks) = &marks {
-        store::mark_published(&mut tx, marks.items()).await?;
-    }
     tx.commit().await?;
-    if let Some(marks) = marks {
-        marks.landed();
-    }
     if !stored.is_empty() {
         match outbox_rows(stored, &ids) {
             Some(rows) => outbox.committed(rows),

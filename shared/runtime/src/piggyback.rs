@@ -118,47 +118,13 @@ impl<T: Eq + Hash + Clone> Piggyback<T> {
         })
     }
 
-    /// Offers `items` without waiting for them: for an owner that settles them itself
-    /// ([`Piggyback::settle`]) instead of waiting in [`Piggyback::ride`].
-    pub fn offer(&self, items: impl IntoIterator<Item = T>) {
-        self.state().waiting.extend(items);
-    }
-
-    /// Settles `offered`, the items this owner offered and has not settled yet: those that
-    /// landed leave it (answered in `landed`); those a transaction handed back, and with
-    /// `withdraw` those still waiting, leave it too (answered in `own`), for the owner to write.
-    /// What stays in `offered` is boarded by a transaction still open: the owner must not write
-    /// those itself meanwhile (two transactions writing the same rows could deadlock).
-    pub fn settle(&self, offered: &mut HashSet<T>, withdraw: bool) -> Settled<T> {
-        let mut settled = Settled {
-            landed: Vec::new(),
-            own: Vec::new(),
-        };
-        if offered.is_empty() {
-            return settled;
-        }
-        let mut state = self.state();
-        offered.retain(|item| match state.landed.take(item) {
-            Some(item) => {
-                settled.landed.push(item);
-                false
-            }
-            None => true,
-        });
-        take_mine(&mut state.returned, offered, &mut settled.own);
-        if withdraw {
-            take_mine(&mut state.waiting, offered, &mut settled.own);
-        }
-        settled
-    }
-
     /// Offers `items` and waits until `until` resolves (the longest the caller lets them wait)
     /// for transactions to write them. Answers the items the caller must write itself: those
     /// still waiting then, and those whose transaction did not commit (at once). Items boarded
     /// when `until` resolves are waited for until their transaction ends one way or the other.
     pub async fn ride(&self, items: Vec<T>, until: impl Future<Output = ()>) -> Vec<T> {
-        let mut offered: HashSet<T> = items.iter().cloned().collect();
-        self.offer(items);
+        let mut outstanding: HashSet<T> = items.iter().cloned().collect();
+        self.state().waiting.extend(items);
         tokio::pin!(until);
         let mut expired = false;
         let mut own = Vec::new();
@@ -167,8 +133,15 @@ impl<T: Eq + Hash + Clone> Piggyback<T> {
             tokio::pin!(changed);
             // Registered before the state is read: a change after the read still wakes us.
             changed.as_mut().enable();
-            own.extend(self.settle(&mut offered, expired).own);
-            if offered.is_empty() {
+            {
+                let mut state = self.state();
+                outstanding.retain(|item| !state.landed.remove(item));
+                take_mine(&mut state.returned, &mut outstanding, &mut own);
+                if expired {
+                    take_mine(&mut state.waiting, &mut outstanding, &mut own);
+                }
+            }
+            if outstanding.is_empty() {
                 return own;
             }
             if expired {
@@ -181,15 +154,6 @@ impl<T: Eq + Hash + Clone> Piggyback<T> {
             }
         }
     }
-}
-
-/// What [`Piggyback::settle`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Settled<T> {
-    /// Written by a transaction that committed.
-    pub landed: Vec<T>,
-    /// For the owner to write itself.
-    pub own: Vec<T>,
 }
 
 /// Moves the items of `from` that are in `outstanding` to `own`.
@@ -263,29 +227,6 @@ mod tests {
         assert_eq!(own, vec![3, 4]);
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert!(piggyback.board().is_none(), "withdrawn, not left waiting");
-    }
-
-    #[test]
-    fn an_owner_that_settles_itself_writes_only_what_no_open_transaction_carries() {
-        let piggyback = Piggyback::default();
-        let mut offered: HashSet<u32> = [1, 2, 3, 4].into();
-        piggyback.offer([1, 2]);
-        let landing = piggyback.board().expect("1 and 2 offered");
-        piggyback.offer([3]);
-        let failing = piggyback.board().expect("3 offered");
-        piggyback.offer([4]);
-        // Nothing settled yet: 1 to 3 are boarded, 4 waits.
-        let none = piggyback.settle(&mut offered, false);
-        assert!(none.landed.is_empty() && none.own.is_empty());
-        landing.landed();
-        drop(failing);
-        let settled = piggyback.settle(&mut offered, false);
-        assert_eq!((settled.landed.len(), settled.own), (2, vec![3]));
-        assert_eq!(offered, [4].into(), "4 still waits for a ride");
-        let settled = piggyback.settle(&mut offered, true);
-        assert_eq!(settled.own, vec![4]);
-        assert!(offered.is_empty());
-        assert!(piggyback.board().is_none(), "withdrawn");
     }
 
     #[tokio::test]
