@@ -15,9 +15,9 @@
 //! a ride can never make another transaction fail twice.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::future::Future;
 use tokio::sync::Notify;
 
 /// Items offered for a ride. Cheap to clone; one per kind of write.
@@ -102,7 +102,6 @@ impl<T> Piggyback<T> {
 }
 
 impl<T: Eq + Hash + Clone> Piggyback<T> {
-
     /// Items offered and not boarded yet.
     pub fn waiting(&self) -> usize {
         self.state().waiting.len()
@@ -223,7 +222,9 @@ mod tests {
     async fn items_nobody_boards_are_the_owners_once_the_wait_ends() {
         let piggyback: Piggyback<u32> = Piggyback::default();
         let started = Instant::now();
-        let own = piggyback.ride(vec![3, 4], sleep(Duration::from_millis(50))).await;
+        let own = piggyback
+            .ride(vec![3, 4], sleep(Duration::from_millis(50)))
+            .await;
         assert_eq!(own, vec![3, 4]);
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert!(piggyback.board().is_none(), "withdrawn, not left waiting");
@@ -233,8 +234,11 @@ mod tests {
     async fn items_boarded_when_the_wait_ends_are_waited_for() {
         let piggyback = Piggyback::default();
         let other = piggyback.clone();
-        let mut ride =
-            tokio::spawn(async move { other.ride(vec![5, 6], sleep(Duration::from_millis(20))).await });
+        let mut ride = tokio::spawn(async move {
+            other
+                .ride(vec![5, 6], sleep(Duration::from_millis(20)))
+                .await
+        });
         let boarded = board_when_offered(&piggyback).await;
         assert!(
             tokio::time::timeout(Duration::from_millis(200), &mut ride)

@@ -2,8 +2,8 @@
 //! process without a claim, while the table keeps every guarantee of the claim path.
 
 use crate::helpers::{
-    SmtpSink, alice, database, deliver_with, fast_settings, handle, message_id, row, smtp_mailer,
-    sorted_message_ids, start_sender, start_sender_with, wait_all_sent, wait_for,
+    RunningSender, SmtpSink, alice, database, deliver_with, fast_settings, handle, message_id, row,
+    smtp_mailer, sorted_message_ids, start_sender, start_sender_with, wait_all_sent, wait_for,
 };
 use email::store::{self, EmailStatus};
 use email::{EmailHandler, EmailMetrics, Handoff, SenderSettings};
@@ -96,28 +96,44 @@ async fn a_delivered_email_costs_two_write_transactions_and_a_batch_costs_less_p
     db.drop_db().await.expect("drop");
 }
 
+/// A handler and a sender of one process sharing their hand-off, the sender's deliveries
+/// waiting up to `mark_delay` for the handler's next transaction to record them.
+fn riding(
+    pool: &PgPool,
+    sink: &SmtpSink,
+    mark_delay: Duration,
+) -> (Handoff, EmailHandler, RunningSender) {
+    let settings = SenderSettings {
+        mark_delay,
+        ..fast_settings()
+    };
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    let sender = start_sender_with(pool, smtp_mailer(sink.port()), settings, handoff.clone());
+    (handoff, handler, sender)
+}
+
 #[tokio::test]
 async fn at_light_load_a_delivery_record_rides_the_consumers_next_transaction() {
     let db = database().await;
     log_write_transactions(&db.pool).await;
     let sink = SmtpSink::start().await.expect("smtp sink");
     // Long enough that every record waits for the next deposit's transaction.
-    let settings = SenderSettings {
-        mark_delay: Duration::from_secs(30),
-        ..fast_settings()
-    };
-    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
-    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
-    let sender = start_sender_with(&db.pool, smtp_mailer(sink.port()), settings, handoff.clone());
+    let (handoff, handler, sender) = riding(&db.pool, &sink, Duration::from_secs(30));
 
     // One deposit at a time, each after the previous email was delivered and its record
     // offered: the next deposit's transaction carries it.
     let events: Vec<_> = (1..=10).map(|i| alice(100 * i)).collect();
     for e in &events {
-        assert_eq!(deliver_with(&db.pool, &handler, std::slice::from_ref(e)).await, 1);
-        wait_for("the delivery record offered", Duration::from_secs(20), || async {
-            (handoff.sent().waiting() == 1).then_some(())
-        })
+        assert_eq!(
+            deliver_with(&db.pool, &handler, std::slice::from_ref(e)).await,
+            1
+        );
+        wait_for(
+            "the delivery record offered",
+            Duration::from_secs(20),
+            || async { (handoff.sent().waiting() == 1).then_some(()) },
+        )
         .await;
     }
     // Nothing comes after the tenth: its record would be written alone when its wait ends,
@@ -142,16 +158,13 @@ async fn at_light_load_a_delivery_record_rides_the_consumers_next_transaction() 
 async fn a_delivery_record_whose_transaction_rolls_back_is_written_by_the_sender_at_once() {
     let db = database().await;
     let sink = SmtpSink::start().await.expect("smtp sink");
-    let settings = SenderSettings {
-        mark_delay: Duration::from_secs(300),
-        ..fast_settings()
-    };
-    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
-    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
-    let sender = start_sender_with(&db.pool, smtp_mailer(sink.port()), settings, handoff.clone());
+    let (handoff, handler, sender) = riding(&db.pool, &sink, Duration::from_secs(300));
 
     let first = alice(100);
-    assert_eq!(deliver_with(&db.pool, &handler, std::slice::from_ref(&first)).await, 1);
+    assert_eq!(
+        deliver_with(&db.pool, &handler, std::slice::from_ref(&first)).await,
+        1
+    );
     wait_for("the record offered", Duration::from_secs(20), || async {
         (handoff.sent().waiting() == 1).then_some(())
     })
@@ -178,7 +191,12 @@ async fn a_delivery_record_whose_transaction_rolls_back_is_written_by_the_sender
     assert!(failed.is_err(), "the commit was refused");
 
     // Handed back, the record is the sender's to write, long before its 300 s wait ends.
-    wait_all_sent(&db.pool, std::slice::from_ref(&first), Duration::from_secs(20)).await;
+    wait_all_sent(
+        &db.pool,
+        std::slice::from_ref(&first),
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(handoff.sent().waiting(), 0, "not offered again");
     sender.stop().await;
     assert_eq!(sorted_message_ids(&sink), [message_id(&first)], "sent once");
