@@ -207,6 +207,11 @@ impl Handoff {
         state.ready.drain(..n).collect()
     }
 
+    /// Emails committed and waiting for the sender to take them.
+    pub fn waiting_for_sender(&self) -> usize {
+        self.state().ready.len()
+    }
+
     /// Emails reserved or waiting for the sender (the bound applies to this).
     pub fn len(&self) -> usize {
         let state = self.state();

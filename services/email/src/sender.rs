@@ -256,7 +256,7 @@ impl Sender {
             store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
         };
         let stop_by = Instant::now() + self.settings.lease / 2;
-        self.send_batch(&claimed, stop_by, shutdown).await?;
+        self.send_batch(&claimed, stop_by, false, shutdown).await?;
         Ok(claimed.len())
     }
 
@@ -273,7 +273,7 @@ impl Sender {
             return Ok(());
         };
         let emails: Vec<Outgoing> = fresh.into_iter().map(|h| h.email).collect();
-        self.send_batch(&emails, stop_by, shutdown).await
+        self.send_batch(&emails, stop_by, true, shutdown).await
     }
 
     /// Delivers emails leased to this process (up to `concurrency` at a time), and records each
@@ -284,6 +284,7 @@ impl Sender {
         &self,
         emails: &[Outgoing],
         stop_by: Instant,
+        handed: bool,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let stopping = || shutdown.is_triggered() || Instant::now() >= stop_by;
@@ -303,9 +304,19 @@ impl Sender {
             }
             if recording.is_none() && !round.delivered.is_empty() {
                 round.recording_len = round.delivered.len();
-                recording = Some(Box::pin(
-                    self.record_sent(std::mem::take(&mut round.delivered), shutdown),
-                ));
+                // Only a quiet sender lets its records wait for a ride: the last sends of a
+                // handed-off round, with nothing else to send. One with work waiting (a claimed
+                // backlog, more handed off, sends under way) records at once, or the wait would
+                // hold back its sends (no send starts while twice the concurrency are unrecorded).
+                let quiet = handed
+                    && in_flight.is_empty()
+                    && round.queue.len() == 0
+                    && self.handoff.waiting_for_sender() == 0;
+                recording = Some(Box::pin(self.record_sent(
+                    std::mem::take(&mut round.delivered),
+                    quiet,
+                    shutdown,
+                )));
             }
             if in_flight.is_empty() && recording.is_none() {
                 break;
@@ -351,21 +362,22 @@ impl Sender {
         Ok(())
     }
 
-    /// Records deliveries: a few ride the consumer's next transaction if one comes within
-    /// `mark_delay` (or before shutdown); the rest go in one statement. On failure the messages are out but not
+    /// Records deliveries: a few of a quiet sender (`may_ride`) ride the consumer's next
+    /// transaction if one comes within `mark_delay` (or before shutdown); the rest go in one
+    /// statement. On failure the messages are out but not
     /// recorded: the lease brings them back and they are sent again (same Message-IDs).
     async fn record_sent(
         &self,
         delivered: Vec<&Outgoing>,
+        may_ride: bool,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         if delivered.is_empty() {
             return Ok(());
         }
         let mut ids: Vec<_> = delivered.iter().map(|e| e.event_id).collect();
-        // Only a few: a larger group means a busy sender, which must not wait (no send starts
-        // while twice its concurrency are unrecorded) and records in bulk cheaply anyway.
-        if !self.settings.mark_delay.is_zero() && ids.len() <= RIDE_MAX {
+        // Only a few: a larger group records in bulk cheaply anyway.
+        if may_ride && !self.settings.mark_delay.is_zero() && ids.len() <= RIDE_MAX {
             let until = async {
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.mark_delay) => {}
