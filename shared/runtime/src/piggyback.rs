@@ -1,12 +1,12 @@
 //! Small follow-up writes that ride another transaction's commit instead of paying for their own.
 //!
-//! Some writes only record what already happened elsewhere: the relay's "this outbox row was
-//! published", the email sender's "this email was delivered". Each is cheap, but written on its
-//! own it costs a commit (a WAL flush), and at light load that is one more commit per deposit.
-//! The same process commits other transactions on the same database all the time (the deposit
-//! writers, the email consumer), so the owner of such writes *offers* them here, the next of
-//! those transactions *boards* them, writes them with its own work, and reports the ride
-//! *landed* once it has committed. What no transaction took within the owner's wait, the owner
+//! Some writes only record what already happened elsewhere, such as the email sender's "this
+//! email was delivered". Each is cheap, but written on its own it costs a commit (a WAL flush),
+//! and at light load that is one more commit per deposit. The same process commits other
+//! transactions on the same database all the time (the email service's consumer, through
+//! [`crate::consumer::Handler::ride_along`]), so the owner of such writes *offers* them here,
+//! the next of those transactions *boards* them, writes them with its own work, and reports the
+//! ride *landed* once it has committed. What no transaction took within the owner's wait, the owner
 //! writes itself, so a quiet process still records everything, only a little later.
 //!
 //! The writes must be idempotent (a second write of the same mark changes nothing), and a
