@@ -157,15 +157,7 @@ impl<T: Eq + Hash + Clone> Piggyback<T> {
 
 /// Moves the items of `from` that are in `outstanding` to `own`.
 fn take_mine<T: Eq + Hash>(from: &mut Vec<T>, outstanding: &mut HashSet<T>, own: &mut Vec<T>) {
-    let mut kept = Vec::with_capacity(from.len());
-    for item in from.drain(..) {
-        if outstanding.remove(&item) {
-            own.push(item);
-        } else {
-            kept.push(item);
-        }
-    }
-    *from = kept;
+    own.extend(from.extract_if(.., |item| outstanding.remove(item)));
 }
 
 #[cfg(test)]
