@@ -342,3 +342,18 @@ async fn a_stopping_sender_makes_the_emails_handed_off_but_not_started_due_at_on
     drop(conn);
     db.drop_db().await.expect("drop");
 }
+
+#[tokio::test]
+async fn a_sender_working_through_claimed_emails_records_them_without_waiting_for_a_ride() {
+    let db = database().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    // No consumer transaction will come: a record waiting for a ride would wait 300 s.
+    let (_handoff, _handler, sender) = riding(&db.pool, &sink, Duration::from_secs(300));
+    let events: Vec<_> = (1..=3).map(|i| alice(100 * i)).collect();
+    // Queued due for the claim, as when the hand-off has no room (a backlog).
+    handle(&db.pool, &events).await;
+    wait_all_sent(&db.pool, &events, Duration::from_secs(20)).await;
+    sender.stop().await;
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
