@@ -25,6 +25,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use lettre::message::Mailbox;
 use sqlx::PgPool;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -97,15 +98,20 @@ impl SenderSettings {
 }
 
 /// Where the emails of one round are: not started yet, delivered but not recorded,
-/// or handed back.
-struct Round<'a> {
-    queue: std::slice::Iter<'a, Outgoing>,
-    /// Claimed emails not to be attempted this round: handed back at its end.
-    unstarted: Vec<&'a Outgoing>,
-    /// The round's first database error: no send starts after it.
+/// or handed back. The round owns them; a send under way holds its email until it finishes.
+struct Round {
+    /// Not started yet, each with the instant by which its send must start (half its lease
+    /// gone: see [`SenderSettings::lease`]).
+    queue: VecDeque<(Outgoing, Instant)>,
+    /// Emails not to be attempted this round (too late to start, or the round stopped):
+    /// handed back at its end.
+    unstarted: Vec<Outgoing>,
+    /// Shutdown or a database error: no send starts any more.
+    stopped: bool,
+    /// The round's first database error.
     failure: Option<anyhow::Error>,
     /// Delivered, waiting for the next recording statement.
-    delivered: Vec<&'a Outgoing>,
+    delivered: Vec<Outgoing>,
     /// Deliveries in the recording statement under way. While the database stalls (a
     /// restart), that statement waits and finished sends pile up unrecorded; each is sent again
     /// if it fails. So no send starts while the unrecorded ones (under way, finished, being
@@ -114,45 +120,62 @@ struct Round<'a> {
     recording_len: usize,
 }
 
-impl<'a> Round<'a> {
-    fn new(claimed: &'a [Outgoing]) -> Self {
+impl Round {
+    fn new(emails: impl IntoIterator<Item = (Outgoing, Instant)>) -> Self {
         Self {
-            queue: claimed.iter(),
+            queue: emails.into_iter().collect(),
             unstarted: Vec::new(),
+            stopped: false,
             failure: None,
             delivered: Vec::new(),
             recording_len: 0,
         }
     }
 
-    /// The next email to send, while there is room (`in_flight` sends under way); none once
-    /// the round stops. When `stopping` says so (shutdown, or half the lease gone), the rest of
-    /// the claim is handed back instead.
+    /// Sends that may start now, `in_flight` being under way.
+    fn room(&self, in_flight: usize, concurrency: usize) -> usize {
+        if self.stopped {
+            return 0;
+        }
+        let unrecorded = in_flight + self.delivered.len() + self.recording_len;
+        concurrency
+            .saturating_sub(in_flight)
+            .min((2 * concurrency).saturating_sub(unrecorded))
+    }
+
+    /// The next email to send, while there is room; none once the round stops. An email whose
+    /// time to start has passed at `now` is handed back instead; on `shutdown`, all are.
     fn next_to_start(
         &mut self,
         in_flight: usize,
         concurrency: usize,
-        stopping: impl Fn() -> bool,
-    ) -> Option<&'a Outgoing> {
-        let room = in_flight < concurrency
-            && in_flight + self.delivered.len() + self.recording_len < 2 * concurrency;
-        if !room || !self.unstarted.is_empty() || self.failure.is_some() {
-            return None;
+        shutdown: bool,
+        now: Instant,
+    ) -> Option<Outgoing> {
+        if shutdown {
+            self.stop();
         }
-        let email = self.queue.next()?;
-        if stopping() {
+        while self.room(in_flight, concurrency) > 0 {
+            let (email, start_by) = self.queue.pop_front()?;
+            if now < start_by {
+                return Some(email);
+            }
             self.unstarted.push(email);
-            self.unstarted.extend(self.queue.by_ref());
-            return None;
         }
-        Some(email)
+        None
     }
 
-    /// A database error: no more sends start, the rest of the claim is handed back, and the
-    /// round answers the first error.
+    /// No more sends start: the rest is handed back.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.unstarted
+            .extend(self.queue.drain(..).map(|(email, _)| email));
+    }
+
+    /// A database error: the round stops and answers the first error.
     fn fail(&mut self, error: anyhow::Error) {
+        self.stop();
         if self.failure.is_none() {
-            self.unstarted.extend(self.queue.by_ref());
             self.failure = Some(error);
         }
     }
@@ -238,7 +261,7 @@ impl Sender {
         // Handed off but not started: due at once for whichever sender claims next, rather
         // than when their lease runs out.
         let left: Vec<Outgoing> = self.handoff.close().into_iter().map(|h| h.email).collect();
-        if let Err(e) = self.release(&left.iter().collect::<Vec<_>>()).await {
+        if let Err(e) = self.release(&left).await {
             tracing::warn!(
                 error = format!("{e:#}"),
                 count = left.len(),
@@ -255,41 +278,38 @@ impl Sender {
             let mut conn = self.pool.acquire().await?;
             store::claim_due(&mut conn, self.settings.batch_size, self.settings.lease).await?
         };
-        let stop_by = Instant::now() + self.settings.lease / 2;
-        self.send_batch(&claimed, stop_by, false, shutdown).await?;
-        Ok(claimed.len())
+        let count = claimed.len();
+        let start_by = Instant::now() + self.settings.lease / 2;
+        let round = Round::new(claimed.into_iter().map(|email| (email, start_by)));
+        self.send_batch(round, false, shutdown).await?;
+        Ok(count)
     }
 
-    /// One round of emails handed off by the consumer, already leased to this process. Those
-    /// whose time to start has passed (the sender was busy for half a lease) are handed back
-    /// for the claim instead.
+    /// One round of emails handed off by the consumer, already leased to this process, which
+    /// takes more from the hand-off as sends finish ([`Self::send_batch`]). Those whose time to
+    /// start has passed (the sender was busy for half a lease) are handed back for the claim.
     async fn send_handed(&self, handed: Vec<Handed>, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let now = Instant::now();
-        let (fresh, late): (Vec<Handed>, Vec<Handed>) =
-            handed.into_iter().partition(|h| h.start_by > now);
-        let late: Vec<Outgoing> = late.into_iter().map(|h| h.email).collect();
-        self.release(&late.iter().collect::<Vec<_>>()).await?;
-        let Some(stop_by) = fresh.iter().map(|h| h.start_by).min() else {
-            return Ok(());
-        };
-        let emails: Vec<Outgoing> = fresh.into_iter().map(|h| h.email).collect();
-        self.send_batch(&emails, stop_by, true, shutdown).await
+        let round = Round::new(handed.into_iter().map(|h| (h.email, h.start_by)));
+        self.send_batch(round, true, shutdown).await
     }
 
     /// Delivers emails leased to this process (up to `concurrency` at a time), and records each
-    /// outcome as soon as it is known. Hands the unstarted rest back early on shutdown, and at
-    /// `stop_by` (half the lease gone: slow or hanging sends): the lease must never expire
-    /// while this sender still works through it, or another replica would send the same emails.
+    /// outcome as soon as it is known. Hands the unstarted rest back early on shutdown, and
+    /// each email whose time to start has passed (half its lease gone: slow or hanging sends):
+    /// a lease must never expire while this sender still works through it, or another replica
+    /// would send the same email.
+    ///
+    /// With `refill` (a handed-off round), a send that finishes makes room for the next email
+    /// handed off, for up to a poll interval: the sends never wait for the slowest of a batch
+    /// to finish, and the run loop still gets its turn (a claim may be due) that often.
     async fn send_batch(
         &self,
-        emails: &[Outgoing],
-        stop_by: Instant,
-        handed: bool,
+        mut round: Round,
+        refill: bool,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
-        let stopping = || shutdown.is_triggered() || Instant::now() >= stop_by;
         let concurrency = self.settings.concurrency.max(1);
-        let mut round = Round::new(emails);
+        let refill_until = Instant::now() + self.settings.poll_interval;
         let mut in_flight = FuturesUnordered::new();
         // Deliveries are recorded while the other sends go on: one statement at a time, for
         // every delivery finished since the previous one began (a group commit). A delivery is
@@ -298,7 +318,21 @@ impl Sender {
         let mut recording: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> =
             None;
         loop {
-            while let Some(email) = round.next_to_start(in_flight.len(), concurrency, stopping) {
+            let now = Instant::now();
+            let refilling = refill && !round.stopped && now < refill_until;
+            if refilling && round.queue.is_empty() {
+                let room = round.room(in_flight.len(), concurrency);
+                if room > 0 {
+                    let more = self.handoff.take(room);
+                    round
+                        .queue
+                        .extend(more.into_iter().map(|h| (h.email, h.start_by)));
+                }
+            }
+            let shutting_down = shutdown.is_triggered();
+            while let Some(email) =
+                round.next_to_start(in_flight.len(), concurrency, shutting_down, now)
+            {
                 let span = tracing::info_span!("send_email", event_id = %email.event_id);
                 in_flight.push(self.send_one(email).instrument(span));
             }
@@ -308,9 +342,9 @@ impl Sender {
                 // handed-off round, with nothing else to send. One with work waiting (a claimed
                 // backlog, more handed off, sends under way) records at once, or the wait would
                 // hold back its sends (no send starts while twice the concurrency are unrecorded).
-                let quiet = handed
+                let quiet = refill
                     && in_flight.is_empty()
-                    && round.queue.len() == 0
+                    && round.queue.is_empty()
                     && self.handoff.waiting_for_sender() == 0;
                 recording = Some(Box::pin(self.record_sent(
                     std::mem::take(&mut round.delivered),
@@ -321,6 +355,7 @@ impl Sender {
             if in_flight.is_empty() && recording.is_none() {
                 break;
             }
+            let wait_for_more = refilling && round.room(in_flight.len(), concurrency) > 0;
             tokio::select! {
                 Some(result) = in_flight.next(), if !in_flight.is_empty() => match result {
                     Ok(Some(email)) => round.delivered.push(email),
@@ -342,6 +377,7 @@ impl Sender {
                         round.fail(e);
                     }
                 }
+                _ = self.handoff.ready(), if wait_for_more => {}
             }
         }
         let released = self.release(&round.unstarted).await;
@@ -352,7 +388,7 @@ impl Sender {
     }
 
     /// Makes claimed, unattempted emails due again at once instead of when the lease ends.
-    async fn release(&self, emails: &[&Outgoing]) -> anyhow::Result<()> {
+    async fn release(&self, emails: &[Outgoing]) -> anyhow::Result<()> {
         if emails.is_empty() {
             return Ok(());
         }
@@ -368,7 +404,7 @@ impl Sender {
     /// recorded: the lease brings them back and they are sent again (same Message-IDs).
     async fn record_sent(
         &self,
-        delivered: Vec<&Outgoing>,
+        delivered: Vec<Outgoing>,
         may_ride: bool,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
@@ -410,9 +446,9 @@ impl Sender {
     /// Delivers one claimed email. Answers the email when it was delivered (the caller records
     /// it with others, [`Self::record_sent`]); records a failure itself. An error here is a
     /// database error: the outcome could not be recorded, and the lease brings the email back.
-    async fn send_one<'a>(&self, email: &'a Outgoing) -> anyhow::Result<Option<&'a Outgoing>> {
+    async fn send_one(&self, email: Outgoing) -> anyhow::Result<Option<Outgoing>> {
         let attempt = u32::try_from(email.attempts).unwrap_or(0).saturating_add(1);
-        let outcome = match build_message(&self.from, email) {
+        let outcome = match build_message(&self.from, &email) {
             Ok(message) => self.mailer.deliver(email.event_id, &message).await,
             Err(e) => Err(e),
         };
@@ -475,32 +511,37 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn claimed(n: usize) -> Vec<Outgoing> {
-        (0..n).map(|_| Outgoing::sample(Uuid::now_v7())).collect()
+    fn claimed(n: usize, start_by: Instant) -> Vec<(Outgoing, Instant)> {
+        (0..n)
+            .map(|_| (Outgoing::sample(Uuid::now_v7()), start_by))
+            .collect()
     }
 
-    fn ids(emails: &[&Outgoing]) -> Vec<Uuid> {
-        emails.iter().map(|e| e.event_id).collect()
+    fn ids<'a>(emails: impl IntoIterator<Item = &'a Outgoing>) -> Vec<Uuid> {
+        emails.into_iter().map(|e| e.event_id).collect()
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
     }
 
     #[test]
     fn a_round_starts_sends_while_there_is_room_and_hands_the_rest_back_on_failure() {
-        let emails = claimed(4);
-        let mut round = Round::new(&emails);
-        let first = round.next_to_start(0, 1, || false).map(|e| e.event_id);
-        assert_eq!(first, Some(emails[0].event_id));
-        assert!(round.next_to_start(1, 1, || false).is_none(), "no room");
-        round.delivered.push(&emails[0]);
+        let emails = claimed(4, later());
+        let all = ids(emails.iter().map(|(e, _)| e));
+        let mut round = Round::new(emails);
+        let now = Instant::now();
+        let first = round.next_to_start(0, 1, false, now);
+        assert_eq!(first.as_ref().map(|e| e.event_id), Some(all[0]));
+        assert!(round.next_to_start(1, 1, false, now).is_none(), "no room");
+        round.delivered.extend(first);
         round.recording_len = 2;
         // One under way, one delivered and two being recorded reach twice the concurrency.
-        assert!(round.next_to_start(1, 2, || false).is_none());
+        assert!(round.next_to_start(1, 2, false, now).is_none());
         round.fail(anyhow::anyhow!("database away"));
         round.fail(anyhow::anyhow!("a second error"));
-        assert_eq!(
-            ids(&round.unstarted),
-            ids(&[&emails[1], &emails[2], &emails[3]])
-        );
-        assert!(round.next_to_start(0, 2, || false).is_none());
+        assert_eq!(ids(&round.unstarted), all[1..]);
+        assert!(round.next_to_start(0, 2, false, now).is_none());
         assert_eq!(
             round.failure.map(|e| e.to_string()),
             Some("database away".to_owned())
@@ -508,12 +549,31 @@ mod tests {
     }
 
     #[test]
-    fn a_stopping_round_hands_back_every_email_not_started() {
-        let emails = claimed(3);
-        let mut round = Round::new(&emails);
-        assert!(round.next_to_start(0, 8, || false).is_some());
-        assert!(round.next_to_start(1, 8, || true).is_none());
-        assert_eq!(ids(&round.unstarted), ids(&[&emails[1], &emails[2]]));
+    fn a_round_hands_back_every_email_not_started_on_shutdown() {
+        let emails = claimed(3, later());
+        let all = ids(emails.iter().map(|(e, _)| e));
+        let mut round = Round::new(emails);
+        let now = Instant::now();
+        assert!(round.next_to_start(0, 8, false, now).is_some());
+        assert!(round.next_to_start(1, 8, true, now).is_none());
+        assert_eq!(ids(&round.unstarted), all[1..]);
         assert!(round.failure.is_none());
+    }
+
+    #[test]
+    fn an_email_whose_time_to_start_has_passed_is_handed_back_and_the_next_one_starts() {
+        let now = Instant::now();
+        let mut emails = claimed(1, now);
+        emails.extend(claimed(2, later()));
+        let all = ids(emails.iter().map(|(e, _)| e));
+        let mut round = Round::new(emails);
+        let started = round.next_to_start(0, 8, false, now);
+        assert_eq!(started.map(|e| e.event_id), Some(all[1]));
+        assert_eq!(ids(&round.unstarted), all[..1]);
+        // More arrive in a refilled round and start like the first.
+        round.queue.extend(claimed(1, later()));
+        assert!(round.next_to_start(1, 8, false, now).is_some());
+        assert!(round.next_to_start(2, 8, false, now).is_some());
+        assert!(round.next_to_start(3, 8, false, now).is_none());
     }
 }

@@ -222,10 +222,17 @@ pub async fn claim_due(
 
 /// Records deliveries, in one statement. Only a queued row changes: a row already given up
 /// stays as it is.
+///
+/// The ids are joined rather than matched with `event_id = ANY($1) AND status = 'queued'`:
+/// that condition implies the predicate of the partial index `emails_queued_due`, and the
+/// planner then intersects the key lookups with a scan of that whole index (every queued email,
+/// and the dead entries of those just sent: thousands under load, a millisecond a statement).
+/// Joined, each id is one primary-key lookup. The same holds for [`release`].
 pub async fn mark_sent(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE emails SET status = 'sent', sent_at = now(), attempts = attempts + 1
-          WHERE event_id = ANY($1::uuid[]) AND status = 'queued'",
+        "UPDATE emails e SET status = 'sent', sent_at = now(), attempts = e.attempts + 1
+           FROM UNNEST($1::uuid[]) AS t(event_id)
+          WHERE e.event_id = t.event_id AND e.status = 'queued'",
     )
     .bind(event_ids)
     .execute(conn)
@@ -277,8 +284,9 @@ pub async fn mark_failed(conn: &mut PgConnection, event_id: Uuid, error: &str) -
 /// when their lease runs out.
 pub async fn release(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE emails SET next_attempt_at = now()
-          WHERE event_id = ANY($1::uuid[]) AND status = 'queued'",
+        "UPDATE emails e SET next_attempt_at = now()
+           FROM UNNEST($1::uuid[]) AS t(event_id)
+          WHERE e.event_id = t.event_id AND e.status = 'queued'",
     )
     .bind(event_ids)
     .execute(conn)

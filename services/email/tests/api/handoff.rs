@@ -357,3 +357,102 @@ async fn a_sender_working_through_claimed_emails_records_them_without_waiting_fo
     drop(sink);
     db.drop_db().await.expect("drop");
 }
+
+/// Holds the first connection made to it open without a word, and relays every later one to
+/// `to`. Answers its port and a handle on the held connection (`None` until one came):
+/// dropping the connection lets the client's wait end.
+async fn holding_first_connection(
+    to: u16,
+) -> (
+    u16,
+    std::sync::Arc<tokio::sync::Mutex<Option<tokio::net::TcpStream>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let first = held.clone();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        *first.lock().await = Some(stream);
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, held)
+}
+
+/// A send that hangs does not hold back the emails handed off after it: the sender starts
+/// them as they come, not once the hanging one's batch has finished.
+#[tokio::test]
+async fn emails_handed_off_while_a_send_hangs_are_sent_without_waiting_for_it() {
+    let db = database().await;
+    let sink = SmtpSink::start().await.expect("smtp sink");
+    let (port, held) = holding_first_connection(sink.port()).await;
+    let settings = SenderSettings {
+        // No claims during the test: only the hand-off sends.
+        poll_interval: Duration::from_secs(600),
+        ..fast_settings()
+    };
+    let handoff = Handoff::new(settings.handoff_capacity, settings.lease);
+    let handler = EmailHandler::new(EmailMetrics::default(), handoff.clone());
+    // The hanging send waits for the server's greeting for up to a minute.
+    let mailer = email::Mailer::new(
+        &email::Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_secs(60),
+    );
+    let sender = start_sender_with(&db.pool, mailer, settings, handoff.clone());
+
+    let hanging = alice(100);
+    deliver_with(&db.pool, &handler, std::slice::from_ref(&hanging)).await;
+    wait_for(
+        "the first send to connect",
+        Duration::from_secs(20),
+        || async { held.lock().await.is_some().then_some(()) },
+    )
+    .await;
+    let later: Vec<_> = (1..=3).map(|i| alice(200 + i)).collect();
+    for e in &later {
+        deliver_with(&db.pool, &handler, std::slice::from_ref(e)).await;
+        wait_all_sent(&db.pool, std::slice::from_ref(e), Duration::from_secs(20)).await;
+    }
+    let first = row(&db.pool, hanging.event_id).await.expect("row");
+    assert_eq!(
+        (first.summary.status, first.summary.attempts),
+        (EmailStatus::Queued, 0),
+        "the hanging send is still under way"
+    );
+
+    // Let the hanging send fail (connection closed): it is recorded for a retry.
+    held.lock().await.take();
+    wait_for(
+        "the failed attempt to be recorded",
+        Duration::from_secs(20),
+        || async {
+            row(&db.pool, hanging.event_id)
+                .await
+                .filter(|r| r.summary.attempts == 1)
+        },
+    )
+    .await;
+    sender.stop().await;
+    let mut want: Vec<String> = later.iter().map(message_id).collect();
+    want.sort();
+    assert_eq!(
+        sorted_message_ids(&sink),
+        want,
+        "each later email exactly once"
+    );
+    drop(sink);
+    db.drop_db().await.expect("drop");
+}
