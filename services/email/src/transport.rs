@@ -7,8 +7,11 @@
 
 use crate::store::Outgoing;
 use lettre::message::{Mailbox, MultiPart};
+use lettre::address::Envelope;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
 use lettre::{Address, Message};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,13 +95,24 @@ impl Mailer {
 /// second write then waits for the server's delayed ACK (about 40 ms on Linux), which caps a
 /// connection at some 25 messages/s (BENCHMARKS.md, Optimisations). These connections set
 /// `TCP_NODELAY`.
+///
+/// Where the server offers PIPELINING (RFC 2920), a message takes two round trips instead of
+/// four: MAIL, RCPT and DATA go out in one write and their replies are read in order, then the
+/// body. lettre sends each command and waits for its reply; on a busy machine every wait is a
+/// wake-up of both processes (BENCHMARKS.md, round seven).
 pub struct SmtpClient {
     host: String,
     port: u16,
     /// Bounds connecting, the greeting and EHLO, and each message's conversation.
     timeout: Duration,
     hello: ClientId,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
+}
+
+/// A connection and whether its server offers PIPELINING.
+struct Connection {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 /// Idle connections kept for reuse: as many as sends can be under way at once
@@ -123,6 +137,8 @@ impl SmtpClient {
             conn.send(message.envelope(), &bytes),
         )
         .await;
+        // On any failure the connection is dropped, never reused: a pipelined conversation may
+        // have replies left unread, and a message whose body was not sent is not delivered.
         match sent {
             Ok(Ok(_)) => {
                 self.checkin(conn);
@@ -141,18 +157,18 @@ impl SmtpClient {
         }
     }
 
-    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_FOR && !conn.has_broken() {
+            if since.elapsed() < IDLE_FOR && !conn.smtp.has_broken() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn checkin(&self, conn: Connection) {
+        if conn.smtp.has_broken() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,7 +177,7 @@ impl SmtpClient {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+    async fn connect(&self) -> Result<Connection, DeliveryError> {
         let target = format!("{}:{}", self.host, self.port);
         let connected = tokio::time::timeout(self.timeout, async {
             let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
@@ -170,9 +186,18 @@ impl SmtpClient {
             stream
                 .set_nodelay(true)
                 .map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+            let mut smtp =
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                    .await
+                    .map_err(|e| format!("greeting {target}: {}", chain(&e)))?;
+            // lettre keeps only the extensions it knows from its EHLO, and PIPELINING is not
+            // one of them: ask again (a repeated EHLO is allowed and resets nothing we hold).
+            let ehlo = smtp
+                .command(Ehlo::new(self.hello.clone()))
                 .await
-                .map_err(|e| format!("greeting {target}: {}", chain(&e)))
+                .map_err(|e| format!("EHLO to {target}: {}", chain(&e)))?;
+            let pipelining = offers_pipelining(&ehlo);
+            Ok::<_, String>(Connection { smtp, pipelining })
         })
         .await;
         match connected {
@@ -184,6 +209,47 @@ impl SmtpClient {
             ))),
         }
     }
+}
+
+impl Connection {
+    /// One message's conversation: pipelined where the server allows it and the message needs
+    /// none of the extensions lettre negotiates per message (8BITMIME, SMTPUTF8); otherwise
+    /// lettre's own command-by-command exchange.
+    async fn send(
+        &mut self,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<Response, lettre::transport::smtp::Error> {
+        let ascii = |a: &Address| AsRef::<str>::as_ref(a).is_ascii();
+        let plain = bytes.is_ascii()
+            && envelope.from().is_none_or(ascii)
+            && envelope.to().iter().all(ascii);
+        if !self.pipelining || !plain {
+            return self.smtp.send(envelope, bytes).await;
+        }
+        let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
+        for to in envelope.to() {
+            commands.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
+        }
+        commands.push_str(&Data.to_string());
+        // One write; then one reply per command, in the order sent. The first refusal ends the
+        // conversation (the caller drops the connection, so the body is never sent).
+        self.smtp.command(commands).await?;
+        for _ in envelope.to() {
+            self.smtp.read_response().await?;
+        }
+        self.smtp.read_response().await?;
+        self.smtp.message(bytes).await
+    }
+}
+
+/// Whether an EHLO reply lists PIPELINING (one extension keyword per line).
+fn offers_pipelining(ehlo: &Response) -> bool {
+    ehlo.message().any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|word| word.eq_ignore_ascii_case("PIPELINING"))
+    })
 }
 
 /// Builds the MIME message (plain text and HTML alternatives). The Date header is the time the

@@ -338,3 +338,129 @@ async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded(
     sender.stop().await;
     assert_eq!(sink.messages().len(), events.len(), "each sent once");
 }
+
+/// A one-connection SMTP server that checks how the client talks to it. Offering PIPELINING, it
+/// answers MAIL only once RCPT and DATA have arrived behind it (a client that waits for each
+/// reply gets a 451 after two seconds); not offering it, it refuses (503) any command sent
+/// before the previous one was answered. Returns how the conversation ended.
+async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = String::new();
+        write.write_all(b"220 strict ESMTP\r\n").await.unwrap();
+        let ehlo: &[u8] = if offer_pipelining {
+            b"250-strict\r\n250-8BITMIME\r\n250 PIPELINING\r\n"
+        } else {
+            b"250-strict\r\n250 8BITMIME\r\n"
+        };
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return "closed before the message".to_owned();
+            }
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            if verb == "EHLO" {
+                write.write_all(ehlo).await.unwrap();
+                continue;
+            }
+            assert_eq!(verb, "MAIL", "{line}");
+            let mut replies: Vec<&[u8]> = vec![b"250 OK\r\n"];
+            for (expected, reply) in [("RCPT", b"250 OK\r\n" as &[u8]), ("DATA", b"354 go\r\n")] {
+                if offer_pipelining {
+                    // Everything up to DATA must come before any reply.
+                    line.clear();
+                    let next = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        reader.read_line(&mut line),
+                    )
+                    .await;
+                    match next {
+                        Ok(Ok(n)) if n > 0 && line.to_ascii_uppercase().starts_with(expected) => {
+                            replies.push(reply)
+                        }
+                        _ => {
+                            let _ = write.write_all(b"451 send RCPT and DATA first\r\n").await;
+                            return format!("{expected} not pipelined");
+                        }
+                    }
+                } else {
+                    // Nothing may arrive before the previous command's reply is out.
+                    let early = tokio::time::timeout(
+                        Duration::from_millis(300),
+                        reader.read_line(&mut line),
+                    )
+                    .await;
+                    if let Ok(Ok(n)) = early {
+                        if n > 0 {
+                            let _ = write.write_all(b"503 wait for my reply\r\n").await;
+                            return format!("{} sent before the reply", line.trim_end());
+                        }
+                    }
+                    for r in replies.drain(..) {
+                        write.write_all(r).await.unwrap();
+                    }
+                    line.clear();
+                    reader.read_line(&mut line).await.unwrap();
+                    assert!(line.to_ascii_uppercase().starts_with(expected), "{line}");
+                    replies.push(reply);
+                }
+            }
+            for r in replies {
+                write.write_all(r).await.unwrap();
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return "cut off in DATA".to_owned();
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+            }
+            write.write_all(b"250 queued\r\n").await.unwrap();
+            return "delivered".to_owned();
+        }
+    });
+    (port, server)
+}
+
+async fn deliver_one(port: u16) -> Result<(), email::transport::DeliveryError> {
+    let mailer = Mailer::new(
+        &Transport::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        Duration::from_secs(5),
+    );
+    let message = lettre::Message::builder()
+        .from("eventbank <no-reply@eventbank.example>".parse().unwrap())
+        .to("alice@example.com".parse().unwrap())
+        .subject("test")
+        .body(String::from("body"))
+        .unwrap();
+    mailer.deliver(uuid::Uuid::now_v7(), &message).await
+}
+
+/// Where the server offers PIPELINING, MAIL, RCPT and DATA go out together: one round trip
+/// where lettre alone takes three.
+#[tokio::test]
+async fn a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write() {
+    let (port, server) = strict_server(true).await;
+    let outcome = deliver_one(port).await;
+    assert_eq!(server.await.unwrap(), "delivered", "client: {outcome:?}");
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// A server that does not offer PIPELINING gets one command at a time.
+#[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let (port, server) = strict_server(false).await;
+    let outcome = deliver_one(port).await;
+    assert_eq!(server.await.unwrap(), "delivered", "client: {outcome:?}");
+    assert!(outcome.is_ok(), "{outcome:?}");
+}

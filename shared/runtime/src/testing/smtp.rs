@@ -258,7 +258,10 @@ async fn converse(stream: TcpStream, received: Arc<Mutex<Vec<ReceivedMail>>>) ->
             .unwrap_or("")
             .to_ascii_uppercase();
         match verb.as_str() {
-            "EHLO" | "HELO" => write.write_all(b"250 sink\r\n").await?,
+            // Commands are read line by line from a buffer, so pipelined ones (RFC 2920) are
+            // answered in order like any others.
+            "EHLO" => write.write_all(b"250-sink\r\n250 PIPELINING\r\n").await?,
+            "HELO" => write.write_all(b"250 sink\r\n").await?,
             "MAIL" => {
                 mail_from = command;
                 rcpt_to.clear();
@@ -346,8 +349,14 @@ mod tests {
                 continue;
             }
             in_data = *line == "DATA";
-            reply.clear();
-            reader.read_line(&mut reply).await.unwrap();
+            // A reply of several lines ("250-...") ends with the line whose code has a space.
+            loop {
+                reply.clear();
+                reader.read_line(&mut reply).await.unwrap();
+                if reply.as_bytes().get(3) != Some(&b'-') {
+                    break;
+                }
+            }
             codes.push(reply[..3].to_owned());
         }
         codes
