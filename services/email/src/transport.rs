@@ -6,8 +6,8 @@
 //! disk full), which the sender retries with backoff.
 
 use crate::store::Outgoing;
-use lettre::message::{Mailbox, MultiPart};
 use lettre::address::Envelope;
+use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;

@@ -374,11 +374,9 @@ async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<
                 if offer_pipelining {
                     // Everything up to DATA must come before any reply.
                     line.clear();
-                    let next = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        reader.read_line(&mut line),
-                    )
-                    .await;
+                    let next =
+                        tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line))
+                            .await;
                     match next {
                         Ok(Ok(n)) if n > 0 && line.to_ascii_uppercase().starts_with(expected) => {
                             replies.push(reply)
@@ -390,6 +388,7 @@ async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<
                     }
                 } else {
                     // Nothing may arrive before the previous command's reply is out.
+                    line.clear();
                     let early = tokio::time::timeout(
                         Duration::from_millis(300),
                         reader.read_line(&mut line),
