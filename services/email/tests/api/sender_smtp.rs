@@ -463,3 +463,75 @@ async fn a_server_without_pipelining_gets_one_command_at_a_time() {
     assert_eq!(server.await.unwrap(), "delivered", "client: {outcome:?}");
     assert!(outcome.is_ok(), "{outcome:?}");
 }
+
+/// A server offering PIPELINING that answers a pipelined MAIL, RCPT, DATA with 250, then
+/// `rcpt_reply`, then 554 (no valid recipients), all in one write. Returns every command line
+/// that came after those replies until the client hung up.
+async fn refusing_server(rcpt_reply: &'static str) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = String::new();
+        write.write_all(b"220 refusing ESMTP\r\n").await.unwrap();
+        let mut group = Vec::new();
+        while group.len() < 3 {
+            line.clear();
+            assert!(
+                reader.read_line(&mut line).await.unwrap() > 0,
+                "hung up after {group:?}"
+            );
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            if verb == "EHLO" {
+                write
+                    .write_all(b"250-refusing\r\n250 PIPELINING\r\n")
+                    .await
+                    .unwrap();
+            } else {
+                group.push(verb);
+            }
+        }
+        assert_eq!(group, ["MAIL", "RCPT", "DATA"]);
+        let replies = format!("250 OK\r\n{rcpt_reply}\r\n554 no valid recipients\r\n");
+        write.write_all(replies.as_bytes()).await.unwrap();
+        let mut after = Vec::new();
+        loop {
+            line.clear();
+            let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => after.push(line.trim_end().to_owned()),
+                _ => return after,
+            }
+        }
+    });
+    (port, server)
+}
+
+/// A recipient refused inside a pipelined group fails the delivery as its code says (5xx: for
+/// good; 4xx: retried), and the message body is never sent.
+#[tokio::test]
+async fn a_recipient_refused_in_a_pipelined_group_fails_by_its_code_and_sends_no_body() {
+    use email::transport::DeliveryError;
+    for (reply, permanent) in [
+        ("550 5.1.1 no such user", true),
+        ("451 4.3.0 try later", false),
+    ] {
+        let (port, server) = refusing_server(reply).await;
+        let outcome = deliver_one(port).await;
+        match (&outcome, permanent) {
+            (Err(DeliveryError::Permanent(why)), true)
+            | (Err(DeliveryError::Transient(why)), false) => {
+                assert!(why.contains(&reply[..3]), "{reply}: {why}")
+            }
+            _ => panic!("{reply}: {outcome:?}"),
+        }
+        let after = server.await.unwrap();
+        assert!(
+            after.iter().all(|l| ["QUIT", "RSET"].contains(&l.as_str())),
+            "{reply}: the client went on after the refusal: {after:?}"
+        );
+    }
+}
