@@ -394,11 +394,11 @@ async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<
                         reader.read_line(&mut line),
                     )
                     .await;
-                    if let Ok(Ok(n)) = early {
-                        if n > 0 {
-                            let _ = write.write_all(b"503 wait for my reply\r\n").await;
-                            return format!("{} sent before the reply", line.trim_end());
-                        }
+                    if let Ok(Ok(n)) = early
+                        && n > 0
+                    {
+                        let _ = write.write_all(b"503 wait for my reply\r\n").await;
+                        return format!("{} sent before the reply", line.trim_end());
                     }
                     for r in replies.drain(..) {
                         write.write_all(r).await.unwrap();
