@@ -259,21 +259,8 @@ async fn a_server_that_accepts_and_never_answers_is_a_transient_failure_within_t
             held.push(stream);
         }
     });
-    let mailer = Mailer::new(
-        &Transport::Smtp {
-            host: "127.0.0.1".into(),
-            port,
-        },
-        Duration::from_millis(300),
-    );
-    let message = lettre::Message::builder()
-        .from("eventbank <no-reply@eventbank.example>".parse().unwrap())
-        .to("alice@example.com".parse().unwrap())
-        .subject("test")
-        .body(String::from("body"))
-        .unwrap();
     let started = std::time::Instant::now();
-    let outcome = mailer.deliver(uuid::Uuid::now_v7(), &message).await;
+    let outcome = deliver_one(port, Duration::from_millis(300)).await;
     let waited = started.elapsed();
     holder.abort();
     match outcome {
@@ -339,18 +326,35 @@ async fn while_recording_stalls_at_most_twice_the_concurrency_go_out_unrecorded(
     assert_eq!(sink.messages().len(), events.len(), "each sent once");
 }
 
+/// Listens on a free port of 127.0.0.1 and runs `serve` on the first connection it accepts.
+async fn one_connection_server<F, Fut, T>(serve: F) -> (u16, tokio::task::JoinHandle<T>)
+where
+    F: FnOnce(
+            tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+            tokio::net::tcp::OwnedWriteHalf,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, write) = stream.into_split();
+        serve(tokio::io::BufReader::new(read), write).await
+    });
+    (port, server)
+}
+
 /// A one-connection SMTP server that checks how the client talks to it. Offering PIPELINING, it
 /// answers MAIL only once RCPT and DATA have arrived behind it (a client that waits for each
 /// reply gets a 451 after two seconds); not offering it, it refuses (503) any command sent
 /// before the previous one was answered. Returns how the conversation ended.
 async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<String>) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    one_connection_server(move |mut reader, mut write| async move {
         let mut line = String::new();
         write.write_all(b"220 strict ESMTP\r\n").await.unwrap();
         let ehlo: &[u8] = if offer_pipelining {
@@ -424,17 +428,18 @@ async fn strict_server(offer_pipelining: bool) -> (u16, tokio::task::JoinHandle<
             write.write_all(b"250 queued\r\n").await.unwrap();
             return "delivered".to_owned();
         }
-    });
-    (port, server)
+    })
+    .await
 }
 
-async fn deliver_one(port: u16) -> Result<(), email::transport::DeliveryError> {
+/// Delivers one small message over SMTP to 127.0.0.1:`port`, with the transport's `timeout`.
+async fn deliver_one(port: u16, timeout: Duration) -> Result<(), email::transport::DeliveryError> {
     let mailer = Mailer::new(
         &Transport::Smtp {
             host: "127.0.0.1".into(),
             port,
         },
-        Duration::from_secs(5),
+        timeout,
     );
     let message = lettre::Message::builder()
         .from("eventbank <no-reply@eventbank.example>".parse().unwrap())
@@ -450,7 +455,7 @@ async fn deliver_one(port: u16) -> Result<(), email::transport::DeliveryError> {
 #[tokio::test]
 async fn a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write() {
     let (port, server) = strict_server(true).await;
-    let outcome = deliver_one(port).await;
+    let outcome = deliver_one(port, Duration::from_secs(5)).await;
     assert_eq!(server.await.unwrap(), "delivered", "client: {outcome:?}");
     assert!(outcome.is_ok(), "{outcome:?}");
 }
@@ -459,7 +464,7 @@ async fn a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write() {
 #[tokio::test]
 async fn a_server_without_pipelining_gets_one_command_at_a_time() {
     let (port, server) = strict_server(false).await;
-    let outcome = deliver_one(port).await;
+    let outcome = deliver_one(port, Duration::from_secs(5)).await;
     assert_eq!(server.await.unwrap(), "delivered", "client: {outcome:?}");
     assert!(outcome.is_ok(), "{outcome:?}");
 }
@@ -468,13 +473,8 @@ async fn a_server_without_pipelining_gets_one_command_at_a_time() {
 /// `rcpt_reply`, then 554 (no valid recipients), all in one write. Returns every command line
 /// that came after those replies until the client hung up.
 async fn refusing_server(rcpt_reply: &'static str) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    one_connection_server(move |mut reader, mut write| async move {
         let mut line = String::new();
         write.write_all(b"220 refusing ESMTP\r\n").await.unwrap();
         let mut group = Vec::new();
@@ -506,8 +506,8 @@ async fn refusing_server(rcpt_reply: &'static str) -> (u16, tokio::task::JoinHan
                 _ => return after,
             }
         }
-    });
-    (port, server)
+    })
+    .await
 }
 
 /// A recipient refused inside a pipelined group fails the delivery as its code says (5xx: for
@@ -520,7 +520,7 @@ async fn a_recipient_refused_in_a_pipelined_group_fails_by_its_code_and_sends_no
         ("451 4.3.0 try later", false),
     ] {
         let (port, server) = refusing_server(reply).await;
-        let outcome = deliver_one(port).await;
+        let outcome = deliver_one(port, Duration::from_secs(5)).await;
         match (&outcome, permanent) {
             (Err(DeliveryError::Permanent(why)), true)
             | (Err(DeliveryError::Transient(why)), false) => {
