@@ -19,7 +19,7 @@
 //! last line: an append at a version someone else wrote fails the transaction (a conflict), and
 //! the runtime retries the events, which then read the other writer's result.
 
-use crate::cache::StateCache;
+use crate::cache::{Head, StateCache};
 use crate::domain::{self, AccountEvent, AccountState, Decision, Deposit, Rejection};
 use crate::projection::{self, BalanceRow, TxnRow};
 use crate::store::{self, NewEvent, StoreError};
@@ -101,8 +101,10 @@ pub async fn apply_batch(
     accounts.sort();
     accounts.dedup();
     store::lock_accounts(tx, &accounts).await?;
-    let (states, txid) = current_states(tx, &accounts, cache).await?;
-    let parked = store::load_parked(tx, &accounts).await?;
+    let heads = store::stream_heads(tx, &accounts).await?;
+    let parked = store::load_parked(tx, &heads.parked).await?;
+    let txid = heads.txid;
+    let states = current_states(tx, &accounts, heads.heads, cache).await?;
     let plan = plan(states, parked, deposits).map_err(rejected)?;
     if !plan.appends.is_empty() {
         write_appended(tx, &plan, snapshot_every).await?;
@@ -117,15 +119,15 @@ pub async fn apply_batch(
     Ok(())
 }
 
-/// The current state of each of the (locked) accounts, and the transaction's id. Streams whose
-/// newest event this process cached are not read again; the rest are loaded (snapshot + tail)
-/// and cached at the head they were read at.
+/// The current state of each of the (locked) accounts, from their streams' heads. Streams
+/// whose newest event this process cached are not read again; the rest are loaded (snapshot +
+/// tail) and cached at the head they were read at.
 async fn current_states(
     tx: &mut PgConnection,
     accounts: &[AccountId],
+    heads: HashMap<AccountId, Head>,
     cache: &StateCache,
-) -> Result<(HashMap<AccountId, AccountState>, i64), HandlerError> {
-    let (heads, txid) = store::stream_heads(tx, accounts).await?;
+) -> Result<HashMap<AccountId, AccountState>, HandlerError> {
     let mut states = HashMap::with_capacity(accounts.len());
     let mut misses = Vec::new();
     for account_id in accounts {
@@ -153,7 +155,7 @@ async fn current_states(
             states.insert(account_id, l.state);
         }
     }
-    Ok((states, txid))
+    Ok(states)
 }
 
 fn rejected(unplannable: Box<(Deposit, Rejection)>) -> HandlerError {

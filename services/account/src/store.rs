@@ -148,17 +148,28 @@ pub struct Loaded {
     pub replayed: i64,
 }
 
-/// The newest event of each stream (absent: the stream does not exist yet) and the current
-/// transaction's id, to check [`crate::cache::StateCache`] entries against. One index probe
-/// per account. Run it after [`lock_accounts`], in its own statement, so that it sees what the
-/// lock's previous holder committed.
+/// What the handler reads of its locked accounts before applying a batch, in one statement.
+#[derive(Debug, Default)]
+pub struct Heads {
+    /// The newest event of each stream (absent: the stream does not exist yet).
+    pub heads: HashMap<AccountId, Head>,
+    /// The current transaction's id, to check [`crate::cache::StateCache`] entries against.
+    pub txid: i64,
+    /// The accounts with parked deposits ([`load_parked`] reads them; most batches have none).
+    pub parked: Vec<AccountId>,
+}
+
+/// The streams' heads, the transaction's id and which accounts have parked deposits (see
+/// [`Heads`]). Two index probes per account. Run it after [`lock_accounts`], in its own
+/// statement, so that it sees what the lock's previous holder committed.
 pub async fn stream_heads(
     conn: &mut PgConnection,
     account_ids: &[AccountId],
-) -> sqlx::Result<(HashMap<AccountId, Head>, i64)> {
+) -> sqlx::Result<Heads> {
     let rows: Vec<HeadRow> = sqlx::query_as(
         "SELECT f.a AS account_id, h.version, h.txid::text::bigint AS txid,
-                pg_current_xact_id()::text::bigint AS current_txid
+                pg_current_xact_id()::text::bigint AS current_txid,
+                EXISTS (SELECT 1 FROM pending_events p WHERE p.account_id = f.a) AS parked
            FROM unnest($1::text[]) AS f(a)
            LEFT JOIN LATERAL (SELECT version, txid FROM events
                                WHERE account_id = f.a ORDER BY version DESC LIMIT 1) h ON true",
@@ -168,13 +179,17 @@ pub async fn stream_heads(
     .await?;
     let mut current = None;
     let mut heads = HashMap::with_capacity(rows.len());
+    let mut parked = Vec::new();
     for row in rows {
         current = Some(row.current_txid);
+        if row.parked {
+            parked.push(row.account_id.clone());
+        }
         if let (Some(version), Some(txid)) = (row.version, row.txid) {
             heads.insert(row.account_id, Head { version, txid });
         }
     }
-    let current = match current {
+    let txid = match current {
         Some(txid) => txid,
         None => {
             sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
@@ -182,7 +197,11 @@ pub async fn stream_heads(
                 .await?
         }
     };
-    Ok((heads, current))
+    Ok(Heads {
+        heads,
+        txid,
+        parked,
+    })
 }
 
 #[derive(sqlx::FromRow)]
@@ -192,6 +211,7 @@ struct HeadRow {
     version: Option<i64>,
     txid: Option<i64>,
     current_txid: i64,
+    parked: bool,
 }
 
 /// Loads many streams at once (latest usable snapshot + tail), in three statements whatever
@@ -519,6 +539,9 @@ pub async fn load_parked(
     conn: &mut PgConnection,
     account_ids: &[AccountId],
 ) -> sqlx::Result<Vec<Deposit>> {
+    if account_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT account_id, sequence, event_id, deposit_id, amount_minor, currency, occurred_at
          FROM pending_events WHERE account_id = ANY($1) ORDER BY account_id, sequence",

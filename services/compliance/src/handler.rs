@@ -20,7 +20,9 @@
 use crate::chain::{self, CanonicalEntry, StoredEntry};
 use crate::metrics::ComplianceMetrics;
 use crate::rules::{Before, Deposit, Rolling, Rules, Structuring, Window};
-use crate::store::{self, AccountCurrency, ActiveStructuring, AlertKind, NewAlert, Scope};
+use crate::store::{
+    self, AccountCurrency, ActiveStructuring, AlertKind, NewAlert, Scope, ScopeState,
+};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use eventbank_events::{AccountId, DepositCompleted};
 use eventbank_runtime::consumer::{Handler, HandlerError};
@@ -47,50 +49,64 @@ impl Handler for ComplianceHandler {
         tx: &mut PgConnection,
         events: &[DepositCompleted],
     ) -> Result<(), HandlerError> {
-        let fresh = unrecorded(tx, events).await?;
+        let (fresh, states) = unrecorded(tx, events).await?;
         if fresh.is_empty() {
             return Ok(());
         }
-        let (alerts, superseded) = self.apply_rules(tx, &fresh).await?;
+        let (alerts, superseded) = self.apply_rules(tx, &fresh, states).await?;
         let entries = append_to_chain(tx, &fresh).await?;
         self.report(&fresh, &entries, &alerts, &superseded);
         Ok(())
     }
 }
 
-/// The batch's events that have no audit entry yet, each once, with their accounts locked.
+/// The batch's events that have no audit entry yet, each once, with their accounts locked;
+/// and the rolling state of their accounts and currencies.
 async fn unrecorded<'e>(
     tx: &mut PgConnection,
     events: &'e [DepositCompleted],
-) -> Result<Vec<&'e DepositCompleted>, HandlerError> {
+) -> Result<
+    (
+        Vec<&'e DepositCompleted>,
+        HashMap<AccountCurrency, ScopeState>,
+    ),
+    HandlerError,
+> {
     // The runtime never passes an id twice, but a repeated id must not get two entries.
     let events = eventbank_runtime::batch::first_of_each_event(events);
     if events.is_empty() {
-        return Ok(events);
+        return Ok((events, HashMap::new()));
     }
     let mut accounts: Vec<AccountId> = events.iter().map(|e| e.account_id.clone()).collect();
     accounts.sort();
     accounts.dedup();
     store::lock_accounts(tx, &accounts).await?;
+    let mut keys: Vec<AccountCurrency> = events
+        .iter()
+        .map(|e| (e.account_id.clone(), e.currency.code().to_owned()))
+        .collect();
+    keys.sort();
+    keys.dedup();
     // An event that already has an entry (applied by a path that bypassed the runtime's
     // dedup, such as a restore) is skipped: one entry per event, ever.
     let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-    let recorded = store::recorded_event_ids(tx, &ids).await?;
+    let (recorded, states) = store::batch_state(tx, &ids, &keys).await?;
     for e in events.iter().filter(|e| recorded.contains(&e.event_id)) {
         tracing::info!(
             event_id = %e.event_id, account_id = %e.account_id, deposit_id = %e.deposit_id,
             "event already in the audit log; skipped"
         );
     }
-    Ok(events
+    let fresh = events
         .into_iter()
         .filter(|e| !recorded.contains(&e.event_id))
-        .collect())
+        .collect();
+    Ok((fresh, states))
 }
 
 /// Appends one entry per event to the chain: positions head+1, head+2, ... each linked to the
 /// one before. From here to the commit every other batch of the service waits, so this part
-/// is three statements and a few hashes.
+/// is two statements and a few hashes.
 async fn append_to_chain(
     tx: &mut PgConnection,
     fresh: &[&DepositCompleted],
@@ -115,8 +131,7 @@ async fn append_to_chain(
             recorded_at,
         });
     }
-    store::append_entries(tx, &entries).await?;
-    store::set_head(tx, position, &prev).await?;
+    store::append_entries(tx, &entries, position, &prev).await?;
     Ok(entries)
 }
 
@@ -127,16 +142,23 @@ impl ComplianceHandler {
         &self,
         tx: &mut PgConnection,
         fresh: &[&DepositCompleted],
+        states: HashMap<AccountCurrency, ScopeState>,
     ) -> Result<(Vec<NewAlert>, Vec<ActiveStructuring>), HandlerError> {
         let threshold = self.rules.ctr_threshold_minor;
-        let plan = self.plan(tx, fresh).await?;
+        let plan = self.plan(fresh, states);
         // Deposits first: the structuring walks and probes read them back with the precision
         // Postgres keeps, together with the earlier ones.
-        store::insert_deposits(tx, &plan.rows).await?;
+        let rolled: Vec<(AccountCurrency, Rolling)> = plan
+            .in_order
+            .iter()
+            .map(|s| (s.scope.key(), s.rolled()))
+            .collect();
+        store::insert_deposits(tx, &plan.rows, &rolled, threshold).await?;
         store::rebuild_running_totals(tx, &plan.rebuilds, threshold).await?;
+        let rebuilt: Vec<AccountCurrency> = plan.rebuilds.iter().map(|(k, _)| k.clone()).collect();
+        store::refresh_scope_states(tx, &rebuilt, threshold).await?;
         let mut alerts = self.ctr_alerts(fresh);
         let (structuring, superseded) = self.structuring(tx, &plan).await?;
-        store::refresh_scope_states(tx, &plan.keys, threshold).await?;
         // Superseded first: a replacement may name the same event, and only one alert of a
         // kind per event may be active.
         let superseded_ids: Vec<i64> = superseded.iter().map(|a| a.id).collect();
@@ -219,13 +241,13 @@ impl ComplianceHandler {
     }
 
     /// Sorts the batch's accounts and currencies into the two structuring paths (see the
-    /// module documentation), from their rolling state (one statement), and gives each
-    /// in-order sub-threshold deposit its running total.
-    async fn plan<'e>(
+    /// module documentation), from their rolling state, and gives each in-order
+    /// sub-threshold deposit its running total.
+    fn plan<'e>(
         &self,
-        tx: &mut PgConnection,
         fresh: &[&'e DepositCompleted],
-    ) -> Result<Plan<'e>, HandlerError> {
+        mut states: HashMap<AccountCurrency, ScopeState>,
+    ) -> Plan<'e> {
         let threshold = self.rules.ctr_threshold_minor;
         let mut by_scope: BTreeMap<AccountCurrency, Vec<&DepositCompleted>> = BTreeMap::new();
         for e in fresh {
@@ -234,12 +256,9 @@ impl ComplianceHandler {
                 .or_default()
                 .push(e);
         }
-        let keys: Vec<AccountCurrency> = by_scope.keys().cloned().collect();
-        let mut states = store::scope_states(tx, &keys).await?;
         let mut totals: HashMap<uuid::Uuid, i128> = HashMap::new();
         let mut plan = Plan {
             rows: Vec::with_capacity(fresh.len()),
-            keys,
             rebuilds: Vec::new(),
             walks: Vec::new(),
             in_order: Vec::new(),
@@ -283,7 +302,7 @@ impl ComplianceHandler {
             .iter()
             .map(|e| (*e, totals.get(&e.event_id).copied()))
             .collect();
-        Ok(plan)
+        plan
     }
 
     /// Rule 2 for both paths (see [`crate::rules`]), compared with the active alerts from
@@ -444,8 +463,6 @@ impl ComplianceHandler {
 struct Plan<'e> {
     /// Every new deposit, with its running total when it is in time order.
     rows: Vec<(&'e DepositCompleted, Option<i128>)>,
-    /// Every account and currency of the batch: their rolling state is refreshed.
-    keys: Vec<AccountCurrency>,
     /// Running totals to recompute, from an instant on (`None`: all of them).
     rebuilds: Vec<(AccountCurrency, Option<DateTime<Utc>>)>,
     /// The recompute path's walks.
@@ -462,6 +479,19 @@ struct InOrder {
     rolling: Rolling,
     /// The new sub-threshold deposits' instants and running totals, in time order.
     new: Vec<(DateTime<Utc>, i128)>,
+}
+
+impl InOrder {
+    /// The rolling state after the batch: its last deposit's instant and running total (it
+    /// has at least one).
+    fn rolled(&self) -> Rolling {
+        self.new
+            .last()
+            .map_or(self.rolling, |&(at, total)| Rolling {
+                last_at: Some(at),
+                total,
+            })
+    }
 }
 
 fn scope((account_id, currency): AccountCurrency, from: DateTime<Utc>) -> Scope {

@@ -34,36 +34,90 @@ pub async fn lock_accounts(conn: &mut PgConnection, account_ids: &[AccountId]) -
     eventbank_runtime::db::lock_keys(conn, ACCOUNT_LOCK_CLASS, &keys).await
 }
 
-pub async fn set_head(conn: &mut PgConnection, position: i64, hash: &[u8]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE chain_head SET position = $1, hash = $2 WHERE id = 1")
-        .bind(position)
-        .bind(hash)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Which of these events already have an audit entry.
+/// What a batch reads once its accounts are locked, in one round trip: which of its events
+/// already have an audit entry, and the rolling state of its accounts and currencies (one
+/// without a row has no deposit).
 ///
 /// Planned at every execution, not prepared once per connection: a service starts on an empty
 /// audit log, and Postgres caches a prepared statement's generic plan after five executions.
 /// Planned on an empty table, that plan is a sequential scan, and it stays cached until an
 /// ANALYZE of the table invalidates it, which autovacuum may not run for minutes: meanwhile every
 /// batch read the whole log (BENCHMARKS.md, round three). One planning per batch is cheap.
-pub async fn recorded_event_ids(
+pub async fn batch_state(
     conn: &mut PgConnection,
     event_ids: &[Uuid],
-) -> sqlx::Result<HashSet<Uuid>> {
-    let rows: Vec<Uuid> =
-        sqlx::query_scalar("SELECT event_id FROM audit_log WHERE event_id = ANY($1)")
-            .bind(event_ids)
-            .persistent(false)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().collect())
+    keys: &[AccountCurrency],
+) -> sqlx::Result<(HashSet<Uuid>, HashMap<AccountCurrency, ScopeState>)> {
+    let accounts = account_ids::texts(keys.iter().map(|(a, _)| a));
+    let currencies: Vec<&str> = keys.iter().map(|(_, c)| c.as_str()).collect();
+    // A recorded event's row has only `event_id`; a scope's row has everything else.
+    type Row = (
+        Option<Uuid>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, NULL, NULL, NULL::bigint, NULL::timestamptz, NULL \
+           FROM audit_log WHERE event_id = ANY($1) \
+         UNION ALL \
+         SELECT NULL::uuid, s.account_id, s.currency, s.threshold_minor, s.last_at, \
+                s.cum_minor::text \
+           FROM UNNEST($2::text[], $3::text[]) AS k(account_id, currency) \
+           JOIN structuring_scopes s ON s.account_id = k.account_id AND s.currency = k.currency",
+    )
+    .bind(event_ids)
+    .bind(accounts)
+    .bind(currencies)
+    .persistent(false)
+    .fetch_all(conn)
+    .await?;
+    let mut recorded = HashSet::new();
+    let mut states = HashMap::with_capacity(keys.len());
+    for row in rows {
+        match row {
+            (Some(event_id), ..) => {
+                recorded.insert(event_id);
+            }
+            (
+                None,
+                Some(account_id),
+                Some(currency),
+                Some(threshold_minor),
+                last_at,
+                Some(total),
+            ) => {
+                states.insert(
+                    (account_ids::decode(account_id)?, currency),
+                    ScopeState {
+                        threshold_minor,
+                        rolling: Rolling {
+                            last_at,
+                            total: parse_total(&total)?,
+                        },
+                    },
+                );
+            }
+            _ => {
+                return Err(sqlx::Error::Decode(
+                    "a structuring scope row without its account, currency, threshold or total"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok((recorded, states))
 }
 
-pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sqlx::Result<()> {
+/// Inserts the entries and moves the head to the last of them, in one statement.
+pub async fn append_entries(
+    conn: &mut PgConnection,
+    rows: &[StoredEntry],
+    head_position: i64,
+    head_hash: &[u8],
+) -> sqlx::Result<()> {
     let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let account_ids: Vec<String> = rows.iter().map(|r| r.account_id.clone()).collect();
@@ -72,9 +126,12 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
     let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.hash.clone()).collect();
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded_at).collect();
     sqlx::query(
-        "INSERT INTO audit_log (position, event_id, account_id, entry, prev_hash, hash, recorded_at) \
-         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], \
-                              $6::bytea[], $7::timestamptz[])",
+        "WITH appended AS ( \
+             INSERT INTO audit_log (position, event_id, account_id, entry, prev_hash, hash, \
+                                    recorded_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
+                                  $5::bytea[], $6::bytea[], $7::timestamptz[])) \
+         UPDATE chain_head SET position = $8, hash = $9 WHERE id = 1",
     )
     .bind(positions)
     .bind(event_ids)
@@ -83,6 +140,8 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
     .bind(prev_hashes)
     .bind(hashes)
     .bind(recorded)
+    .bind(head_position)
+    .bind(head_hash)
     .execute(conn)
     .await?;
     Ok(())
@@ -90,10 +149,15 @@ pub async fn append_entries(conn: &mut PgConnection, rows: &[StoredEntry]) -> sq
 
 /// Records the deposits of the events, as the rules read them back, each with its running
 /// total when the handler knows it (a deposit in time order); the others get theirs from
-/// [`rebuild_running_totals`].
+/// [`rebuild_running_totals`]. In the same statement, sets the rolling state of the accounts
+/// and currencies whose new deposits were all in time order: the handler knows it too (the
+/// last of them), so it is written, not read back from the deposits
+/// ([`refresh_scope_states`] does that for the others).
 pub async fn insert_deposits(
     conn: &mut PgConnection,
     rows: &[(&DepositCompleted, Option<i128>)],
+    scopes: &[(AccountCurrency, Rolling)],
+    threshold_minor: i64,
 ) -> sqlx::Result<()> {
     let event_ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
     let deposit_ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.deposit_id).collect();
@@ -106,8 +170,21 @@ pub async fn insert_deposits(
         .iter()
         .map(|(_, total)| total.map(|t| t.to_string()))
         .collect();
+    let scope_accounts = account_ids::texts(scopes.iter().map(|((a, _), _)| a));
+    let scope_currencies: Vec<&str> = scopes.iter().map(|((_, c), _)| c.as_str()).collect();
+    let scope_last: Vec<Option<DateTime<Utc>>> = scopes.iter().map(|(_, r)| r.last_at).collect();
+    let scope_totals: Vec<String> = scopes.iter().map(|(_, r)| r.total.to_string()).collect();
     sqlx::query(
-        "INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, \
+        "WITH scopes AS ( \
+             INSERT INTO structuring_scopes (account_id, currency, threshold_minor, last_at, \
+                                             cum_minor) \
+             SELECT k.account_id, k.currency, $8, k.last_at, k.cum_minor \
+               FROM UNNEST($9::text[], $10::text[], $11::timestamptz[], \
+                           $12::text[]::numeric[]) AS k(account_id, currency, last_at, cum_minor) \
+             ON CONFLICT (account_id, currency) DO UPDATE \
+                SET threshold_minor = EXCLUDED.threshold_minor, last_at = EXCLUDED.last_at, \
+                    cum_minor = EXCLUDED.cum_minor) \
+         INSERT INTO deposits (event_id, deposit_id, account_id, amount_minor, currency, \
                                occurred_at, cum_minor) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
                               $6::timestamptz[], $7::text[]::numeric[]) \
@@ -120,6 +197,11 @@ pub async fn insert_deposits(
     .bind(currencies)
     .bind(occurred)
     .bind(totals)
+    .bind(threshold_minor)
+    .bind(scope_accounts)
+    .bind(scope_currencies)
+    .bind(scope_last)
+    .bind(scope_totals)
     .execute(conn)
     .await?;
     Ok(())
@@ -137,39 +219,6 @@ pub struct ScopeState {
     /// The threshold the running totals were computed for.
     pub threshold_minor: i64,
     pub rolling: Rolling,
-}
-
-/// The rolling state of these accounts and currencies; one without a row has no deposit.
-pub async fn scope_states(
-    conn: &mut PgConnection,
-    keys: &[AccountCurrency],
-) -> sqlx::Result<HashMap<AccountCurrency, ScopeState>> {
-    let accounts = account_ids::texts(keys.iter().map(|(a, _)| a));
-    let currencies: Vec<&str> = keys.iter().map(|(_, c)| c.as_str()).collect();
-    type Row = (String, String, i64, Option<DateTime<Utc>>, String);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT s.account_id, s.currency, s.threshold_minor, s.last_at, s.cum_minor::text \
-           FROM UNNEST($1::text[], $2::text[]) AS k(account_id, currency) \
-           JOIN structuring_scopes s ON s.account_id = k.account_id AND s.currency = k.currency",
-    )
-    .bind(accounts)
-    .bind(currencies)
-    .fetch_all(conn)
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for (account_id, currency, threshold_minor, last_at, total) in rows {
-        out.insert(
-            (account_ids::decode(account_id)?, currency),
-            ScopeState {
-                threshold_minor,
-                rolling: Rolling {
-                    last_at,
-                    total: parse_total(&total)?,
-                },
-            },
-        );
-    }
-    Ok(out)
 }
 
 /// Recomputes the running totals of each account and currency from an instant on (`None`:
@@ -217,12 +266,16 @@ pub async fn rebuild_running_totals(
 }
 
 /// Sets the rolling state of each account and currency from its last recorded running total
-/// (one index probe each), for the threshold the totals were computed for.
+/// (one index probe each), for the threshold the totals were computed for: after
+/// [`rebuild_running_totals`] rewrote them.
 pub async fn refresh_scope_states(
     conn: &mut PgConnection,
     keys: &[AccountCurrency],
     threshold_minor: i64,
 ) -> sqlx::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let accounts = account_ids::texts(keys.iter().map(|(a, _)| a));
     let currencies: Vec<&str> = keys.iter().map(|(_, c)| c.as_str()).collect();
     sqlx::query(
@@ -409,54 +462,66 @@ pub async fn structuring_state(
     scopes: &[Scope],
 ) -> sqlx::Result<HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)>> {
     let (accounts, currencies, froms) = scope_columns(scopes, TimeDelta::zero());
-    let previous: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT s.account_id, s.currency, p.window_start, p.window_end \
+    // One round trip: a previous window's row has no alert (`id` NULL); the active alerts'
+    // rows come in window order.
+    type Row = (
+        String,
+        String,
+        Option<i64>,
+        Option<Uuid>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<i64>,
+        Option<serde_json::Value>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.account_id, s.currency, NULL::bigint AS id, NULL::uuid, p.window_start, \
+                p.window_end, NULL::bigint, NULL::jsonb \
            FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, f) \
            CROSS JOIN LATERAL ( \
                  SELECT window_start, window_end FROM alerts a \
                   WHERE a.account_id = s.account_id AND a.currency = s.currency \
                     AND a.kind = 'structuring' AND a.superseded_at IS NULL \
                     AND a.window_end < s.f \
-                  ORDER BY a.window_end DESC LIMIT 1) p",
+                  ORDER BY a.window_end DESC LIMIT 1) p \
+         UNION ALL \
+         SELECT s.account_id, s.currency, a.id, a.event_id, a.window_start, a.window_end, \
+                a.amount_minor, a.details \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, f) \
+           JOIN alerts a ON a.account_id = s.account_id AND a.currency = s.currency \
+                        AND a.kind = 'structuring' AND a.superseded_at IS NULL \
+                        AND a.window_end >= s.f \
+          ORDER BY window_end",
     )
     .bind(&accounts)
     .bind(&currencies)
     .bind(&froms)
     .fetch_all(&mut *conn)
     .await?;
-    let active: Vec<(String, String, i64, Uuid, DateTime<Utc>, DateTime<Utc>, i64, serde_json::Value)> =
-        sqlx::query_as(
-            "SELECT s.account_id, s.currency, a.id, a.event_id, a.window_start, a.window_end, \
-                    a.amount_minor, a.details \
-               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS s(account_id, currency, f) \
-               JOIN alerts a ON a.account_id = s.account_id AND a.currency = s.currency \
-                            AND a.kind = 'structuring' AND a.superseded_at IS NULL \
-                            AND a.window_end >= s.f \
-              ORDER BY a.window_end",
-        )
-        .bind(&accounts)
-        .bind(&currencies)
-        .bind(&froms)
-        .fetch_all(&mut *conn)
-        .await?;
     let mut out: HashMap<AccountCurrency, (Option<Window>, Vec<ActiveStructuring>)> =
         HashMap::new();
-    for (account_id, currency, start, end) in previous {
-        out.entry((account_ids::decode(account_id)?, currency))
-            .or_default()
-            .0 = Some(Window { start, end });
-    }
-    for (account_id, currency, id, event_id, start, end, amount_minor, details) in active {
-        out.entry((account_ids::decode(account_id)?, currency))
-            .or_default()
-            .1
-            .push(ActiveStructuring {
-                id,
-                event_id,
-                window: Window { start, end },
-                amount_minor,
-                details,
-            });
+    for (account_id, currency, id, event_id, start, end, amount_minor, details) in rows {
+        let scope = out
+            .entry((account_ids::decode(account_id)?, currency))
+            .or_default();
+        let window = Window { start, end };
+        match (id, event_id, amount_minor, details) {
+            (None, ..) => scope.0 = Some(window),
+            (Some(id), Some(event_id), Some(amount_minor), Some(details)) => {
+                scope.1.push(ActiveStructuring {
+                    id,
+                    event_id,
+                    window,
+                    amount_minor,
+                    details,
+                })
+            }
+            _ => {
+                return Err(sqlx::Error::Decode(
+                    "an active structuring alert without its event, amount or details".into(),
+                ));
+            }
+        }
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 //! Runs inside the consumer runtime's transaction, after the events' ids went into
 //! `processed_events`; everything here commits or rolls back with that dedup row. The batch is
 //! applied with one set-based statement per step whatever its size: create and lock the
-//! accounts (two, so the lock is taken before anything is read), record the deposits, upsert
+//! accounts (before anything is read), record the deposits, upsert
 //! the closing balances, read the accrual inputs, upsert the accruals. Each reads and writes
 //! per account only the deposits' days and the stored days after them, so a deposit on an
 //! account's latest day costs the same whatever the account's history; only a back-dated one
@@ -79,8 +79,7 @@ async fn lock_accounts(
     }
     let (account_ids, currencies): (Vec<AccountId>, Vec<String>) =
         first_currency.into_iter().unzip();
-    store::ensure_accounts(tx, &account_ids, &currencies).await?;
-    let account_currency = store::lock_accounts(tx, &account_ids).await?;
+    let account_currency = store::create_and_lock_accounts(tx, &account_ids, &currencies).await?;
     for e in events {
         let known = account_currency.get(&e.account_id);
         if known.map(String::as_str) != Some(e.currency.code()) {

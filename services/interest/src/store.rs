@@ -11,26 +11,35 @@ use sqlx::PgConnection;
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// Creates the accounts not seen before, with the currency of their first deposit.
-pub async fn ensure_accounts(
+/// Creates the accounts not seen before, with the currency of their first deposit, locks all
+/// of them for the rest of the transaction (in id order, so two transactions never wait on
+/// each other in a cycle), and returns each account's currency, in one statement.
+///
+/// `DO UPDATE` with the row's own currency changes nothing but locks the row as `FOR UPDATE`
+/// would, and returns the stored currency, not the one asked for: an account keeps the
+/// currency of its first deposit. The later statements, each with a snapshot of its own, see
+/// everything committed before the lock was granted.
+pub async fn create_and_lock_accounts(
     conn: &mut PgConnection,
     accounts: &[AccountId],
     currencies: &[String],
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO accounts (account_id, currency) \
-         SELECT * FROM UNNEST($1::text[], $2::text[]) \
-         ON CONFLICT (account_id) DO NOTHING",
+) -> sqlx::Result<HashMap<AccountId, String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO accounts AS a (account_id, currency) \
+         SELECT * FROM UNNEST($1::text[], $2::text[]) AS k(account_id, currency) \
+          ORDER BY k.account_id \
+         ON CONFLICT (account_id) DO UPDATE SET currency = a.currency \
+         RETURNING a.account_id, a.currency",
     )
     .bind(account_ids::texts(accounts))
     .bind(currencies)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    by_account(rows)
 }
 
-/// Locks the accounts' rows for the rest of the transaction (in id order, so two transactions
-/// never wait on each other in a cycle) and returns each account's currency.
+/// Locks existing accounts' rows for the rest of the transaction (in id order, see
+/// [`create_and_lock_accounts`]) and returns each one's currency.
 pub async fn lock_accounts(
     conn: &mut PgConnection,
     accounts: &[AccountId],
