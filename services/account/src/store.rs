@@ -149,7 +149,7 @@ pub struct Loaded {
 }
 
 /// What the handler reads of its locked accounts before applying a batch, in one statement.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Heads {
     /// The newest event of each stream (absent: the stream does not exist yet).
     pub heads: HashMap<AccountId, Head>,
